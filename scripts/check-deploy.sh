@@ -1,0 +1,704 @@
+#!/usr/bin/env bash
+# Static checks of the deployment artifacts under compose/: the Helm chart, the
+# docker compose file and the Dockerfile. Needs no Kubernetes cluster and no
+# Docker engine; everything it uses is installed from package registries:
+#
+#   helm     `go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION` into $(go env GOPATH)/bin
+#            (skipped when that version is already there). The first install
+#            compiles helm: 11m20s wall / 282 s CPU measured on 2 cores that
+#            were busy with a cargo build; 19 s with a warm Go build cache.
+#   compose  `docker compose config` when the compose plugin is installed, else
+#            compose/tools/composecheck (the same loader, compose-go, built with
+#            Go: about a minute the first time)
+#   python3  with PyYAML (a venv under $TMPDIR is made when it is missing)
+#
+# What it checks: helm lint --strict (default values and compose/helm/ci/*);
+# helm template with each, plus assertions on the manifests (replicas vs
+# HPA/KEDA, ScaledObject triggers, existingSecret env refs, checksum/config,
+# securityContext, probes, volumes); renders that must fail (HPA + KEDA, typo'd
+# keys against values.schema.json, grace period <= drain, ...); NOTES.txt;
+# the chart README lists every value; every worker.toml key (compose and
+# rendered) is a field of worker/src/config.rs; the compose model; the
+# Dockerfile (final stage non-root, no compiler, entrypoint; static only).
+#
+#   scripts/check-deploy.sh                 # everything
+#   CHECK_DEPLOY_OUT=/tmp/x scripts/check-deploy.sh   # keep rendered manifests there
+#
+# Exits non-zero when any check fails and lists every failure at the end.
+# Optional: when a built worker binary exists (target/release/pipeline-worker or
+# $PIPELINE_WORKER_BIN), `pipeline-worker validate` is run on compose/worker.toml
+# and on the worker.toml the chart renders; set CHECK_DEPLOY_STRICT_CONFIG=1 to
+# make a failure there fatal (by default it is reported as a warning, since the
+# binary in target/ may predate the config keys the artifacts use).
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# helm built by `go install` has no -ldflags, so `helm template` would assume
+# Kubernetes v1.20 (below the chart's kubeVersion); render for a current one.
+KUBE_VERSION="${KUBE_VERSION:-1.33.0}"
+CHART="$ROOT/compose/helm/pipeline-worker"
+CI_VALUES="$ROOT/compose/helm/ci"
+COMPOSE_FILE="$ROOT/compose/docker-compose.yml"
+DOCKERFILE="$ROOT/compose/Dockerfile"
+OUT="${CHECK_DEPLOY_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/check-deploy.XXXXXX")}"
+mkdir -p "$OUT"
+
+FAILURES=()
+WARNINGS=()
+TIMINGS=()
+ok()   { printf 'ok    %s\n' "$*"; }
+fail() { printf 'FAIL  %s\n' "$*" >&2; FAILURES+=("$*"); }
+warn() { printf 'WARN  %s\n' "$*" >&2; WARNINGS+=("$*"); }
+step() { printf '\n== %s\n' "$*"; STEP_START=$(date +%s); STEP_NAME="$*"; }
+step_done() { TIMINGS+=("$(( $(date +%s) - STEP_START ))s  $STEP_NAME"); }
+
+# Runs "$@", saving stdout/stderr to $OUT/<name>.{out,err}; returns its status.
+run() {
+    local name="$1"; shift
+    "$@" >"$OUT/$name.out" 2>"$OUT/$name.err"
+}
+
+###############################################################################
+step "tools"
+
+command -v go >/dev/null 2>&1 || { echo "go is required (Go toolchain)" >&2; exit 2; }
+GOBIN_DIR="$(go env GOBIN)"
+[ -n "$GOBIN_DIR" ] || GOBIN_DIR="$(go env GOPATH)/bin"
+HELM="$GOBIN_DIR/helm"
+
+helm_module_version() {
+    # The module version recorded in the binary by `go install` (helm's own
+    # `helm version` reports only what its Makefile injects with -ldflags).
+    go version -m "$1" 2>/dev/null | awk '$1 == "mod" && $2 == "helm.sh/helm/v3" { print $3 }'
+}
+
+if [ -x "$HELM" ] && [ "$(helm_module_version "$HELM")" = "$HELM_VERSION" ]; then
+    ok "helm $HELM_VERSION already installed at $HELM"
+else
+    echo "installing helm $HELM_VERSION with go install (compiles helm; can take several minutes)"
+    t0=$(date +%s)
+    if GOBIN="$GOBIN_DIR" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >"$OUT/helm-install.log" 2>&1; then
+        t1=$(date +%s)
+        ok "helm $HELM_VERSION installed in $((t1 - t0))s at $HELM"
+        TIMINGS+=("$((t1 - t0))s  go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
+    else
+        cat "$OUT/helm-install.log" >&2
+        echo "FAIL  go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
+        exit 1
+    fi
+fi
+"$HELM" version --short >/dev/null 2>&1 || { echo "FAIL  $HELM does not run" >&2; exit 1; }
+
+PYTHON=python3
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+    VENV="${TMPDIR:-/tmp}/check-deploy-venv"
+    if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import yaml' >/dev/null 2>&1; then
+        echo "PyYAML missing: creating $VENV"
+        python3 -m venv "$VENV" && "$VENV/bin/pip" install --quiet pyyaml \
+            || { echo "FAIL  cannot install PyYAML into $VENV" >&2; exit 1; }
+    fi
+    PYTHON="$VENV/bin/python"
+fi
+if ! "$PYTHON" -c 'import tomllib' >/dev/null 2>&1 && ! "$PYTHON" -c 'import tomli' >/dev/null 2>&1; then
+    "$PYTHON" -m pip install --quiet tomli >/dev/null 2>&1 || warn "no tomllib/tomli: TOML files will not be parsed"
+fi
+ok "python: $("$PYTHON" --version 2>&1) with PyYAML"
+step_done
+
+# The Python assertions live in one file; each check is a subcommand. Written to
+# $OUT so that Python's sys.path[0] is a directory with nothing else in it.
+cat >"$OUT/checks.py" <<'PY'
+import json, re, sys
+import yaml
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None
+
+errors = []
+def check(cond, msg):
+    if not cond:
+        errors.append(msg)
+    return cond
+
+def docs(path):
+    return [d for d in yaml.safe_load_all(open(path)) if d]
+
+def find(ds, kind, name=None):
+    return [d for d in ds if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)]
+
+def one(ds, kind):
+    found = find(ds, kind)
+    check(len(found) == 1, f"expected exactly one {kind}, found {len(found)}")
+    return found[0] if found else {}
+
+def worker_container(dep):
+    cs = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "worker"]
+    return cs[0] if cs else {}
+
+def common_deployment(ds, label):
+    dep = one(ds, "Deployment")
+    if not dep:
+        return dep, {}
+    pod = dep["spec"]["template"]
+    ann = pod["metadata"].get("annotations", {})
+    check(re.fullmatch(r"[0-9a-f]{64}", str(ann.get("checksum/config", ""))),
+          f"{label}: pod annotation checksum/config missing or not a sha256")
+    spec = pod["spec"]
+    psc = spec.get("securityContext", {})
+    check(psc.get("runAsNonRoot") is True, f"{label}: pod securityContext.runAsNonRoot")
+    check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{label}: pod seccompProfile RuntimeDefault")
+    c = worker_container(dep)
+    csc = c.get("securityContext", {})
+    check(csc.get("runAsNonRoot") is True, f"{label}: container runAsNonRoot")
+    check(csc.get("readOnlyRootFilesystem") is True, f"{label}: container readOnlyRootFilesystem")
+    check(csc.get("allowPrivilegeEscalation") is False, f"{label}: container allowPrivilegeEscalation false")
+    check(csc.get("capabilities", {}).get("drop") == ["ALL"], f"{label}: container drops ALL capabilities")
+    check(csc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{label}: container seccompProfile RuntimeDefault")
+    check(isinstance(csc.get("runAsUser"), int) and csc["runAsUser"] != 0, f"{label}: container runAsUser non-zero")
+    lp, rp = c.get("livenessProbe", {}), c.get("readinessProbe", {})
+    check(lp.get("httpGet", {}).get("path") == "/livez", f"{label}: liveness probe GET /livez")
+    check(rp.get("httpGet", {}).get("path") == "/readyz", f"{label}: readiness probe GET /readyz")
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    check(ports.get("metrics") == 9464, f"{label}: containerPort metrics 9464")
+    check(lp.get("httpGet", {}).get("port") in ("metrics", 9464), f"{label}: liveness probe on the metrics port")
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    check("/tmp" in mounts, f"{label}: /tmp is mounted (read-only root filesystem)")
+    check("/etc/pipeline-worker" in mounts, f"{label}: config mounted at /etc/pipeline-worker")
+    check(c.get("args") == ["run", "--config", "/etc/pipeline-worker/worker.toml"], f"{label}: args run --config")
+    check(spec.get("automountServiceAccountToken") is False, f"{label}: service account token not mounted")
+    return dep, c
+
+def config_of(ds, label):
+    cm = one(ds, "ConfigMap")
+    text = cm.get("data", {}).get("worker.toml", "")
+    check(text, f"{label}: ConfigMap has worker.toml")
+    if tomllib is None or not text:
+        return {}
+    try:
+        return tomllib.loads(text)
+    except Exception as e:  # noqa: BLE001
+        check(False, f"{label}: rendered worker.toml is not valid TOML: {e}")
+        return {}
+
+def grace_vs_drain(dep, cfg, label):
+    grace = dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+    drain = cfg.get("runtime", {}).get("drain_timeout_ms", 20000)
+    check(grace * 1000 > drain, f"{label}: terminationGracePeriodSeconds {grace} <= drain {drain} ms")
+
+def helm_default(path, *_):
+    ds = docs(path)
+    dep, c = common_deployment(ds, "default")
+    check(dep.get("spec", {}).get("replicas") == 1, "default: Deployment has replicas: 1")
+    check(dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds") == 45, "default: terminationGracePeriodSeconds 45")
+    for kind in ("HorizontalPodAutoscaler", "ScaledObject", "ServiceMonitor", "PersistentVolumeClaim"):
+        check(not find(ds, kind), f"default: no {kind} expected")
+    for kind in ("Service", "ServiceAccount", "PodDisruptionBudget", "ConfigMap"):
+        check(find(ds, kind), f"default: {kind} expected")
+    cfg = config_of(ds, "default")
+    if cfg:
+        check(set(cfg) == {"kafka", "runtime", "telemetry", "pipelines"}, f"default: worker.toml tables {sorted(cfg)}")
+        check(cfg["telemetry"].get("http_listen") == "0.0.0.0:9464", "default: telemetry.http_listen 0.0.0.0:9464")
+        p = cfg["pipelines"][0]
+        check(p["component"] == "/opt/pipeline-worker/functions/enrich_rs.wasm", f"default: component path {p['component']}")
+        check(p["limits"].get("memory_bytes") == 134217728 and isinstance(p["limits"]["memory_bytes"], int),
+              "default: limits.memory_bytes rendered as the integer 134217728")
+        check(cfg["runtime"]["cache_dir"] == "/var/cache/pipeline-worker", "default: runtime.cache_dir")
+        grace_vs_drain(dep, cfg, "default")
+    vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    check("emptyDir" in vols.get("cache", {}), "default: cache is an emptyDir")
+    env = {e["name"] for e in c.get("env", [])}
+    check(not any(n.startswith("PIPELINE_WORKER__KAFKA__LIBRDKAFKA__") for n in env), "default: no secret env vars")
+
+def helm_full(path, *_):
+    ds = docs(path)
+    dep, c = common_deployment(ds, "full")
+    check("replicas" not in dep.get("spec", {}), "full: Deployment must not set replicas when the HPA is enabled")
+    hpa = one(ds, "HorizontalPodAutoscaler")
+    check(hpa.get("spec", {}).get("scaleTargetRef", {}).get("name") == dep["metadata"]["name"], "full: HPA targets the Deployment")
+    check(len(hpa.get("spec", {}).get("metrics", [])) == 2, "full: HPA has cpu and memory metrics")
+    check(not find(ds, "ScaledObject"), "full: no ScaledObject")
+    sm = one(ds, "ServiceMonitor")
+    check(sm.get("spec", {}).get("endpoints", [{}])[0].get("port") == "metrics", "full: ServiceMonitor scrapes port metrics")
+    check(sm.get("metadata", {}).get("labels", {}).get("release") == "kube-prometheus-stack", "full: ServiceMonitor labels")
+    pdb = one(ds, "PodDisruptionBudget")
+    check(pdb.get("spec", {}).get("minAvailable") == 1, "full: PDB minAvailable 1")
+    env = {e["name"]: e for e in c.get("env", [])}
+    for prop, key in (("sasl.password", "password"), ("sasl.username", "username")):
+        e = env.get(f"PIPELINE_WORKER__KAFKA__LIBRDKAFKA__{prop}")
+        if check(e, f"full: env PIPELINE_WORKER__KAFKA__LIBRDKAFKA__{prop} from the existing secret"):
+            ref = e.get("valueFrom", {}).get("secretKeyRef", {})
+            check(ref == {"name": "kafka-credentials", "key": key}, f"full: {prop} secretKeyRef {ref}")
+            check("value" not in e, f"full: {prop} must not be a literal value")
+    check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value") == "http://otel-collector.observability:4317", "full: OTLP endpoint env")
+    spec = dep["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in spec["volumes"]}
+    check(vols.get("kafka-tls-ca", {}).get("secret", {}).get("secretName") == "kafka-ca", "full: CA secret volume")
+    check(vols.get("cache", {}).get("persistentVolumeClaim", {}).get("claimName", "").endswith("-cache"), "full: cache on the created PVC")
+    check(vols.get("functions", {}).get("persistentVolumeClaim", {}).get("claimName") == "function-store", "full: functions on the existing PVC")
+    pvcs = find(ds, "PersistentVolumeClaim")
+    check(len(pvcs) == 1 and pvcs[0]["spec"]["accessModes"] == ["ReadWriteMany"], "full: one created PVC (cache, RWX)")
+    mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+    check({"/etc/kafka-tls/ca", "/etc/kafka-tls/client", "/var/lib/pipeline-worker/functions"} <= mounts, f"full: mounts {sorted(mounts)}")
+    check(spec.get("imagePullSecrets") == [{"name": "regcred"}], "full: imagePullSecrets")
+    check(c.get("image") == "registry.example.com/platform/pipeline-worker:0.1.0", f"full: image {c.get('image')}")
+    check("startupProbe" in c, "full: startup probe")
+    cfg = config_of(ds, "full")
+    if cfg:
+        lk = cfg["kafka"]["librdkafka"]
+        check(lk.get("ssl.ca.location") == "/etc/kafka-tls/ca/ca.crt", "full: ssl.ca.location points at the CA mount")
+        check(lk.get("message.max.bytes") == "2097152", f"full: numeric librdkafka value as a plain string, got {lk.get('message.max.bytes')!r}")
+        check(lk.get("socket.keepalive.enable") == "true", "full: boolean librdkafka value as a string")
+        check("sasl.password" not in lk and "sasl.username" not in lk, "full: no credentials in the ConfigMap")
+        check([p["name"] for p in cfg["pipelines"]] == ["enrich", "router"], "full: two pipelines")
+        check(cfg["pipelines"][0]["component"] == "/var/lib/pipeline-worker/functions/enrich_event.wasm", "full: relative component under functions.dir")
+        check(cfg["pipelines"][1]["component"] == "/opt/custom/router.wasm", "full: absolute component kept")
+        check(cfg["pipelines"][0]["limits"].get("fuel") == 500000000, "full: limits.fuel")
+        check("limits" not in cfg["pipelines"][1], "full: no limits table when none are set")
+        grace_vs_drain(dep, cfg, "full")
+    for d in ds:
+        check(d.get("metadata", {}).get("labels", {}).get("team") == "data-platform", f"full: commonLabels on {d.get('kind')}")
+
+def helm_keda(path, *_):
+    ds = docs(path)
+    dep, c = common_deployment(ds, "keda")
+    check("replicas" not in dep.get("spec", {}), "keda: Deployment must not set replicas when KEDA is enabled")
+    check(not find(ds, "HorizontalPodAutoscaler"), "keda: no chart HPA (KEDA makes its own)")
+    so = one(ds, "ScaledObject")
+    spec = so.get("spec", {})
+    check(spec.get("scaleTargetRef", {}).get("name") == dep["metadata"]["name"], "keda: ScaledObject targets the Deployment")
+    check(spec.get("minReplicaCount") == 0 and spec.get("maxReplicaCount") == 12, "keda: replica bounds")
+    trig = spec.get("triggers", [])
+    got = sorted((t["metadata"]["consumerGroup"], t["metadata"]["topic"]) for t in trig)
+    want = sorted([("pipeline-worker.enrich", "events"), ("pipeline-worker.audit", "payments"), ("pipeline-worker.audit", "refunds")])
+    check(got == want, f"keda: triggers (consumerGroup, topic) {got} != {want}")
+    for t in trig:
+        check(t["type"] == "kafka", "keda: trigger type kafka")
+        md = t["metadata"]
+        check(all(isinstance(v, str) for v in md.values()), f"keda: trigger metadata values are strings: {md}")
+        check(md.get("bootstrapServers") == "kafka.kafka.svc:9092", "keda: bootstrapServers")
+        check(md.get("lagThreshold") == "500" and md.get("activationLagThreshold") == "10", "keda: thresholds")
+        check(md.get("sasl") == "plaintext", "keda: extraMetadata")
+        check(t.get("authenticationRef", {}).get("name") == so["metadata"]["name"], "keda: authenticationRef")
+    ta = one(ds, "TriggerAuthentication")
+    refs = ta.get("spec", {}).get("secretTargetRef", [])
+    check({(r["parameter"], r["name"], r["key"]) for r in refs} ==
+          {("username", "kafka-credentials", "username"), ("password", "kafka-credentials", "password")},
+          f"keda: TriggerAuthentication refs {refs}")
+
+def compose(path, root, drain_default="20000"):
+    import os
+    m = json.load(open(path))
+    svcs = m.get("services", {})
+    for s in ("kafka", "kafka-init", "producer", "worker", "otel-collector"):
+        check(s in svcs, f"compose: service {s}")
+    if not all(s in svcs for s in ("kafka", "kafka-init", "producer", "worker", "otel-collector")):
+        return
+    check(re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", svcs["kafka"].get("image", "")), "compose: kafka from the official apache/kafka image")
+    check(svcs["otel-collector"].get("image", "").startswith("otel/opentelemetry-collector-contrib:"), "compose: otel collector contrib image")
+    w = svcs["worker"]
+    b = w.get("build", {})
+    check(os.path.realpath(b.get("context", "")) == os.path.realpath(root), f"compose: worker build context is the repo root ({b.get('context')})")
+    check(b.get("dockerfile") == "compose/Dockerfile", "compose: worker dockerfile compose/Dockerfile")
+    check(w.get("read_only") is True, "compose: worker read_only")
+    check(any(t.split(":")[0] == "/tmp" for t in w.get("tmpfs", [])), "compose: worker tmpfs /tmp")
+    vols = {v["target"]: v for v in w.get("volumes", [])}
+    check(vols.get("/var/cache/pipeline-worker", {}).get("type") == "volume", "compose: cache volume at /var/cache/pipeline-worker")
+    cfgm = vols.get("/etc/pipeline-worker/worker.toml", {})
+    check(cfgm.get("read_only") is True, "compose: worker.toml mounted read-only")
+    check(w.get("user", "").split(":")[0] not in ("", "0", "root"), "compose: worker runs as non-root")
+    deps = w.get("depends_on", {})
+    check(deps.get("kafka-init", {}).get("condition") == "service_completed_successfully", "compose: worker waits for topic creation")
+    check(svcs["kafka-init"].get("depends_on", {}).get("kafka", {}).get("condition") == "service_healthy", "compose: kafka-init waits for a healthy broker")
+    check(svcs["producer"].get("depends_on", {}).get("kafka-init", {}).get("condition") == "service_completed_successfully", "compose: producer waits for topics")
+    check("kafka-console-producer.sh" in " ".join(svcs["producer"].get("command") or []), "compose: producer uses kafka-console-producer.sh")
+    grace = w.get("stop_grace_period", "10s")
+    gs = int(re.fullmatch(r"(\d+)s", grace).group(1)) if re.fullmatch(r"(\d+)s", grace) else 0
+    env = w.get("environment", {})
+    check(str(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")).startswith("http://otel-collector:"), "compose: worker exports OTLP to the collector")
+    # Files the compose model mounts.
+    toml_src = cfgm.get("source", "")
+    if check(os.path.isfile(toml_src), f"compose: {toml_src} exists") and tomllib:
+        cfg = tomllib.load(open(toml_src, "rb"))
+        check(cfg["runtime"]["cache_dir"] == "/var/cache/pipeline-worker", "compose: worker.toml cache_dir is the volume")
+        check(gs * 1000 > cfg["runtime"].get("drain_timeout_ms", 20000), f"compose: stop_grace_period {grace} must exceed the drain")
+        comp = cfg["pipelines"][0].get("component", "")
+        check(comp.startswith("/opt/pipeline-worker/functions/"), f"compose: component {comp} is the one in the image")
+        check(cfg["kafka"]["brokers"].split(",")[0].split(":")[0] == "kafka", "compose: brokers on the compose network")
+        port = cfg.get("telemetry", {}).get("http_listen", ":9464").rsplit(":", 1)[1]
+        check(any(str(p.get("target")) == port for p in w.get("ports", [])), f"compose: telemetry port {port} published")
+        p0 = cfg["pipelines"][0]
+        topics = set(p0.get("input_topics", []) + p0.get("output_topics", []) + [p0.get("dead_letter_topic", "")]) - {""}
+        init = " ".join(svcs["kafka-init"].get("command") or [])
+        check(all(t in init for t in topics), f"compose: kafka-init creates {sorted(topics)}")
+    oc = [v for v in svcs["otel-collector"].get("volumes", []) if v.get("type") == "bind"]
+    if check(oc and os.path.isfile(oc[0]["source"]), "compose: otel collector config file exists"):
+        c = yaml.safe_load(open(oc[0]["source"]))
+        check("otlp" in c.get("receivers", {}), "otel: otlp receiver")
+        check("prometheus" in c.get("exporters", {}), "otel: prometheus exporter")
+        pipes = c.get("service", {}).get("pipelines", {})
+        for name, p in pipes.items():
+            for kind in ("receivers", "processors", "exporters"):
+                for ref in p.get(kind, []):
+                    check(ref in c.get(kind, {}), f"otel: pipeline {name} uses undefined {kind[:-1]} {ref}")
+        check("prometheus" in pipes.get("metrics", {}).get("exporters", []), "otel: metrics pipeline exports to prometheus")
+
+def dockerfile(path, root):
+    import os, shlex
+    text = open(path).read()
+    # Join continuation lines, drop comments.
+    lines, cur = [], ""
+    for raw in text.splitlines():
+        s = raw.strip()
+        if not cur and (not s or s.startswith("#")):
+            continue
+        if s.startswith("#"):
+            continue
+        if s.endswith("\\"):
+            cur += s[:-1] + " "
+            continue
+        lines.append(cur + s); cur = ""
+    args = {}
+    stages = []  # (from, name, [instructions])
+    for ln in lines:
+        op, _, rest = ln.partition(" ")
+        op = op.upper()
+        if op == "ARG" and not stages:
+            k, _, v = rest.partition("="); args[k.strip()] = v.strip().strip('"')
+            continue
+        if op == "FROM":
+            parts = rest.split()
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), parts[0])
+            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
+            stages.append((image, name, []))
+            continue
+        if stages:
+            stages[-1][2].append((op, rest))
+    check(len(stages) >= 2, "Dockerfile: multi-stage")
+    if not stages:
+        return
+    images = [s[0] for s in stages]
+    check("rust:1.95-bookworm" in images, f"Dockerfile: a builder stage FROM rust:1.95-bookworm (stages: {images})")
+    final_image, final_name, final = stages[-1]
+    check(re.fullmatch(r"debian:bookworm-slim", final_image) is not None, f"Dockerfile: final stage FROM debian:bookworm-slim, got {final_image}")
+    users = [r for op, r in final if op == "USER"]
+    check(users and users[-1].split(":")[0] not in ("root", "0"), f"Dockerfile: final stage USER is non-root ({users})")
+    check(users and users[-1].split(":")[0] == "10001", "Dockerfile: final stage USER 10001")
+    compilers = re.compile(r"\b(gcc|g\+\+|clang|cmake|make|build-essential|rustc|cargo|rustup|libssl-dev|zlib1g-dev|pkg-config)\b")
+    for op, r in final:
+        if op == "RUN" and "apt-get install" in r:
+            check(not compilers.search(r.split("apt-get install", 1)[1].split("&&")[0]), f"Dockerfile: final stage installs a build tool: {r[:120]}")
+        if op in ("COPY", "ADD") and "--from=" not in r:
+            srcs = shlex.split(r)[:-1]
+            for s in srcs:
+                if not s.startswith("--"):
+                    check(os.path.exists(os.path.join(root, s)), f"Dockerfile: COPY source {s} exists in the repo")
+    ops = {op: r for op, r in final}
+    check(ops.get("ENTRYPOINT") == '["pipeline-worker"]', f"Dockerfile: ENTRYPOINT [\"pipeline-worker\"], got {ops.get('ENTRYPOINT')}")
+    check(ops.get("CMD") == '["run", "--config", "/etc/pipeline-worker/worker.toml"]', f"Dockerfile: CMD, got {ops.get('CMD')}")
+    check("9464" in ops.get("EXPOSE", ""), "Dockerfile: EXPOSE 9464")
+    check("HEALTHCHECK" not in ops, "Dockerfile: no HEALTHCHECK (no HTTP client in the image)")
+    check(re.search(r"#.*HEALTHCHECK", text) is not None, "Dockerfile: comment explaining the missing HEALTHCHECK")
+    copies = " ".join(r for op, r in final if op == "COPY")
+    check("/usr/local/bin/pipeline-worker" in copies, "Dockerfile: binary at /usr/local/bin/pipeline-worker")
+    check("/opt/pipeline-worker/functions/" in copies, "Dockerfile: example component in /opt/pipeline-worker/functions/")
+    check(any(op == "RUN" and "/var/cache/pipeline-worker" in r and "10001" in r for op, r in final), "Dockerfile: cache dir owned by 10001")
+    alltext = "\n".join(r for _, _, ins in stages for _, r in ins)
+    check("rustup target add wasm32-wasip2" in alltext, "Dockerfile: rustup target add wasm32-wasip2")
+    check(re.search(r"CARGO_TARGET_DIR=target/guests cargo build [^\n]*--release[^\n]*--target wasm32-wasip2[^\n]*-p enrich-rs", alltext), "Dockerfile: builds enrich-rs for wasm32-wasip2")
+    check(re.search(r"cargo build [^\n]*--release[^\n]*-p pipeline-worker", alltext), "Dockerfile: cargo build --release -p pipeline-worker")
+    for tool in ("cmake", "g++", "make", "perl"):
+        check(re.search(r"apt-get install[^\n]*" + re.escape(tool), "\n".join(r for op, r in stages[0][2] if op == "RUN")), f"Dockerfile: builder installs {tool}")
+    ign = path + ".dockerignore"
+    if check(os.path.isfile(ign), "Dockerfile: compose/Dockerfile.dockerignore exists"):
+        pats = {l.strip() for l in open(ign) if l.strip() and not l.startswith("#")}
+        for p in ("target", ".git", ".kafka", ".venv"):
+            check(p in pats, f"Dockerfile.dockerignore: excludes {p}")
+
+def readme(chart_dir, *_):
+    import os
+    vals = yaml.safe_load(open(os.path.join(chart_dir, "values.yaml")))
+    doc = set(re.findall(r"^\| `([^`]+)`", open(os.path.join(chart_dir, "README.md")).read(), re.M))
+    def leaves(d, p=""):
+        if isinstance(d, dict) and d:
+            for k, x in d.items():
+                yield from leaves(x, f"{p}.{k}" if p else k)
+        else:
+            yield p
+    for leaf in leaves(vals):
+        parts = leaf.split(".")
+        check(any(".".join(parts[:n]) in doc for n in range(1, len(parts) + 1)), f"chart README: value {leaf} is not listed")
+    schema = json.load(open(os.path.join(chart_dir, "values.schema.json")))
+    check(schema.get("$schema", "").startswith("http://json-schema.org/draft-07/"), "schema: draft-07")
+    check(schema.get("additionalProperties") is False, "schema: additionalProperties false at the top level")
+    for k in ("image", "kafka", "runtime", "telemetry", "functions", "cache", "autoscaling", "keda", "pdb", "service", "serviceAccount", "metrics"):
+        check(schema["properties"].get(k, {}).get("additionalProperties") is False, f"schema: additionalProperties false under {k}")
+    check(set(schema["properties"]) == set(vals), f"schema and values.yaml top-level keys differ: {set(schema['properties']) ^ set(vals)}")
+
+def rust_struct_fields(src, name):
+    """Field names of `struct name` in config.rs (serde rename honoured)."""
+    m = re.search(r"pub struct " + name + r"\s*\{(.*?)\n\}", src, re.S)
+    if not m:
+        return None
+    fields, rename = set(), None
+    for line in m.group(1).splitlines():
+        r = re.search(r'rename\s*=\s*"([^"]+)"', line)
+        if r:
+            rename = r.group(1)
+        f = re.match(r"\s*pub\s+(\w+)\s*:", line)
+        if f:
+            fields.add(rename or f.group(1)); rename = None
+    return fields
+
+def config_keys(toml_path, config_rs, label):
+    """Every key of a worker.toml is a field of worker/src/config.rs (deny_unknown_fields)."""
+    if tomllib is None:
+        return
+    src = open(config_rs).read()
+    cfg = tomllib.load(open(toml_path, "rb"))
+    structs = {n: rust_struct_fields(src, n) for n in ("Config", "KafkaConfig", "RuntimeConfig", "PipelineConfig", "Limits")}
+    tele_name = next(iter(re.findall(r"pub struct (\w*Telemetry\w*)", src)), None)
+    # [telemetry] as specified for the worker (see scripts/check-deploy.sh header) until config.rs has it.
+    tele = rust_struct_fields(src, tele_name) if tele_name else {"http_listen", "otlp_endpoint", "log_format"}
+    def sub(keys, allowed, where):
+        if allowed is None:
+            return
+        for k in sorted(set(keys) - allowed):
+            check(False, f"{label}: unknown key {where}{k} (not a field in worker/src/config.rs)")
+    top = set(structs["Config"] or ())
+    if "telemetry" in cfg and "telemetry" not in top:
+        print(f"WARN {label}: [telemetry] is not in worker/src/config.rs yet; the worker refuses this file until the telemetry config lands")
+        top.add("telemetry")
+    sub(cfg, top or None, "")
+    sub(cfg.get("kafka", {}), structs["KafkaConfig"], "kafka.")
+    sub(cfg.get("runtime", {}), structs["RuntimeConfig"], "runtime.")
+    sub(cfg.get("telemetry", {}), tele, "telemetry.")
+    for i, p in enumerate(cfg.get("pipelines", [])):
+        sub(p, structs["PipelineConfig"], f"pipelines[{i}].")
+        sub(p.get("limits", {}), structs["Limits"], f"pipelines[{i}].limits.")
+    managed = {"bootstrap.servers", "group.id", "enable.auto.offset.store", "enable.idempotence", "acks", "partition.assignment.strategy"}
+    for k in cfg.get("kafka", {}).get("librdkafka", {}):
+        check(k not in managed, f"{label}: kafka.librdkafka.{k} is managed by the worker")
+    for k, v in cfg.get("kafka", {}).get("librdkafka", {}).items():
+        check(isinstance(v, str), f"{label}: kafka.librdkafka.{k} must be a string")
+
+def toml_of_configmap(path, out):
+    cm = one(docs(path), "ConfigMap")
+    open(out, "w").write(cm.get("data", {}).get("worker.toml", ""))
+
+if __name__ == "__main__":
+    cmd, *a = sys.argv[1:]
+    globals()[cmd.replace("-", "_")](*a)
+    for e in errors:
+        print(e)
+    sys.exit(1 if errors else 0)
+PY
+
+# Runs one check subcommand of checks.py; each failed assertion becomes a FAIL line.
+# Lines starting with "WARN " are warnings, any other line is a failed assertion.
+pycheck() {
+    local label="$1"; shift
+    local out status=0
+    out="$("$PYTHON" "$OUT/checks.py" "$@" 2>&1)" || status=$?
+    while IFS= read -r line; do
+        case "$line" in
+            "") ;;
+            "WARN "*) warn "${line#WARN }" ;;
+            *) [ "$status" -ne 0 ] && fail "$label: $line" ;;
+        esac
+    done <<<"$out"
+    if [ "$status" -eq 0 ]; then ok "$label"; fi
+}
+
+###############################################################################
+step "helm lint"
+
+# --strict turns lint warnings into failures.
+for v in "" "$CI_VALUES/full-values.yaml" "$CI_VALUES/keda-values.yaml"; do
+    label="helm lint --strict ${v:+-f ${v#"$ROOT"/}}"; [ -n "$v" ] || label="helm lint --strict (default values)"
+    if run lint "$HELM" lint --strict "$CHART" ${v:+--values "$v"}; then
+        ok "$label"
+    else
+        fail "$label"; cat "$OUT/lint.out" "$OUT/lint.err" >&2
+    fi
+done
+step_done
+
+###############################################################################
+step "helm template"
+
+render() {  # render NAME [helm args...]
+    local name="$1"; shift
+    if "$HELM" template pw "$CHART" --namespace streaming --kube-version "$KUBE_VERSION" "$@" >"$OUT/$name.yaml" 2>"$OUT/$name.err"; then
+        ok "helm template: $name ($(grep -c '^kind:' "$OUT/$name.yaml") objects)"
+        return 0
+    fi
+    fail "helm template: $name"; cat "$OUT/$name.err" >&2
+    return 1
+}
+render default && pycheck "default render" helm-default "$OUT/default.yaml"
+render full --values "$CI_VALUES/full-values.yaml" && pycheck "full render (HPA, PDB, ServiceMonitor, existingSecret, TLS, persistence)" helm-full "$OUT/full.yaml"
+render keda --values "$CI_VALUES/keda-values.yaml" && pycheck "keda render" helm-keda "$OUT/keda.yaml"
+
+# checksum/config follows the rendered config.
+if render changed --set runtime.maxInFlight=1234; then
+    a=$(grep -m1 'checksum/config' "$OUT/default.yaml"); b=$(grep -m1 'checksum/config' "$OUT/changed.yaml")
+    if [ -n "$a" ] && [ "$a" != "$b" ]; then ok "checksum/config changes with the config"; else fail "checksum/config did not change with the config"; fi
+fi
+
+# Renders that must fail, with the message that says why.
+must_fail() {  # must_fail LABEL EXPECTED_REGEX [helm args...]
+    local label="$1" want="$2"; shift 2
+    if "$HELM" template pw "$CHART" --kube-version "$KUBE_VERSION" "$@" >"$OUT/neg.out" 2>"$OUT/neg.err"; then
+        fail "$label: rendered, expected a failure"
+    elif grep -Eq "$want" "$OUT/neg.err"; then
+        ok "$label: fails ($(grep -Eo "$want" "$OUT/neg.err" | head -1))"
+    else
+        fail "$label: failed without /$want/:"; cat "$OUT/neg.err" >&2
+    fi
+}
+must_fail "HPA and KEDA both enabled" "autoscaling.enabled and keda.enabled are mutually exclusive" \
+    --values "$CI_VALUES/keda-values.yaml" --set autoscaling.enabled=true
+
+printf 'replicaCout: 3\n' >"$OUT/typo-top.yaml"
+must_fail "typo'd top-level key (replicaCout)" "additional propert(y|ies).*replicaCout|replicaCout.*not allowed" --values "$OUT/typo-top.yaml"
+printf 'kafka:\n  groupID: x\n' >"$OUT/typo-nested.yaml"
+must_fail "typo'd nested key (kafka.groupID)" "additional propert(y|ies).*groupID|groupID.*not allowed" --values "$OUT/typo-nested.yaml"
+printf 'pipelines:\n  - name: a\n    inputTopics: [in]\n    component: a.wasm\n    outputTopics: [out]\n    deadLetterTopic: dlq\n    limits:\n      deadlineMS: 5\n' >"$OUT/typo-limits.yaml"
+must_fail "typo'd limits key (deadlineMS)" "additional propert(y|ies).*deadlineMS|deadlineMS.*not allowed" --values "$OUT/typo-limits.yaml"
+printf 'kafka:\n  librdkafka:\n    acks: "1"\n' >"$OUT/managed.yaml"
+must_fail "managed librdkafka key (acks)" "/kafka/librdkafka/acks" --values "$OUT/managed.yaml"
+must_fail "grace period not above the drain" "terminationGracePeriodSeconds \\(20\\) must be larger" \
+    --set terminationGracePeriodSeconds=20
+must_fail "secretKeys without existingSecret" "existingSecret is empty" \
+    --set-string 'kafka.auth.secretKeys.sasl\.password=password'
+must_fail "duplicate pipeline names" "duplicate pipeline name" \
+    --set 'pipelines[0].name=a,pipelines[0].inputTopics={i},pipelines[0].component=a.wasm,pipelines[0].outputTopics={o},pipelines[0].deadLetterTopic=d' \
+    --set 'pipelines[1].name=a,pipelines[1].inputTopics={i2},pipelines[1].component=a.wasm,pipelines[1].outputTopics={o2},pipelines[1].deadLetterTopic=d2'
+
+# NOTES.txt is rendered only by `helm install`, which needs a cluster: render it
+# from a copy of the chart where it is wrapped in a YAML template.
+NOTES_CHART="$OUT/notes-chart"
+rm -rf "$NOTES_CHART" && cp -r "$CHART" "$NOTES_CHART"
+{ echo '{{- define "check-deploy.notes" -}}'; cat "$CHART/templates/NOTES.txt"; echo '{{- end -}}'; } >"$NOTES_CHART/templates/_check_deploy_notes.tpl"
+rm "$NOTES_CHART/templates/NOTES.txt"
+printf 'notes: |\n{{ include "check-deploy.notes" . | indent 2 }}\n' >"$NOTES_CHART/templates/check-deploy-notes.yaml"
+for v in default full keda; do
+    case "$v" in default) vf=();; *) vf=(--values "$CI_VALUES/$v-values.yaml");; esac
+    if "$HELM" template pw "$NOTES_CHART" --namespace streaming --kube-version "$KUBE_VERSION" "${vf[@]}" \
+        --show-only templates/check-deploy-notes.yaml >"$OUT/notes-$v.yaml" 2>"$OUT/notes-$v.err" \
+        && grep -q 'Replicas above the partition count' "$OUT/notes-$v.yaml"; then
+        ok "NOTES.txt renders ($v)"
+    else
+        fail "NOTES.txt ($v)"; cat "$OUT/notes-$v.err" >&2
+    fi
+done
+grep -q 'KEDA scales the Deployment' "$OUT/notes-keda.yaml" 2>/dev/null || fail "NOTES.txt (keda) does not describe KEDA scaling"
+rm -rf "$NOTES_CHART"
+
+pycheck "chart README lists every value; schema is strict" readme "$CHART"
+
+# The worker refuses unknown keys (serde deny_unknown_fields): every key the
+# chart renders must be a field of worker/src/config.rs.
+for v in default full keda; do
+    if [ -s "$OUT/$v.yaml" ] && "$PYTHON" "$OUT/checks.py" toml-of-configmap "$OUT/$v.yaml" "$OUT/$v-worker.toml" >/dev/null 2>&1; then
+        pycheck "rendered worker.toml ($v) uses only keys worker/src/config.rs knows" config-keys "$OUT/$v-worker.toml" "$ROOT/worker/src/config.rs" "helm $v"
+    fi
+done
+step_done
+
+###############################################################################
+step "docker compose"
+
+COMPOSE_JSON="$OUT/compose.json"
+compose_ok=0
+if docker compose version >/dev/null 2>&1; then
+    # The plugin's config command needs no engine.
+    if run compose-q docker compose -f "$COMPOSE_FILE" config -q \
+        && docker compose -f "$COMPOSE_FILE" config --format json >"$COMPOSE_JSON" 2>"$OUT/compose.err"; then
+        ok "docker compose config -q"; compose_ok=1
+    else
+        fail "docker compose config"; cat "$OUT/compose-q.err" "$OUT/compose.err" >&2
+    fi
+    compose_validate() { docker compose -f "$1" config -q; }
+else
+    echo "docker compose plugin not available ($(docker --version 2>/dev/null || echo 'no docker CLI')): using compose/tools/composecheck (compose-go)"
+    CC_BIN="$OUT/composecheck"
+    if (cd "$ROOT/compose/tools/composecheck" && go build -o "$CC_BIN" .) >"$OUT/composecheck-build.log" 2>&1; then
+        if "$CC_BIN" -f "$COMPOSE_FILE" >"$COMPOSE_JSON" 2>"$OUT/compose.err"; then
+            ok "compose-go load + schema validation of compose/docker-compose.yml"; compose_ok=1
+        else
+            fail "compose-go rejects compose/docker-compose.yml"; cat "$OUT/compose.err" >&2
+        fi
+    else
+        fail "cannot build compose/tools/composecheck"; cat "$OUT/composecheck-build.log" >&2
+    fi
+    compose_validate() { "$CC_BIN" -f "$1"; }
+fi
+if [ "$compose_ok" = 1 ]; then
+    pycheck "compose model (services, read_only, tmpfs, cache volume, ordering, otel config, worker.toml)" compose "$COMPOSE_JSON" "$ROOT"
+    pycheck "compose/worker.toml uses only keys worker/src/config.rs knows" config-keys "$ROOT/compose/worker.toml" "$ROOT/worker/src/config.rs" "compose/worker.toml"
+    # The validator must reject a typo, or the check above proves nothing.
+    sed 's/^\(    \)read_only: true/\1read_onyl: true/' "$COMPOSE_FILE" >"$ROOT/compose/.check-deploy-typo.yml"
+    if compose_validate "$ROOT/compose/.check-deploy-typo.yml" >/dev/null 2>"$OUT/compose-typo.err"; then
+        fail "compose validator accepted a typo'd key (read_onyl)"
+    elif grep -q 'read_onyl' "$OUT/compose-typo.err"; then
+        ok "compose validator rejects a typo'd key ($(grep -o 'services[^ ]*read_onyl[^:]*' "$OUT/compose-typo.err" | head -1))"
+    else
+        fail "compose validator failed on the typo'd file for another reason:"; cat "$OUT/compose-typo.err" >&2
+    fi
+    rm -f "$ROOT/compose/.check-deploy-typo.yml"
+fi
+step_done
+
+###############################################################################
+step "Dockerfile (static)"
+
+pycheck "Dockerfile: stages, non-root final stage, no compiler, entrypoint, ignore file" dockerfile "$DOCKERFILE" "$ROOT"
+echo "  (not built here: no Docker engine on this machine)"
+step_done
+
+###############################################################################
+step "worker.toml against the worker binary (optional)"
+
+BIN="${PIPELINE_WORKER_BIN:-$ROOT/target/release/pipeline-worker}"
+GUEST="$ROOT/target/guests/wasm32-wasip2/release/enrich_rs.wasm"
+if [ -x "$BIN" ] && [ -f "$GUEST" ]; then
+    "$PYTHON" "$OUT/checks.py" toml-of-configmap "$OUT/default.yaml" "$OUT/helm-worker.toml" >/dev/null 2>&1
+    for cfg in "$ROOT/compose/worker.toml" "$OUT/helm-worker.toml"; do
+        [ -s "$cfg" ] || continue
+        if env PIPELINE_WORKER__PIPELINES__0__COMPONENT="$GUEST" \
+               PIPELINE_WORKER__RUNTIME__CACHE_DIR="$OUT/cache" \
+               "$BIN" validate --config "$cfg" >"$OUT/validate.out" 2>&1; then
+            ok "pipeline-worker validate ${cfg#"$ROOT"/}"
+        elif [ "${CHECK_DEPLOY_STRICT_CONFIG:-0}" = 1 ]; then
+            fail "pipeline-worker validate ${cfg#"$ROOT"/}: $(tail -1 "$OUT/validate.out")"
+        else
+            warn "pipeline-worker validate ${cfg#"$ROOT"/}: $(tail -1 "$OUT/validate.out") (binary $BIN may predate these keys; CHECK_DEPLOY_STRICT_CONFIG=1 makes this fatal)"
+        fi
+    done
+else
+    echo "  skipped: no built binary at $BIN (or no $GUEST)"
+fi
+step_done
+
+###############################################################################
+printf '\n== timings\n'
+printf '  %s\n' "${TIMINGS[@]}"
+printf '\nrendered manifests and logs: %s\n' "$OUT"
+if [ "${#WARNINGS[@]}" -gt 0 ]; then
+    printf '\n%d warning(s):\n' "${#WARNINGS[@]}"
+    printf '  %s\n' "${WARNINGS[@]}"
+fi
+if [ "${#FAILURES[@]}" -gt 0 ]; then
+    printf '\n%d check(s) FAILED:\n' "${#FAILURES[@]}" >&2
+    printf '  %s\n' "${FAILURES[@]}" >&2
+    exit 1
+fi
+printf '\nall deployment checks passed\n'

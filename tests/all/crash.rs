@@ -1,0 +1,80 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// kill -9 mid-stream, restart: every input id is in the output (duplicates
+/// allowed only for the in-flight window, which at-least-once permits).
+#[test]
+fn kill_9_mid_stream_loses_nothing() {
+    const N: usize = 6_000;
+    let input = unique("crash-in");
+    let output = unique("crash-out");
+    let dlq = unique("crash-dlq");
+    create_topics(&[(&input, 4), (&output, 4), (&dlq, 1)]);
+    let records: Vec<In> = (0..N)
+        .map(|i| {
+            In::new(
+                format!("k{}", i % 31),
+                format!(
+                    r#"{{"id":{i},"session_start":0,"session_end":{}}}"#,
+                    i % 4000
+                ),
+            )
+        })
+        .collect();
+    produce_all(&input, &records);
+    let component = guest("enrich_rs");
+    let config = write_config(
+        &unique("crash-group"),
+        &[PipelineSpec {
+            name: "enrich",
+            inputs: &[&input],
+            outputs: &[&output],
+            dlq: &dlq,
+            component: &component,
+            // Small batches and a slow commit interval widen the window in
+            // which a crash leaves produced-but-uncommitted records.
+            extra: "batch_size = 8",
+        }],
+        "",
+    );
+    let first = WorkerProcess::start(&config);
+    let partial = read_until(&[&output], N / 4, Duration::from_secs(120));
+    assert!(
+        partial.len() >= N / 4,
+        "no progress before the kill; log:\n{}",
+        first.log_text()
+    );
+    first.kill9();
+
+    let second = WorkerProcess::start(&config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let mut ids = HashSet::new();
+    let mut total = 0;
+    while std::time::Instant::now() < deadline {
+        let out = read_until(&[&output, &dlq], usize::MAX, Duration::from_secs(5));
+        total = out.len();
+        ids = out
+            .iter()
+            .map(|o| o.json()["id"].as_u64().unwrap())
+            .collect();
+        if ids.len() == N {
+            break;
+        }
+    }
+    let missing: Vec<u64> = (0..N as u64)
+        .filter(|i| !ids.contains(i))
+        .take(20)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost ids (first 20): {missing:?}; log:\n{}",
+        second.log_text()
+    );
+    eprintln!(
+        "kill -9 test: {total} records for {N} ids ({} duplicates)",
+        total - N
+    );
+    assert_eq!(second.terminate(Duration::from_secs(30)), Some(0));
+}

@@ -1,0 +1,14 @@
+//! Integration tests: one binary, one module per topic (as wasmtime's
+//! `tests/all`). Everything that touches Kafka runs against the real broker
+//! that `scripts/kafka.sh start` runs on 127.0.0.1:9092 (`KAFKA_BOOTSTRAP`
+//! overrides); components come from `make examples`.
+
+mod support;
+
+mod config_errors;
+mod crash;
+mod dead_letter;
+mod dev_mode;
+mod group;
+mod hostile;
+mod pipeline_e2e;

@@ -1,0 +1,100 @@
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::support::*;
+
+/// 10,000 records with unique ids through the Rust enrichment component:
+/// every id exactly once, per-key (so per-partition) order kept, keys and
+/// headers passed through; SIGTERM exits 0 and commits, so a second worker in
+/// the same group reprocesses nothing.
+#[test]
+fn ten_thousand_records_exactly_once_in_order() {
+    const N: usize = 10_000;
+    let input = unique("e2e-in");
+    let output = unique("e2e-out");
+    let dlq = unique("e2e-dlq");
+    create_topics(&[(&input, 4), (&output, 4), (&dlq, 1)]);
+
+    let values: Vec<String> = (0..N)
+        .map(|i| {
+            format!(
+                r#"{{"id":{i},"session_start":1700000000,"session_end":{}}}"#,
+                1700000000 + (i % 90) * 60
+            )
+        })
+        .collect();
+    let keys: Vec<String> = (0..N).map(|i| format!("user-{}", i % 97)).collect();
+    let traces: Vec<String> = (0..N).map(|i| format!("t-{i}")).collect();
+    let records: Vec<In> = (0..N)
+        .map(|i| In::new(&keys[i], &values[i]).header("trace-id", &traces[i]))
+        .collect();
+    produce_all(&input, &records);
+
+    let component = guest("enrich_rs");
+    let group = unique("e2e-group");
+    let config = write_config(
+        &group,
+        &[PipelineSpec {
+            name: "enrich",
+            inputs: &[&input],
+            outputs: &[&output],
+            dlq: &dlq,
+            component: &component,
+            extra: "batch_size = 64",
+        }],
+        "",
+    );
+    let worker = WorkerProcess::start(&config);
+    let out = read_until(&[&output], N, Duration::from_secs(180));
+    assert_eq!(out.len(), N, "worker log:\n{}", worker.log_text());
+
+    let mut seen = HashSet::new();
+    let mut last_per_key: HashMap<String, i64> = HashMap::new();
+    let mut key_partition: HashMap<String, i32> = HashMap::new();
+    for o in &out {
+        let v = o.json();
+        let id = v["id"].as_i64().unwrap();
+        assert!(seen.insert(id), "id {id} produced twice");
+        let key = o.key.clone().expect("key kept");
+        assert_eq!(key, keys[id as usize], "key of id {id}");
+        assert_eq!(
+            o.header("trace-id"),
+            traces[id as usize],
+            "headers of id {id}"
+        );
+        let minutes = (id as usize % 90) as f64;
+        assert_eq!(
+            v["session_duration_minutes"].as_f64(),
+            Some(minutes),
+            "enrichment of id {id}"
+        );
+        let tier = if minutes > 30.0 { "high" } else { "standard" };
+        assert_eq!(v["engagement_tier"], tier);
+        // Same key → same partition, ids of one key strictly increasing.
+        let p = *key_partition.entry(key.clone()).or_insert(o.partition);
+        assert_eq!(p, o.partition, "key {key} spread over partitions");
+        if let Some(prev) = last_per_key.insert(key.clone(), id) {
+            assert!(prev < id, "order broken for key {key}: {prev} before {id}");
+        }
+    }
+    assert_eq!(seen.len(), N);
+    assert!(
+        read_until(&[&dlq], 1, Duration::from_secs(2)).is_empty(),
+        "nothing dead-lettered"
+    );
+
+    let code = worker.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "SIGTERM exits 0");
+
+    // Offsets were committed: a new member of the group finds nothing to do.
+    let again = WorkerProcess::start(&config);
+    std::thread::sleep(Duration::from_secs(8));
+    let after = read_until(&[&output], N + 1, Duration::from_secs(5));
+    assert_eq!(
+        after.len(),
+        N,
+        "records were processed again after a clean stop; log:\n{}",
+        again.log_text()
+    );
+    assert_eq!(again.terminate(Duration::from_secs(30)), Some(0));
+}

@@ -1,0 +1,316 @@
+//! Shared helpers: the real broker, unique topics, a worker process, readers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A guest built by `scripts/build-rust-guests.sh` (`make guests`).
+pub fn guest(name: &str) -> PathBuf {
+    let p = repo_root().join(format!("target/guests/wasm32-wasip2/release/{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `make guests` first",
+        p.display()
+    );
+    p
+}
+
+/// A Python component built by `make python-examples`.
+pub fn python_component(name: &str) -> PathBuf {
+    let p = repo_root().join(format!("target/components/{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `make python-examples` first",
+        p.display()
+    );
+    p
+}
+
+/// Unique per test run and call, so tests never share topics or groups.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!(
+        "{prefix}-{}-{t}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn create_topics(topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let res = rt
+        .block_on(admin.create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .expect("create topics");
+    for r in res {
+        if let Err((t, e)) = r {
+            assert_eq!(
+                e,
+                rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                "creating {t}: {e}"
+            );
+        }
+    }
+}
+
+pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+#[derive(Default, Clone)]
+pub struct In {
+    pub key: Option<String>,
+    pub value: String,
+    pub headers: Vec<(String, String)>,
+    pub partition: Option<i32>,
+}
+
+impl In {
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            value: value.into(),
+            ..Default::default()
+        }
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+pub fn produce_all(topic: &str, records: &[In]) {
+    let p = producer();
+    for r in records {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in &r.headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut rec = BaseRecord::<str, str>::to(topic)
+            .payload(&r.value)
+            .headers(h);
+        if let Some(k) = &r.key {
+            rec = rec.key(k);
+        }
+        if let Some(part) = r.partition {
+            rec = rec.partition(part);
+        }
+        let mut rec = rec;
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60))
+        .expect("flush test records");
+}
+
+#[derive(Debug, Clone)]
+pub struct Out {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: String,
+    pub headers: HashMap<String, String>,
+    pub header_order: Vec<String>,
+    pub timestamp: Option<i64>,
+}
+
+impl Out {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.value)
+            .unwrap_or_else(|e| panic!("output {:?} is not JSON: {e}", self.value))
+    }
+    pub fn header(&self, k: &str) -> &str {
+        self.headers
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("header {k} missing in {:?}", self.headers))
+    }
+}
+
+/// Reads topics from the beginning until `want` records arrived or `timeout`.
+/// Partition order is preserved in the returned list (per partition).
+pub fn read_until(topics: &[&str], want: usize, timeout: Duration) -> Vec<Out> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("reader");
+    c.subscribe(topics).expect("subscribe reader");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while out.len() < want && Instant::now() < deadline {
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m.expect("read");
+            let mut headers = HashMap::new();
+            let mut order = Vec::new();
+            if let Some(hs) = m.headers() {
+                for h in hs.iter() {
+                    order.push(h.key.to_string());
+                    headers.insert(
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            out.push(Out {
+                topic: m.topic().into(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                headers,
+                header_order: order,
+                timestamp: m.timestamp().to_millis(),
+            });
+        }
+    }
+    out
+}
+
+pub struct PipelineSpec<'a> {
+    pub name: &'a str,
+    pub inputs: &'a [&'a str],
+    pub outputs: &'a [&'a str],
+    pub dlq: &'a str,
+    pub component: &'a Path,
+    pub extra: &'a str,
+}
+
+/// Writes a config file for one or more pipelines; returns its path.
+pub fn write_config(group: &str, pipelines: &[PipelineSpec<'_>], runtime_extra: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("pw-config"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut s = format!(
+        "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{group}\"\n\n[runtime]\ncache_dir = \"{}\"\ndrain_timeout_ms = 15000\n{runtime_extra}\n",
+        brokers(),
+        repo_root().join(".cache/pipeline-worker-tests").display()
+    );
+    for p in pipelines {
+        s.push_str(&format!(
+            "\n[[pipelines]]\nname = \"{}\"\ninput_topics = {:?}\noutput_topics = {:?}\ndead_letter_topic = \"{}\"\ncomponent = \"{}\"\n{}\n",
+            p.name,
+            p.inputs,
+            p.outputs,
+            p.dlq,
+            p.component.display(),
+            p.extra
+        ));
+    }
+    let path = dir.join("worker.toml");
+    std::fs::write(&path, s).unwrap();
+    path
+}
+
+pub struct WorkerProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn start(config: &Path) -> Self {
+        let log = config.with_file_name(format!("worker-{}.log", unique("w")));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("spawn worker");
+        Self { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait; returns the exit code.
+    pub fn terminate(mut self, timeout: Duration) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "worker did not exit within {timeout:?} after SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,484 @@
+//! The worker's configuration: one TOML file, overridable by environment
+//! variables, validated up front so a bad value stops start-up with its key.
+//!
+//! Environment overrides: `PIPELINE_WORKER__<PATH>` where `<PATH>` is the key
+//! path with `__` between segments, case-insensitive for table keys, and a
+//! number selects an array element: `PIPELINE_WORKER__KAFKA__BROKERS=host:9092`,
+//! `PIPELINE_WORKER__PIPELINES__0__LIMITS__DEADLINE_MS=500`. The value is read as
+//! a TOML value when it parses as one (numbers, booleans, arrays), else as a string.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const ENV_PREFIX: &str = "PIPELINE_WORKER__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default, rename = "pipelines")]
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group shared by every worker of the deployment. Each pipeline
+    /// joins `<group_id>.<pipeline name>` so pipelines never steal each other's
+    /// partitions.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Where a new group starts reading: `earliest` or `latest`.
+    #[serde(default = "default_offset_reset")]
+    pub auto_offset_reset: String,
+    /// Passed to librdkafka as is, for both consumer and producer (SASL, TLS,
+    /// timeouts, ...). Keys the worker manages itself are refused.
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+fn default_group_id() -> String {
+    "pipeline-worker".into()
+}
+fn default_offset_reset() -> String {
+    "earliest".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Where precompiled components are cached, keyed by component digest,
+    /// wasmtime version and engine settings.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Granularity of wall-clock deadlines.
+    #[serde(default = "default_epoch_tick_ms")]
+    pub epoch_tick_ms: u64,
+    /// How long SIGTERM waits for in-flight records before giving up.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// Records buffered between the consumer and the sandbox threads, per pipeline.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Use wasmtime's pooling allocator (pre-reserved slots, copy-on-write
+    /// images). Turn off only on hosts with tight virtual-memory limits.
+    #[serde(default = "default_true")]
+    pub pooling: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: default_cache_dir(),
+            epoch_tick_ms: default_epoch_tick_ms(),
+            drain_timeout_ms: default_drain_timeout_ms(),
+            max_in_flight: default_max_in_flight(),
+            pooling: true,
+        }
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from(".cache/pipeline-worker")
+}
+fn default_epoch_tick_ms() -> u64 {
+    10
+}
+fn default_drain_timeout_ms() -> u64 {
+    20_000
+}
+fn default_max_in_flight() -> usize {
+    2_000
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub name: String,
+    pub input_topics: Vec<String>,
+    /// Path to the component (`.wasm`), relative to the config file.
+    pub component: PathBuf,
+    /// Declared output topics; the first is the default for records that name none.
+    pub output_topics: Vec<String>,
+    pub dead_letter_topic: String,
+    /// Records per call when the component exports the batch entry point.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Sandbox threads for this pipeline; partitions are spread over them and a
+    /// partition always stays on one thread, which keeps its order.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_batch_size() -> usize {
+    64
+}
+fn default_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Per-function caps. Every cap is per record: batch calls get `n` times the
+/// per-record fuel and deadline, and a batch that trips a cap is re-run one
+/// record at a time so only the offending record is dead-lettered.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Wasm fuel per record. Unset = no fuel metering (it roughly doubles the
+    /// per-call cost of a Python component; the deadline still applies).
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    /// Wall-clock deadline per record, enforced by epoch interruption.
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// Cap on each linear memory of an instance; growth past it traps.
+    #[serde(default = "default_memory_bytes")]
+    pub memory_bytes: u64,
+    /// Maximum wasm stack.
+    #[serde(default = "default_stack_bytes")]
+    pub max_stack_bytes: usize,
+    /// Bytes the guest may hand the host in one host call (`log` messages, ...).
+    #[serde(default = "default_hostcall_fuel")]
+    pub hostcall_fuel: usize,
+    /// Resources (streams, handles) one instance may hold.
+    #[serde(default = "default_max_resources")]
+    pub max_resources: usize,
+    /// Total key + value + header bytes of the outputs of one record.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: usize,
+    /// Table elements per table.
+    #[serde(default = "default_table_elements")]
+    pub max_table_elements: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: None,
+            deadline_ms: default_deadline_ms(),
+            memory_bytes: default_memory_bytes(),
+            max_stack_bytes: default_stack_bytes(),
+            hostcall_fuel: default_hostcall_fuel(),
+            max_resources: default_max_resources(),
+            max_output_bytes: default_max_output_bytes(),
+            max_table_elements: default_table_elements(),
+        }
+    }
+}
+
+fn default_deadline_ms() -> u64 {
+    1_000
+}
+fn default_memory_bytes() -> u64 {
+    128 << 20
+}
+fn default_stack_bytes() -> usize {
+    512 << 10
+}
+fn default_hostcall_fuel() -> usize {
+    1 << 20
+}
+fn default_max_resources() -> usize {
+    1_000
+}
+fn default_max_output_bytes() -> usize {
+    1 << 20
+}
+fn default_table_elements() -> usize {
+    100_000
+}
+
+/// librdkafka keys the worker sets itself because correctness depends on them.
+const MANAGED_KAFKA_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.offset.store",
+    "enable.idempotence",
+    "acks",
+    "partition.assignment.strategy",
+];
+
+impl Config {
+    /// Reads, applies `PIPELINE_WORKER__*` overrides, parses and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_str_with_env(&text, path, std::env::vars())
+    }
+
+    /// `path` is used for messages and to resolve relative component paths.
+    pub fn from_str_with_env(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut doc = toml::Value::Table(table);
+        for (var, value) in env {
+            if let Some(rest) = var.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut doc, &var, rest, &value)?;
+            }
+        }
+        let mut config: Config = Config::deserialize(doc).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in &mut config.pipelines {
+            if p.component.is_relative() {
+                p.component = base.join(&p.component);
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "must not be empty"));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty"));
+        }
+        if !matches!(self.kafka.auto_offset_reset.as_str(), "earliest" | "latest") {
+            return Err(invalid(
+                "kafka.auto_offset_reset",
+                format!(
+                    "must be \"earliest\" or \"latest\", got {:?}",
+                    self.kafka.auto_offset_reset
+                ),
+            ));
+        }
+        for key in self.kafka.librdkafka.keys() {
+            if MANAGED_KAFKA_KEYS.contains(&key.as_str()) {
+                return Err(invalid(
+                    format!("kafka.librdkafka.\"{key}\""),
+                    "is set by the worker itself (it is what makes delivery at-least-once); use the dedicated key under [kafka] if there is one",
+                ));
+            }
+        }
+        if self.runtime.epoch_tick_ms == 0 {
+            return Err(invalid("runtime.epoch_tick_ms", "must be at least 1"));
+        }
+        if self.runtime.max_in_flight == 0 {
+            return Err(invalid("runtime.max_in_flight", "must be at least 1"));
+        }
+        if self.pipelines.is_empty() {
+            return Err(invalid(
+                "pipelines",
+                "no pipeline declared; add at least one [[pipelines]] table",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let k = |field: &str| format!("pipelines[{i}].{field}");
+            if p.name.is_empty()
+                || !p
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    k("name"),
+                    format!("{:?} must be non-empty and use only [A-Za-z0-9_-]", p.name),
+                ));
+            }
+            if !names.insert(&p.name) {
+                return Err(invalid(
+                    k("name"),
+                    format!("duplicate pipeline name {:?}", p.name),
+                ));
+            }
+            if p.input_topics.is_empty() {
+                return Err(invalid(k("input_topics"), "must name at least one topic"));
+            }
+            if p.output_topics.is_empty() {
+                return Err(invalid(k("output_topics"), "must name at least one topic"));
+            }
+            for (field, topics) in [
+                ("input_topics", &p.input_topics),
+                ("output_topics", &p.output_topics),
+            ] {
+                for (j, t) in topics.iter().enumerate() {
+                    check_topic(&format!("pipelines[{i}].{field}[{j}]"), t)?;
+                }
+            }
+            check_topic(&k("dead_letter_topic"), &p.dead_letter_topic)?;
+            for t in &p.input_topics {
+                if p.output_topics.contains(t) || &p.dead_letter_topic == t {
+                    return Err(invalid(
+                        k("input_topics"),
+                        format!("topic {t:?} is both input and output; the pipeline would consume its own results"),
+                    ));
+                }
+            }
+            if p.batch_size == 0 || p.batch_size > 10_000 {
+                return Err(invalid(k("batch_size"), "must be between 1 and 10000"));
+            }
+            if p.concurrency == 0 || p.concurrency > 256 {
+                return Err(invalid(k("concurrency"), "must be between 1 and 256"));
+            }
+            let l = &p.limits;
+            let lk = |field: &str| format!("pipelines[{i}].limits.{field}");
+            if l.fuel == Some(0) {
+                return Err(invalid(
+                    lk("fuel"),
+                    "must be positive (omit it to disable fuel metering)",
+                ));
+            }
+            if l.deadline_ms == 0 {
+                return Err(invalid(lk("deadline_ms"), "must be positive"));
+            }
+            if l.deadline_ms < self.runtime.epoch_tick_ms {
+                return Err(invalid(
+                    lk("deadline_ms"),
+                    format!(
+                        "{} ms is shorter than runtime.epoch_tick_ms ({} ms), the deadline's resolution",
+                        l.deadline_ms, self.runtime.epoch_tick_ms
+                    ),
+                ));
+            }
+            if l.memory_bytes < (1 << 16) {
+                return Err(invalid(
+                    lk("memory_bytes"),
+                    "must be at least one wasm page (65536)",
+                ));
+            }
+            if l.max_stack_bytes < 4096 {
+                return Err(invalid(lk("max_stack_bytes"), "must be at least 4096"));
+            }
+            if l.max_output_bytes == 0 {
+                return Err(invalid(lk("max_output_bytes"), "must be positive"));
+            }
+            if l.max_resources == 0 {
+                return Err(invalid(lk("max_resources"), "must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_topic(key: &str, topic: &str) -> Result<(), ConfigError> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!(
+                "{topic:?} is not a valid Kafka topic name ([A-Za-z0-9._-], 1 to 249 characters)"
+            ),
+        ))
+    }
+}
+
+fn apply_override(
+    doc: &mut toml::Value,
+    var: &str,
+    path: &str,
+    raw: &str,
+) -> Result<(), ConfigError> {
+    let env_err = |message: String| ConfigError::Env {
+        var: var.to_string(),
+        message,
+    };
+    let segments: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(env_err("empty key segment".into()));
+    }
+    let value = parse_env_value(raw);
+    let mut cur: &mut toml::Value = doc;
+    for (n, seg) in segments.iter().enumerate() {
+        let last = n + 1 == segments.len();
+        match cur {
+            toml::Value::Table(t) => {
+                if last {
+                    t.insert(seg.clone(), value);
+                    return Ok(());
+                }
+                cur = t
+                    .entry(seg.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            }
+            toml::Value::Array(a) => {
+                let idx: usize = seg
+                    .parse()
+                    .map_err(|_| env_err(format!("`{seg}` must be an array index")))?;
+                let len = a.len();
+                let slot = a.get_mut(idx).ok_or_else(|| {
+                    env_err(format!(
+                        "index {idx} is out of range (the array has {len} elements)"
+                    ))
+                })?;
+                if last {
+                    *slot = value;
+                    return Ok(());
+                }
+                cur = slot;
+            }
+            _ => {
+                return Err(env_err(format!(
+                    "`{}` is not a table or an array",
+                    segments[..n].join(".")
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // A bare TOML value (`42`, `true`, `["a","b"]`) when it parses as one.
+    let probe = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&probe) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}

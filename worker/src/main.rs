@@ -1,0 +1,100 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pipeline_worker::{app, config::Config, dev};
+
+/// Kafka consumer-group worker that runs every record through a sandboxed
+/// WebAssembly component.
+#[derive(Parser)]
+#[command(name = "pipeline-worker", version)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "PIPELINE_WORKER_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join the consumer group(s) and process records until SIGTERM.
+    Run {
+        #[arg(long, short, env = "PIPELINE_WORKER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check the config and load every component, without consuming.
+    Validate {
+        #[arg(long, short, env = "PIPELINE_WORKER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the main job on an in-process Kafka cluster: sample records through
+    /// the bundled example function, enriched output printed.
+    Dev(dev::DevArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run { config } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(app::run),
+        Command::Validate { config } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                let opts = app::sandbox_options(&c);
+                let fs = app::load_functions(&c, &opts)?;
+                for (p, f) in &fs {
+                    println!(
+                        "ok  pipeline {:<20} {} ({} bytes, batch export: {}, {} ms{})",
+                        p.name,
+                        f.digest,
+                        f.load_report.size_bytes,
+                        f.load_report.exports_batch,
+                        f.load_report.load_ms,
+                        if f.load_report.from_cache {
+                            ", cached"
+                        } else {
+                            ", compiled"
+                        }
+                    );
+                }
+                println!("config valid: {} pipeline(s)", fs.len());
+                Ok(())
+            }),
+        Command::Dev(args) => dev::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().flatten_event(true).init(),
+    }
+}

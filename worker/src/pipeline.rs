@@ -1,0 +1,377 @@
+//! One configured pipeline at run time: a consumer thread feeding sandbox
+//! threads, which hand results to the sink.
+//!
+//! ```text
+//! consumer thread ──(partition-hashed, bounded)──▶ sandbox thread × N ──▶ sink (producer)
+//!        ▲                                                                     │
+//!        └──────── store_offset(watermark) ◀── PartitionTracker ◀── delivery acks
+//! ```
+//! A partition always maps to the same sandbox thread, which processes its
+//! records in order and enqueues their outputs in order; the idempotent
+//! producer keeps that order per output partition.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+
+use crate::config::{KafkaConfig, PipelineConfig, RuntimeConfig};
+use crate::sandbox::{Function, Header, InputRecord, Runner};
+use crate::sink::{Disposition, Fatal, Sink, SinkTarget};
+use crate::source::{PartitionTracker, SourceContext, Trackers};
+
+/// Counters of one pipeline (exported as metrics by the telemetry module).
+#[derive(Default, Debug)]
+pub struct PipelineStats {
+    pub consumed: AtomicU64,
+    pub produced: AtomicU64,
+    pub filtered: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub traps: AtomicU64,
+    pub fuel_consumed: AtomicU64,
+    pub wasm_nanos: AtomicU64,
+    pub instantiations: AtomicU64,
+}
+
+impl PipelineStats {
+    pub fn snapshot(&self) -> [(&'static str, u64); 8] {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("consumed", l(&self.consumed)),
+            ("produced", l(&self.produced)),
+            ("filtered", l(&self.filtered)),
+            ("dead_lettered", l(&self.dead_lettered)),
+            ("traps", l(&self.traps)),
+            ("fuel_consumed", l(&self.fuel_consumed)),
+            ("wasm_nanos", l(&self.wasm_nanos)),
+            ("instantiations", l(&self.instantiations)),
+        ]
+    }
+}
+
+/// Process-wide stop signal and fatal error.
+#[derive(Default)]
+pub struct Control {
+    pub stop: AtomicBool,
+    pub fatal: Arc<Fatal>,
+}
+
+impl Control {
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.fatal.get().is_some()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("pipeline {pipeline}: cannot create the Kafka consumer: {source}")]
+    Consumer {
+        pipeline: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("pipeline {pipeline}: cannot subscribe to {topics:?}: {source}")]
+    Subscribe {
+        pipeline: String,
+        topics: Vec<String>,
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+/// librdkafka settings shared by consumers and the producer: the operator's
+/// pass-through map first, then the keys correctness depends on.
+pub fn base_client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &kafka.librdkafka {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &kafka.brokers);
+    c
+}
+
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = base_client_config(kafka);
+    c.set("enable.idempotence", "true").set("acks", "all");
+    if !kafka.librdkafka.contains_key("linger.ms") {
+        c.set("linger.ms", "5");
+    }
+    c
+}
+
+pub struct PipelineHandle {
+    pub name: String,
+    pub stats: Arc<PipelineStats>,
+    pub trackers: Arc<Trackers>,
+    thread: JoinHandle<()>,
+}
+
+impl PipelineHandle {
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+struct Inbound {
+    record: InputRecord,
+    tracker: Arc<PartitionTracker>,
+}
+
+/// Starts the pipeline's threads. Returns once the consumer has subscribed.
+pub fn spawn(
+    pipeline: &PipelineConfig,
+    kafka: &KafkaConfig,
+    runtime: &RuntimeConfig,
+    function: Arc<Function>,
+    sink: Arc<Sink>,
+    control: Arc<Control>,
+) -> Result<PipelineHandle, PipelineError> {
+    let trackers = Arc::new(Trackers::default());
+    let drain_timeout = Duration::from_millis(runtime.drain_timeout_ms);
+    let context = SourceContext {
+        pipeline: pipeline.name.clone(),
+        trackers: trackers.clone(),
+        drain_timeout,
+    };
+    let mut cc = base_client_config(kafka);
+    cc.set("group.id", format!("{}.{}", kafka.group_id, pipeline.name))
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &kafka.auto_offset_reset)
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    if !kafka.librdkafka.contains_key("auto.commit.interval.ms") {
+        cc.set("auto.commit.interval.ms", "1000");
+    }
+    let consumer: BaseConsumer<SourceContext> =
+        cc.create_with_context(context)
+            .map_err(|source| PipelineError::Consumer {
+                pipeline: pipeline.name.clone(),
+                source,
+            })?;
+    let topics: Vec<&str> = pipeline.input_topics.iter().map(|s| s.as_str()).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|source| PipelineError::Subscribe {
+            pipeline: pipeline.name.clone(),
+            topics: pipeline.input_topics.clone(),
+            source,
+        })?;
+
+    let stats = Arc::new(PipelineStats::default());
+    let target = Arc::new(SinkTarget {
+        pipeline: pipeline.name.clone(),
+        output_topics: pipeline.output_topics.clone(),
+        dead_letter_topic: pipeline.dead_letter_topic.clone(),
+        function_name: function.name.clone(),
+        function_digest: function.digest.clone(),
+    });
+
+    let lanes = pipeline.concurrency.max(1);
+    let per_lane = (runtime.max_in_flight / lanes).max(pipeline.batch_size);
+    let mut senders = Vec::with_capacity(lanes);
+    let mut workers = Vec::with_capacity(lanes);
+    for lane in 0..lanes {
+        let (tx, rx) = sync_channel::<Inbound>(per_lane);
+        senders.push(tx);
+        let runner = Runner::new(function.clone());
+        let sink = sink.clone();
+        let target = target.clone();
+        let stats = stats.clone();
+        let batch_size = pipeline.batch_size;
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("sandbox-{}-{lane}", pipeline.name))
+                .spawn(move || sandbox_lane(rx, runner, &sink, &target, &stats, batch_size))
+                .expect("spawn sandbox thread"),
+        );
+    }
+
+    let name = pipeline.name.clone();
+    let stats2 = stats.clone();
+    let trackers2 = trackers.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("consumer-{}", pipeline.name))
+        .spawn(move || {
+            consume_loop(&name, &consumer, &trackers2, senders, &stats2, &control);
+            for w in workers {
+                let _ = w.join();
+            }
+            // Every record handed to a sandbox thread has been enqueued to the
+            // producer; wait for their acks, then commit what is contiguous.
+            let deadline = Instant::now() + drain_timeout;
+            for t in trackers2.all() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !t.wait_drained(left) {
+                    tracing::warn!(pipeline = %name, topic = %t.topic, partition = t.partition, in_flight = t.in_flight(), "records still unacknowledged at shutdown; they will be processed again");
+                }
+            }
+            trackers2.store_offsets(&consumer);
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => tracing::info!(pipeline = %name, "final offsets committed"),
+                Err(e) => tracing::info!(pipeline = %name, error = %e, "final commit skipped"),
+            }
+            consumer.unsubscribe();
+            tracing::info!(pipeline = %name, stats = ?stats2.snapshot(), "pipeline stopped");
+        })
+        .expect("spawn consumer thread");
+
+    Ok(PipelineHandle {
+        name: pipeline.name.clone(),
+        stats,
+        trackers,
+        thread,
+    })
+}
+
+fn lane_for(topic: &str, partition: i32, lanes: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut h);
+    partition.hash(&mut h);
+    (h.finish() as usize) % lanes
+}
+
+fn consume_loop(
+    name: &str,
+    consumer: &BaseConsumer<SourceContext>,
+    trackers: &Trackers,
+    senders: Vec<SyncSender<Inbound>>,
+    stats: &PipelineStats,
+    control: &Control,
+) {
+    let mut last_store = Instant::now();
+    while !control.stopping() {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => tracing::warn!(pipeline = name, error = %e, "consumer error"),
+            Some(Ok(msg)) => {
+                let tracker = trackers.get_or_create(msg.topic(), msg.partition());
+                tracker.register(msg.offset());
+                stats.consumed.fetch_add(1, Ordering::Relaxed);
+                let lane = lane_for(msg.topic(), msg.partition(), senders.len());
+                let mut item = Inbound {
+                    record: to_input(&msg),
+                    tracker,
+                };
+                drop(msg);
+                // Block (while still serving rebalances and offset stores)
+                // when the sandbox lane is full.
+                loop {
+                    match senders[lane].try_send(item) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full(back)) => {
+                            item = back;
+                            trackers.store_offsets(consumer);
+                            if control.stopping() {
+                                // Not processed: it stays uncommitted and is
+                                // read again after a restart.
+                                item.tracker.abandon_last(item.record.offset);
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(TrySendError::Disconnected(_)) => return,
+                    }
+                }
+            }
+        }
+        if last_store.elapsed() >= Duration::from_millis(100) {
+            trackers.store_offsets(consumer);
+            last_store = Instant::now();
+        }
+    }
+    tracing::info!(
+        pipeline = name,
+        "stopped fetching; draining in-flight records"
+    );
+}
+
+fn to_input(msg: &BorrowedMessage<'_>) -> InputRecord {
+    let headers = msg
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header {
+                    key: h.key.to_string(),
+                    value: h.value.map(|v| v.to_vec()).unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    InputRecord {
+        key: msg.key().map(|k| k.to_vec()),
+        value: msg.payload().map(|p| p.to_vec()).unwrap_or_default(),
+        headers,
+        topic: msg.topic().to_string(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        timestamp: msg.timestamp().to_millis(),
+    }
+}
+
+fn sandbox_lane(
+    rx: Receiver<Inbound>,
+    mut runner: Runner,
+    sink: &Sink,
+    target: &SinkTarget,
+    stats: &PipelineStats,
+    batch_size: usize,
+) {
+    let mut inputs = Vec::with_capacity(batch_size);
+    let mut trackers = Vec::with_capacity(batch_size);
+    while let Ok(first) = rx.recv() {
+        inputs.push(first.record);
+        trackers.push(first.tracker);
+        while inputs.len() < batch_size {
+            match rx.try_recv() {
+                Ok(m) => {
+                    inputs.push(m.record);
+                    trackers.push(m.tracker);
+                }
+                Err(_) => break,
+            }
+        }
+        let before = runner.stats;
+        let results = runner.run_batch(&inputs);
+        let after = runner.stats;
+        stats.fuel_consumed.fetch_add(
+            after.fuel_consumed - before.fuel_consumed,
+            Ordering::Relaxed,
+        );
+        stats
+            .wasm_nanos
+            .fetch_add(after.wasm_nanos - before.wasm_nanos, Ordering::Relaxed);
+        stats.instantiations.fetch_add(
+            u64::from(after.instantiations - before.instantiations),
+            Ordering::Relaxed,
+        );
+        for ((input, tracker), result) in inputs.iter().zip(&trackers).zip(results) {
+            let (disposition, err) = sink.deliver(target, input, tracker, result);
+            match disposition {
+                Disposition::Produced(n) => {
+                    stats.produced.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Disposition::Filtered => {
+                    stats.filtered.fetch_add(1, Ordering::Relaxed);
+                }
+                Disposition::DeadLettered => {
+                    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    if let Some(e) = err {
+                        if !matches!(e.kind(), "invalid-input" | "failed" | "unknown-topic") {
+                            stats.traps.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::debug!(pipeline = %target.pipeline, topic = %input.topic, partition = input.partition, offset = input.offset, kind = e.kind(), error = %e, "record dead-lettered");
+                    }
+                }
+            }
+        }
+        inputs.clear();
+        trackers.clear();
+    }
+}

@@ -1,0 +1,84 @@
+//! Engine settings and the epoch ticker behind wall-clock deadlines.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::SandboxOptions;
+use crate::config::Limits;
+
+/// Upper bounds per component instance in the pool. A componentize-py
+/// component has a handful of core instances and memories; these leave room.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+const MEMORIES_PER_COMPONENT: u32 = 8;
+const TABLES_PER_COMPONENT: u32 = 16;
+
+/// One engine per function: fuel metering and the memory cap are compiled into
+/// the code and the pool, so they cannot differ between functions sharing one.
+pub fn build(limits: &Limits, opts: &SandboxOptions) -> wasmtime::Result<Engine> {
+    let mut c = Config::new();
+    c.wasm_component_model(true);
+    c.epoch_interruption(true);
+    c.consume_fuel(limits.fuel.is_some());
+    c.max_wasm_stack(limits.max_stack_bytes);
+    c.parallel_compilation(true);
+    if opts.pooling {
+        // Two instances per sandbox thread (one live, one being created after
+        // a trap) plus the load-time test instance.
+        let instances = opts.max_instances.saturating_mul(2).saturating_add(2);
+        let mut p = PoolingAllocationConfig::default();
+        p.total_component_instances(instances)
+            .total_core_instances(instances * CORE_INSTANCES_PER_COMPONENT)
+            .total_memories(instances * MEMORIES_PER_COMPONENT)
+            .total_tables(instances * TABLES_PER_COMPONENT)
+            .total_stacks(0)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .max_memory_size(limits.memory_bytes as usize)
+            .table_elements(limits.max_table_elements)
+            .max_component_instance_size(1 << 20)
+            .max_core_instance_size(1 << 20);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
+    }
+    Engine::new(&c)
+}
+
+/// Bumps the epoch of every registered engine each tick; a store whose
+/// deadline (in ticks) passes traps with `Trap::Interrupt`.
+pub struct EpochTicker {
+    engines: Mutex<Vec<EngineWeak>>,
+}
+
+impl EpochTicker {
+    pub fn start(tick: Duration) -> Arc<Self> {
+        let ticker = Arc::new(Self {
+            engines: Mutex::new(Vec::new()),
+        });
+        let weak = Arc::downgrade(&ticker);
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || loop {
+                std::thread::sleep(tick);
+                let Some(t) = weak.upgrade() else { return };
+                let mut engines = t.engines.lock().unwrap_or_else(|p| p.into_inner());
+                engines.retain(|w| match w.upgrade() {
+                    Some(e) => {
+                        e.increment_epoch();
+                        true
+                    }
+                    None => false,
+                });
+            })
+            .expect("spawn epoch ticker thread");
+        ticker
+    }
+
+    pub fn register(&self, engine: &Engine) {
+        self.engines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(engine.weak());
+    }
+}

@@ -1,0 +1,115 @@
+//! The load-time allow-list. A component may import only what is listed
+//! here; anything else (wasi:http, a vendor interface, ...) is refused before
+//! it is compiled into a running instance, with the import named.
+//!
+//! WASI filesystem and sockets are on the list because every WASI 0.2
+//! toolchain (componentize-py, Rust std, jco) imports them whether or not the
+//! function uses them; they are linked to deny-all implementations instead
+//! (no preopens, every address refused), so a call fails inside the guest.
+
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+use super::LoadError;
+
+/// The WIT package and the versions of it this worker accepts (see the
+/// compatibility policy at the top of `sdk-wit/wit/transform.wit`).
+pub const WORLD_PACKAGE: &str = "pipeline:transform";
+pub const WORLD_VERSION_REQ: &str = "0.1";
+
+/// `namespace:package/interface`, each accepted at any `0.2.x` for WASI and
+/// `0.1.x` for ours.
+pub const ALLOWED_IMPORTS: &[&str] = &[
+    "pipeline:transform/host",
+    "pipeline:transform/types",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+];
+
+fn split_version(name: &str) -> (&str, Option<&str>) {
+    match name.split_once('@') {
+        Some((n, v)) => (n, Some(v)),
+        None => (name, None),
+    }
+}
+
+fn version_ok(interface: &str, version: Option<&str>) -> bool {
+    let want = if interface.starts_with("wasi:") {
+        "0.2."
+    } else {
+        "0.1."
+    };
+    version.is_some_and(|v| v.starts_with(want))
+}
+
+/// Checks imports against the allow-list and that the component exports our
+/// `transformer` interface at a supported version.
+pub fn check_component_shape(
+    engine: &Engine,
+    component: &Component,
+    origin: &str,
+) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    for (name, _) in ty.imports(engine) {
+        let (iface, version) = split_version(name);
+        if !ALLOWED_IMPORTS.contains(&iface) || !version_ok(iface, version) {
+            return Err(LoadError::ForbiddenImport {
+                origin: origin.into(),
+                import: name.to_string(),
+            });
+        }
+    }
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let wanted = format!("{WORLD_PACKAGE}/transformer");
+    let found = exports
+        .iter()
+        .find(|n| split_version(n).0 == wanted.as_str());
+    match found {
+        None => Err(LoadError::WrongWorld {
+            origin: origin.into(),
+            reason: format!(
+                "does not export `{wanted}`: it is not a pipeline:transform@{WORLD_VERSION_REQ}.x function (its exports: {})",
+                if exports.is_empty() { "none".to_string() } else { exports.join(", ") }
+            ),
+        }),
+        Some(n) => {
+            let (_, v) = split_version(n);
+            if version_ok(&wanted, v) {
+                Ok(())
+            } else {
+                Err(LoadError::WrongWorld {
+                    origin: origin.into(),
+                    reason: format!(
+                        "targets {WORLD_PACKAGE}@{}; this worker accepts {WORLD_PACKAGE}@{WORLD_VERSION_REQ}.x",
+                        v.unwrap_or("(no version)")
+                    ),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The Kafka side that reads: consumer-group membership, per-partition offset
+//! watermarks, and commit-on-revoke.
+//!
+//! An input offset is stored for commit only when every record it produced
+//! (outputs or its dead letter) has been acknowledged by the broker, and only
+//! as a contiguous watermark: with records of one partition in flight at
+//! once, offset N+1 finishing first must not commit past N.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+
+/// Offsets of one partition between "consumed" and "fully delivered".
+pub struct PartitionTracker {
+    pub topic: String,
+    pub partition: i32,
+    state: Mutex<TrackerState>,
+    drained: Condvar,
+}
+
+#[derive(Default)]
+struct TrackerState {
+    /// Registered offsets in consumption order, with their done flag.
+    pending: VecDeque<(i64, bool)>,
+    /// Next offset to commit (last contiguous done + 1).
+    watermark: Option<i64>,
+    /// The watermark last handed to `store_offset`.
+    stored: Option<i64>,
+}
+
+impl PartitionTracker {
+    pub fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            topic: topic.to_string(),
+            partition,
+            state: Mutex::new(TrackerState::default()),
+            drained: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn register(&self, offset: i64) {
+        self.lock().pending.push_back((offset, false));
+    }
+
+    /// Marks an offset fully delivered and advances the watermark over every
+    /// contiguous done offset at the front.
+    pub fn complete(&self, offset: i64) {
+        let mut s = self.lock();
+        if let Ok(i) = s.pending.binary_search_by_key(&offset, |(o, _)| *o) {
+            s.pending[i].1 = true;
+        }
+        while let Some(&(o, true)) = s.pending.front() {
+            s.pending.pop_front();
+            s.watermark = Some(o + 1);
+        }
+        if s.pending.is_empty() {
+            self.drained.notify_all();
+        }
+    }
+
+    /// Forgets the newest registered offset, which was never handed to a
+    /// sandbox (shutdown while its lane was full). The watermark can then
+    /// reach it but not pass it, so it is read again after a restart.
+    pub fn abandon_last(&self, offset: i64) {
+        let mut s = self.lock();
+        if s.pending.back().is_some_and(|(o, _)| *o == offset) {
+            s.pending.pop_back();
+        }
+        if s.pending.is_empty() {
+            self.drained.notify_all();
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// The watermark, if it moved since the last call.
+    pub fn take_new_watermark(&self) -> Option<i64> {
+        let mut s = self.lock();
+        if s.watermark != s.stored {
+            s.stored = s.watermark;
+            s.watermark
+        } else {
+            None
+        }
+    }
+
+    pub fn watermark(&self) -> Option<i64> {
+        self.lock().watermark
+    }
+
+    /// Waits until nothing is in flight; false on timeout.
+    pub fn wait_drained(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        while !s.pending.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = self
+                .drained
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// Completion of one input record: done when all its produced records are acked.
+pub struct Pending {
+    remaining: AtomicUsize,
+    tracker: Arc<PartitionTracker>,
+    offset: i64,
+}
+
+impl Pending {
+    pub fn new(count: usize, tracker: Arc<PartitionTracker>, offset: i64) -> Arc<Self> {
+        Arc::new(Self {
+            remaining: AtomicUsize::new(count),
+            tracker,
+            offset,
+        })
+    }
+
+    pub fn ack(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.tracker.complete(self.offset);
+        }
+    }
+}
+
+pub type TrackerKey = (String, i32);
+
+/// The partitions this member owns, shared by the consumer thread, the
+/// rebalance callback and the sandbox threads.
+#[derive(Default)]
+pub struct Trackers {
+    map: Mutex<HashMap<TrackerKey, Arc<PartitionTracker>>>,
+}
+
+impl Trackers {
+    pub fn get_or_create(&self, topic: &str, partition: i32) -> Arc<PartitionTracker> {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = m.get(&(topic.to_string(), partition)) {
+            return t.clone();
+        }
+        let t = Arc::new(PartitionTracker::new(topic, partition));
+        m.insert((topic.to_string(), partition), t.clone());
+        t
+    }
+
+    fn remove(&self, topic: &str, partition: i32) -> Option<Arc<PartitionTracker>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(topic.to_string(), partition))
+    }
+
+    pub fn all(&self) -> Vec<Arc<PartitionTracker>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.all().iter().map(|t| t.in_flight()).sum()
+    }
+
+    /// Hands every moved watermark to librdkafka; auto-commit sends them.
+    pub fn store_offsets<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+        for t in self.all() {
+            if let Some(off) = t.take_new_watermark() {
+                if let Err(e) = consumer.store_offset(&t.topic, t.partition, off) {
+                    tracing::debug!(topic = %t.topic, partition = t.partition, offset = off, error = %e, "store_offset refused (partition no longer assigned?)");
+                }
+            }
+        }
+    }
+}
+
+/// Rebalance handling. On revoke: wait (bounded) for the revoked partitions'
+/// in-flight records, then commit their watermarks synchronously so the next
+/// owner starts right after them. On a lost assignment: commit nothing, the
+/// partitions already belong to someone else.
+pub struct SourceContext {
+    pub pipeline: String,
+    pub trackers: Arc<Trackers>,
+    pub drain_timeout: Duration,
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let lost = consumer.assignment_lost();
+                let mut commit = TopicPartitionList::new();
+                for e in tpl.elements() {
+                    let Some(t) = self.trackers.remove(e.topic(), e.partition()) else {
+                        continue;
+                    };
+                    if lost {
+                        continue;
+                    }
+                    if !t.wait_drained(self.drain_timeout) {
+                        tracing::warn!(pipeline = %self.pipeline, topic = e.topic(), partition = e.partition(), in_flight = t.in_flight(), "revoked partition did not drain in time; its unacknowledged records will be processed again by the next owner");
+                    }
+                    if let Some(off) = t.watermark() {
+                        let _ = commit.add_partition_offset(
+                            e.topic(),
+                            e.partition(),
+                            Offset::Offset(off),
+                        );
+                    }
+                }
+                if lost {
+                    tracing::warn!(pipeline = %self.pipeline, partitions = tpl.count(), "assignment lost; not committing");
+                } else if commit.count() > 0 {
+                    match consumer.commit(&commit, CommitMode::Sync) {
+                        Ok(()) => {
+                            tracing::info!(pipeline = %self.pipeline, partitions = commit.count(), "committed revoked partitions")
+                        }
+                        Err(e) => {
+                            tracing::warn!(pipeline = %self.pipeline, error = %e, "commit on revoke failed")
+                        }
+                    }
+                }
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => {
+                tracing::warn!(pipeline = %self.pipeline, error = %e, "rebalance error")
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            for e in tpl.elements() {
+                self.trackers.get_or_create(e.topic(), e.partition());
+            }
+            tracing::info!(pipeline = %self.pipeline, partitions = ?tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>(), "partitions assigned");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_waits_for_the_oldest_offset() {
+        let t = Arc::new(PartitionTracker::new("t", 0));
+        for o in 10..14 {
+            t.register(o);
+        }
+        t.complete(11);
+        t.complete(12);
+        assert_eq!(t.watermark(), None, "10 is still in flight");
+        t.complete(10);
+        assert_eq!(t.watermark(), Some(13));
+        assert_eq!(t.take_new_watermark(), Some(13));
+        assert_eq!(t.take_new_watermark(), None);
+        assert_eq!(t.in_flight(), 1);
+        t.complete(13);
+        assert_eq!(t.watermark(), Some(14));
+        assert!(t.wait_drained(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn pending_completes_after_last_ack() {
+        let t = Arc::new(PartitionTracker::new("t", 0));
+        t.register(5);
+        let p = Pending::new(3, t.clone(), 5);
+        p.ack();
+        p.ack();
+        assert_eq!(t.watermark(), None);
+        p.ack();
+        assert_eq!(t.watermark(), Some(6));
+    }
+
+    #[test]
+    fn drain_times_out_while_in_flight() {
+        let t = PartitionTracker::new("t", 0);
+        t.register(1);
+        assert!(!t.wait_drained(Duration::from_millis(20)));
+    }
+}
