@@ -6,7 +6,6 @@
 //!
 //!   cargo bench -p pipeline-worker --bench e2e            (BENCH_RECORDS=50000 by default)
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -234,6 +233,7 @@ impl Candidate for WorkerCandidate {
                 cache_dir: root().join(".cache/pipeline-worker-bench"),
                 ..RuntimeConfig::default()
             },
+            telemetry: Default::default(),
             pipelines: vec![PipelineConfig {
                 name: "bench".into(),
                 input_topics: vec![input.into()],
@@ -303,7 +303,6 @@ fn main() {
     let latency_n: usize = 5_000;
     let rate: u64 = 2_000;
     println!("end-to-end, {n} records backlog + {latency_n} paced at {rate}/s, {PARTITIONS} partitions, broker {}", brokers());
-    let mut results: HashMap<&str, Figures> = HashMap::new();
     let pass = measure(
         "rdkafka passthrough",
         &mut Passthrough {
@@ -342,6 +341,5 @@ fn main() {
             "",
             f.throughput / pass.throughput
         );
-        results.insert(name, f);
     }
 }

@@ -88,7 +88,7 @@ fn memory_growth_past_the_cap_traps() {
 #[test]
 fn deep_recursion_overflows_the_stack() {
     let mut r = Runner::new(hostile(None));
-    let e = run_one(&mut r, r#"{"action":"recurse"}"#).unwrap_err();
+    let e = run_one(&mut r, r#"{"action":"recurse-native"}"#).unwrap_err();
     assert_eq!(e.kind(), "stack", "{e}");
     assert_ok_after(&mut r);
 }
@@ -139,7 +139,7 @@ fn a_panic_is_a_trap_not_a_crash() {
 #[test]
 fn a_trap_inside_a_batch_only_fails_its_record() {
     let mut r = Runner::new(hostile(None));
-    let batch: Vec<InputRecord> = ["ok", "ok", "panic", "ok", "recurse", "ok"]
+    let batch: Vec<InputRecord> = ["ok", "ok", "panic", "ok", "recurse-native", "ok"]
         .iter()
         .map(|a| record(&format!(r#"{{"action":"{a}"}}"#)))
         .collect();
@@ -162,7 +162,7 @@ fn hostile_records_through_kafka() {
     let actions = [
         "loop",
         "alloc",
-        "recurse",
+        "recurse-native",
         "big-output",
         "open-file",
         "socket",

@@ -9,6 +9,7 @@ mod config_errors;
 mod crash;
 mod dead_letter;
 mod dev_mode;
+mod examples;
 mod group;
 mod hostile;
 mod pipeline_e2e;

@@ -12,6 +12,7 @@ use crate::config::{Config, PipelineConfig};
 use crate::pipeline::{self, Control, PipelineHandle};
 use crate::sandbox::{ArtifactCache, EpochTicker, Function, SandboxOptions};
 use crate::sink::{Sink, SinkContext};
+use crate::telemetry::{self, PipelineView, TelemetryState};
 
 pub fn sandbox_options(config: &Config) -> SandboxOptions {
     let max_threads: usize = config
@@ -56,6 +57,7 @@ pub fn load_functions(
 pub struct Worker {
     pub control: Arc<Control>,
     pub pipelines: Vec<PipelineHandle>,
+    pub telemetry: Arc<TelemetryState>,
     sink: Arc<Sink>,
 }
 
@@ -71,25 +73,44 @@ impl Worker {
             })
             .context("creating the Kafka producer")?;
         let sink = Arc::new(Sink::new(producer, control.fatal.clone()));
+        let telemetry = Arc::new(TelemetryState::default());
+        if let Some(addr) = config.telemetry.http_listen {
+            telemetry::serve(addr, telemetry.clone())
+                .with_context(|| format!("telemetry.http_listen: cannot listen on {addr}"))?;
+        }
         let mut pipelines = Vec::new();
         for (p, f) in functions {
-            pipelines.push(pipeline::spawn(
+            let handle = pipeline::spawn(
                 &p,
                 &config.kafka,
                 &config.runtime,
-                f,
+                f.clone(),
                 sink.clone(),
                 control.clone(),
-            )?);
+            )?;
+            telemetry
+                .pipelines
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(PipelineView {
+                    name: handle.name.clone(),
+                    group: handle.group.clone(),
+                    function_digest: f.digest.clone(),
+                    stats: handle.stats.clone(),
+                    trackers: handle.trackers.clone(),
+                });
+            pipelines.push(handle);
         }
         Ok(Self {
             control,
             pipelines,
+            telemetry,
             sink,
         })
     }
 
     pub fn request_stop(&self) {
+        self.telemetry.draining.store(true, Ordering::Relaxed);
         self.control.stop.store(true, Ordering::Relaxed);
     }
 

@@ -42,6 +42,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     #[serde(default, rename = "pipelines")]
     pub pipelines: Vec<PipelineConfig>,
 }
@@ -120,6 +122,21 @@ fn default_max_in_flight() -> usize {
 }
 fn default_true() -> bool {
     true
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Address for `/livez`, `/readyz` and `/metrics`; unset = no HTTP server.
+    #[serde(default)]
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// `text` or `json`; the `--log-format` flag wins when given.
+    #[serde(default)]
+    pub log_format: Option<String>,
+    /// OTLP endpoint (also `OTEL_EXPORTER_OTLP_ENDPOINT`). Accepted and
+    /// validated; OTLP export itself is not implemented yet.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -296,6 +313,14 @@ impl Config {
                 ));
             }
         }
+        if let Some(f) = &self.telemetry.log_format {
+            if f != "text" && f != "json" {
+                return Err(invalid(
+                    "telemetry.log_format",
+                    format!("must be \"text\" or \"json\", got {f:?}"),
+                ));
+            }
+        }
         if self.runtime.epoch_tick_ms == 0 {
             return Err(invalid("runtime.epoch_tick_ms", "must be at least 1"));
         }
@@ -431,7 +456,12 @@ fn apply_override(
     if segments.iter().any(|s| s.is_empty()) {
         return Err(env_err("empty key segment".into()));
     }
-    let value = parse_env_value(raw);
+    // librdkafka values are strings: a numeric password must stay a string.
+    let value = if segments.len() > 2 && segments[0] == "kafka" && segments[1] == "librdkafka" {
+        toml::Value::String(raw.to_string())
+    } else {
+        parse_env_value(raw)
+    };
     let mut cur: &mut toml::Value = doc;
     for (n, seg) in segments.iter().enumerate() {
         let last = n + 1 == segments.len();

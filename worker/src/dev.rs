@@ -108,6 +108,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             librdkafka: Default::default(),
         },
         runtime: RuntimeConfig::default(),
+        telemetry: Default::default(),
         pipelines: vec![PipelineConfig {
             name: "enrich".into(),
             input_topics: vec![INPUT.into()],

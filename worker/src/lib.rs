@@ -8,7 +8,9 @@
 pub mod app;
 pub mod config;
 pub mod dev;
+pub mod localtest;
 pub mod pipeline;
 pub mod sandbox;
 pub mod sink;
 pub mod source;
+pub mod telemetry;

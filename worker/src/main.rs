@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pipeline_worker::{app, config::Config, dev};
+use pipeline_worker::{app, config::Config, dev, localtest};
 
 /// Kafka consumer-group worker that runs every record through a sandboxed
 /// WebAssembly component.
@@ -10,14 +10,8 @@ use pipeline_worker::{app, config::Config, dev};
 #[command(name = "pipeline-worker", version)]
 struct Cli {
     /// Log format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "PIPELINE_WORKER_LOG_FORMAT"
-    )]
-    log_format: LogFormat,
+    #[arg(long, global = true, value_enum, env = "PIPELINE_WORKER_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,11 +37,24 @@ enum Command {
     /// Run the main job on an in-process Kafka cluster: sample records through
     /// the bundled example function, enriched output printed.
     Dev(dev::DevArgs),
+    /// Run sample records through a component in the production sandbox (no
+    /// Kafka); compare with a golden file; non-zero exit on a mismatch or trap.
+    Test(localtest::TestArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // `run` reads the log format from its config when no flag says otherwise.
+    let configured = match &cli.command {
+        Command::Run { config } => Config::load(config)
+            .ok()
+            .and_then(|c| c.telemetry.log_format),
+        _ => None,
+    };
+    init_logging(cli.log_format.unwrap_or(match configured.as_deref() {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }));
     let result = match cli.command {
         Command::Run { config } => Config::load(&config)
             .map_err(anyhow::Error::from)
@@ -76,6 +83,7 @@ fn main() -> ExitCode {
                 Ok(())
             }),
         Command::Dev(args) => dev::run(args),
+        Command::Test(args) => localtest::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,6 +29,14 @@ use crate::source::{PartitionTracker, SourceContext, Trackers};
 /// Counters of one pipeline (exported as metrics by the telemetry module).
 #[derive(Default, Debug)]
 pub struct PipelineStats {
+    /// Set once the consumer received its first assignment.
+    pub joined: AtomicBool,
+    /// Whether librdkafka's last statistics saw at least one broker up.
+    pub broker_up: AtomicBool,
+    /// Consumer lag per assigned partition, from librdkafka statistics.
+    pub lag: std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>,
+    /// Dead letters by error kind (index into `crate::sandbox::ERROR_KINDS`).
+    pub errors_by_kind: [AtomicU64; crate::sandbox::ERROR_KINDS.len()],
     pub consumed: AtomicU64,
     pub produced: AtomicU64,
     pub filtered: AtomicU64,
@@ -105,6 +113,7 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
 
 pub struct PipelineHandle {
     pub name: String,
+    pub group: String,
     pub stats: Arc<PipelineStats>,
     pub trackers: Arc<Trackers>,
     thread: JoinHandle<()>,
@@ -134,11 +143,13 @@ pub fn spawn(
     control: Arc<Control>,
 ) -> Result<PipelineHandle, PipelineError> {
     let trackers = Arc::new(Trackers::default());
+    let stats = Arc::new(PipelineStats::default());
     let drain_timeout = Duration::from_millis(runtime.drain_timeout_ms);
     let context = SourceContext {
         pipeline: pipeline.name.clone(),
         trackers: trackers.clone(),
         drain_timeout,
+        stats: stats.clone(),
     };
     let mut cc = base_client_config(kafka);
     cc.set("group.id", format!("{}.{}", kafka.group_id, pipeline.name))
@@ -148,6 +159,10 @@ pub fn spawn(
         .set("partition.assignment.strategy", "cooperative-sticky");
     if !kafka.librdkafka.contains_key("auto.commit.interval.ms") {
         cc.set("auto.commit.interval.ms", "1000");
+    }
+    if !kafka.librdkafka.contains_key("statistics.interval.ms") {
+        // Feeds consumer lag and broker reachability (readiness, metrics).
+        cc.set("statistics.interval.ms", "2000");
     }
     let consumer: BaseConsumer<SourceContext> =
         cc.create_with_context(context)
@@ -164,7 +179,6 @@ pub fn spawn(
             source,
         })?;
 
-    let stats = Arc::new(PipelineStats::default());
     let target = Arc::new(SinkTarget {
         pipeline: pipeline.name.clone(),
         output_topics: pipeline.output_topics.clone(),
@@ -215,7 +229,8 @@ pub fn spawn(
             trackers2.store_offsets(&consumer);
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) => tracing::info!(pipeline = %name, "final offsets committed"),
-                Err(e) => tracing::info!(pipeline = %name, error = %e, "final commit skipped"),
+                // NoOffset: auto-commit already sent every stored watermark.
+                Err(e) => tracing::debug!(pipeline = %name, error = %e, "final commit: nothing new"),
             }
             consumer.unsubscribe();
             tracing::info!(pipeline = %name, stats = ?stats2.snapshot(), "pipeline stopped");
@@ -224,6 +239,7 @@ pub fn spawn(
 
     Ok(PipelineHandle {
         name: pipeline.name.clone(),
+        group: format!("{}.{}", kafka.group_id, pipeline.name),
         stats,
         trackers,
         thread,
@@ -365,6 +381,12 @@ fn sandbox_lane(
                     if let Some(e) = err {
                         if !matches!(e.kind(), "invalid-input" | "failed" | "unknown-topic") {
                             stats.traps.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Some(i) = crate::sandbox::ERROR_KINDS
+                            .iter()
+                            .position(|k| *k == e.kind())
+                        {
+                            stats.errors_by_kind[i].fetch_add(1, Ordering::Relaxed);
                         }
                         tracing::debug!(pipeline = %target.pipeline, topic = %input.topic, partition = input.partition, offset = input.offset, kind = e.kind(), error = %e, "record dead-lettered");
                     }

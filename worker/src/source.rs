@@ -182,11 +182,17 @@ impl Trackers {
     }
 
     /// Hands every moved watermark to librdkafka; auto-commit sends them.
+    /// `rd_kafka_offsets_store` takes the next offset to read as is (unlike
+    /// `rd_kafka_offset_store`, which adds one to a message offset).
     pub fn store_offsets<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
         for t in self.all() {
             if let Some(off) = t.take_new_watermark() {
-                if let Err(e) = consumer.store_offset(&t.topic, t.partition, off) {
-                    tracing::debug!(topic = %t.topic, partition = t.partition, offset = off, error = %e, "store_offset refused (partition no longer assigned?)");
+                let mut tpl = TopicPartitionList::with_capacity(1);
+                let stored = tpl
+                    .add_partition_offset(&t.topic, t.partition, Offset::Offset(off))
+                    .and_then(|()| consumer.store_offsets(&tpl));
+                if let Err(e) = stored {
+                    tracing::debug!(topic = %t.topic, partition = t.partition, offset = off, error = %e, "offset store refused (partition no longer assigned?)");
                 }
             }
         }
@@ -201,9 +207,25 @@ pub struct SourceContext {
     pub pipeline: String,
     pub trackers: Arc<Trackers>,
     pub drain_timeout: Duration,
+    pub stats: Arc<crate::pipeline::PipelineStats>,
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    fn stats(&self, s: rdkafka::Statistics) {
+        let up = s.brokers.values().any(|b| b.state == "UP");
+        self.stats.broker_up.store(up, Ordering::Relaxed);
+        let mut lag = self.stats.lag.lock().unwrap_or_else(|p| p.into_inner());
+        lag.clear();
+        for (topic, t) in &s.topics {
+            for (p, part) in &t.partitions {
+                // -1 is librdkafka's internal UA partition; lag -1 = unknown.
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    lag.insert((topic.clone(), *p), part.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -251,6 +273,7 @@ impl ConsumerContext for SourceContext {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            self.stats.joined.store(true, Ordering::Relaxed);
             for e in tpl.elements() {
                 self.trackers.get_or_create(e.topic(), e.partition());
             }

@@ -60,6 +60,20 @@ pub enum RecordError {
     Instantiate(String),
 }
 
+/// Every value of [`RecordError::kind`], for metrics.
+pub const ERROR_KINDS: [&str; 10] = [
+    "invalid-input",
+    "failed",
+    "fuel",
+    "deadline",
+    "memory",
+    "stack",
+    "output-size",
+    "unknown-topic",
+    "trap",
+    "instantiate",
+];
+
 impl RecordError {
     pub fn kind(&self) -> &'static str {
         match self {

@@ -1,0 +1,220 @@
+//! Every customer example passes its golden test through `pipeline-worker
+//! test` (the production sandbox, no Kafka); the Python example also runs
+//! through Kafka; the Python negative cases give their documented errors.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+fn golden(component: &Path, example: &str) {
+    let dir = repo_root().join("customer-examples").join(example);
+    let out = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
+        .current_dir(repo_root())
+        .args([
+            "test",
+            "--cache-dir",
+            ".cache/pipeline-worker-tests",
+            "--component",
+        ])
+        .arg(component)
+        .arg("--input")
+        .arg(dir.join("sample.jsonl"))
+        .arg("--expect")
+        .arg(dir.join("expected.jsonl"))
+        .output()
+        .expect("run pipeline-worker test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{example} golden test failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("PASS"), "{text}");
+}
+
+#[test]
+fn rust_examples_pass_their_golden_tests() {
+    golden(&guest("price_calculator"), "price_calculator");
+    golden(&guest("router"), "router");
+}
+
+#[test]
+fn python_examples_pass_their_golden_tests() {
+    golden(&python_component("enrich_event"), "enrich_event");
+    golden(&python_component("pii_redaction"), "pii_redaction");
+    golden(&python_component("filter"), "filter");
+}
+
+/// A golden test that does not hold must fail (the verb is not a rubber stamp).
+#[test]
+fn a_wrong_expectation_fails_the_golden_test() {
+    let dir = std::env::temp_dir().join(unique("golden"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let expect = dir.join("expected.jsonl");
+    let sample = repo_root().join("customer-examples/price_calculator/sample.jsonl");
+    let mut lines: Vec<String> = std::fs::read_to_string(
+        repo_root().join("customer-examples/price_calculator/expected.jsonl"),
+    )
+    .unwrap()
+    .lines()
+    .map(String::from)
+    .collect();
+    lines[0] = lines[0].replace("170.0", "171.0");
+    std::fs::write(&expect, lines.join("\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
+        .args(["test", "--cache-dir"])
+        .arg(repo_root().join(".cache/pipeline-worker-tests"))
+        .arg("--component")
+        .arg(guest("price_calculator"))
+        .arg("--input")
+        .arg(&sample)
+        .arg("--expect")
+        .arg(&expect)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("FAIL") && text.contains("171.0"), "{text}");
+}
+
+/// The customer's Python file, unchanged, through the real broker.
+#[test]
+fn python_enrich_event_through_kafka() {
+    let input = unique("py-in");
+    let output = unique("py-out");
+    let dlq = unique("py-dlq");
+    create_topics(&[(&input, 1), (&output, 1), (&dlq, 1)]);
+    let dir = repo_root().join("customer-examples/enrich_event");
+    let samples: Vec<String> = std::fs::read_to_string(dir.join("sample.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    let expected: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("expected.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut records: Vec<In> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| In::new(format!("k{i}"), s.clone()))
+        .collect();
+    records.push(In::new("bad", "this is not json"));
+    produce_all(&input, &records);
+    let component = python_component("enrich_event");
+    let config = write_config(
+        &unique("py-group"),
+        &[PipelineSpec {
+            name: "enrich_event",
+            inputs: &[&input],
+            outputs: &[&output],
+            dlq: &dlq,
+            component: &component,
+            extra: "",
+        }],
+        "",
+    );
+    let worker = WorkerProcess::start(&config);
+    let out = read_until(&[&output], samples.len(), Duration::from_secs(180));
+    let got: Vec<serde_json::Value> = out.iter().map(|o| o.json()).collect();
+    assert_eq!(got, expected, "log:\n{}", worker.log_text());
+    let bad = read_until(&[&dlq], 1, Duration::from_secs(60));
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].header("pw.error.kind"), "invalid-input");
+    assert!(
+        bad[0]
+            .header("pw.error.message")
+            .to_lowercase()
+            .contains("json"),
+        "{:?}",
+        bad[0].headers
+    );
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+}
+
+fn run_python(name: &str, value: &str) -> Result<Vec<serde_json::Value>, (String, String)> {
+    use pipeline_worker::config::Limits;
+    use pipeline_worker::sandbox::{
+        ArtifactCache, EpochTicker, Function, InputRecord, Runner, SandboxOptions,
+    };
+    let opts = SandboxOptions {
+        cache: ArtifactCache::new(repo_root().join(".cache/pipeline-worker-tests")),
+        ticker: EpochTicker::start(Duration::from_millis(10)),
+        epoch_tick_ms: 10,
+        pooling: false,
+        max_instances: 1,
+    };
+    let limits = Limits {
+        deadline_ms: 5_000,
+        ..Limits::default()
+    };
+    let f = Function::load_file(name, &python_component(name), &limits, &opts).expect("load");
+    let rec = InputRecord {
+        key: None,
+        value: value.as_bytes().to_vec(),
+        headers: vec![],
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        timestamp: None,
+    };
+    Runner::new(f)
+        .run_batch(&[rec])
+        .pop()
+        .unwrap()
+        .map(|outs| {
+            outs.iter()
+                .map(|o| serde_json::from_slice(&o.value).unwrap())
+                .collect()
+        })
+        .map_err(|e| (e.kind().to_string(), e.to_string()))
+}
+
+#[test]
+fn python_exception_becomes_a_failed_error() {
+    let (kind, msg) = run_python("py_raises", r#"{"amount":1}"#).unwrap_err();
+    assert_eq!(kind, "failed");
+    assert!(msg.contains("ValueError: bad amount"), "{msg}");
+}
+
+#[test]
+fn python_wrong_return_type_is_named() {
+    let (kind, msg) = run_python("py_wrong_type", r#"{"a":1}"#).unwrap_err();
+    assert_eq!(kind, "failed");
+    assert!(msg.contains("returned int"), "{msg}");
+}
+
+#[test]
+fn python_file_and_socket_access_fail_inside_the_guest() {
+    let out = run_python("py_opens_file", r#"{"a":1}"#).expect("opens_file returns its error");
+    assert_eq!(out[0]["opened"], false, "{out:?}");
+    let out = run_python("py_uses_socket", r#"{"a":1}"#).expect("uses_socket returns its error");
+    assert_eq!(out[0]["connected"], false, "{out:?}");
+}
+
+#[test]
+fn python_build_refuses_two_or_no_transforms() {
+    for (file, needle) in [
+        ("two_transforms.py", "more than one @transform"),
+        ("no_transform.py", "defines no @transform"),
+    ] {
+        let out_wasm = std::env::temp_dir()
+            .join(unique("bad"))
+            .with_extension("wasm");
+        let out = Command::new(repo_root().join("scripts/build-python.sh"))
+            .arg(repo_root().join("tests/components/python").join(file))
+            .arg(&out_wasm)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file} built:\n{text}");
+        assert!(text.contains(needle), "{file}: {text}");
+        assert!(!out_wasm.exists(), "{file}: a component was written");
+    }
+}

@@ -1,0 +1,215 @@
+//! Health and metrics over HTTP: `/livez` (the process answers), `/readyz`
+//! (every pipeline joined its group, components loaded, a broker reachable,
+//! not draining) and `/metrics` (Prometheus text). Names follow the
+//! OpenTelemetry messaging semantic conventions where one exists
+//! (`messaging.client.consumed.messages` → `messaging_client_consumed_messages_total`).
+//! Off unless `[telemetry] http_listen` is set: nothing on the hot path
+//! depends on it, the counters are plain relaxed atomics either way.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use crate::pipeline::PipelineStats;
+use crate::sandbox::ERROR_KINDS;
+use crate::source::Trackers;
+
+pub struct PipelineView {
+    pub name: String,
+    pub group: String,
+    pub function_digest: String,
+    pub stats: Arc<PipelineStats>,
+    pub trackers: Arc<Trackers>,
+}
+
+#[derive(Default)]
+pub struct TelemetryState {
+    pub pipelines: std::sync::RwLock<Vec<PipelineView>>,
+    pub draining: AtomicBool,
+}
+
+impl TelemetryState {
+    /// Why the worker is not ready, or empty when it is.
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.draining.load(Ordering::Relaxed) {
+            why.push("draining".to_string());
+        }
+        let ps = self.pipelines.read().unwrap_or_else(|p| p.into_inner());
+        if ps.is_empty() {
+            why.push("no pipeline started yet".into());
+        }
+        for p in ps.iter() {
+            if !p.stats.joined.load(Ordering::Relaxed) {
+                why.push(format!(
+                    "pipeline {} has not joined group {}",
+                    p.name, p.group
+                ));
+            } else if !p.stats.broker_up.load(Ordering::Relaxed) {
+                why.push(format!("pipeline {}: no broker reachable", p.name));
+            }
+        }
+        why
+    }
+}
+
+/// Serves until the process exits, on its own thread.
+pub fn serve(addr: SocketAddr, state: Arc<TelemetryState>) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("telemetry-http".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("telemetry runtime");
+            rt.block_on(async move {
+                let app = Router::new()
+                    .route("/livez", get(|| async { "ok\n" }))
+                    .route("/readyz", get(readyz))
+                    .route("/metrics", get(metrics))
+                    .with_state(state);
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "telemetry server stopped");
+                }
+            });
+        })?;
+    tracing::info!(%bound, "serving /livez /readyz /metrics");
+    Ok(bound)
+}
+
+async fn readyz(State(s): State<Arc<TelemetryState>>) -> impl IntoResponse {
+    let why = s.not_ready();
+    if why.is_empty() {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", why.join("; ")),
+        )
+    }
+}
+
+async fn metrics(State(s): State<Arc<TelemetryState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(&s),
+    )
+}
+
+/// Prometheus text exposition of every pipeline's counters.
+pub fn render(s: &TelemetryState) -> String {
+    let ps = s.pipelines.read().unwrap_or_else(|p| p.into_inner());
+    let mut out = String::new();
+    let l = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    };
+    let base = |p: &PipelineView| {
+        format!(
+            "messaging_system=\"kafka\",messaging_consumer_group_name=\"{}\",pipeline=\"{}\",function_digest=\"{}\"",
+            p.group, p.name, p.function_digest
+        )
+    };
+    family(
+        "messaging_client_consumed_messages_total",
+        "counter",
+        "Records consumed from the input topics.",
+        ps.iter().map(|p| (base(p), l(&p.stats.consumed))).collect(),
+    );
+    family(
+        "messaging_client_sent_messages_total",
+        "counter",
+        "Output records handed to the producer (dead letters not included).",
+        ps.iter().map(|p| (base(p), l(&p.stats.produced))).collect(),
+    );
+    family(
+        "pipeline_records_filtered_total",
+        "counter",
+        "Input records for which the function returned no output.",
+        ps.iter().map(|p| (base(p), l(&p.stats.filtered))).collect(),
+    );
+    family(
+        "pipeline_records_dead_lettered_total",
+        "counter",
+        "Input records sent to the dead-letter topic, by error kind.",
+        ps.iter()
+            .flat_map(|p| {
+                ERROR_KINDS.iter().enumerate().map(move |(i, k)| {
+                    (
+                        format!("{},error_kind=\"{k}\"", base(p)),
+                        l(&p.stats.errors_by_kind[i]),
+                    )
+                })
+            })
+            .collect(),
+    );
+    family(
+        "pipeline_traps_total",
+        "counter",
+        "Records whose function trapped or hit a limit (fuel, deadline, memory, stack, output size, instantiation).",
+        ps.iter().map(|p| (base(p), l(&p.stats.traps))).collect(),
+    );
+    family(
+        "pipeline_fuel_consumed_total",
+        "counter",
+        "Wasm fuel consumed (only when limits.fuel is set).",
+        ps.iter()
+            .map(|p| (base(p), l(&p.stats.fuel_consumed)))
+            .collect(),
+    );
+    family(
+        "pipeline_wasm_execution_nanoseconds_total",
+        "counter",
+        "Time spent inside the function.",
+        ps.iter()
+            .map(|p| (base(p), l(&p.stats.wasm_nanos)))
+            .collect(),
+    );
+    family(
+        "pipeline_instantiations_total",
+        "counter",
+        "Fresh instances created (one per batch, plus one after each trap).",
+        ps.iter()
+            .map(|p| (base(p), l(&p.stats.instantiations)))
+            .collect(),
+    );
+    family(
+        "pipeline_in_flight_records",
+        "gauge",
+        "Records consumed and not yet fully acknowledged downstream.",
+        ps.iter()
+            .map(|p| (base(p), p.trackers.in_flight() as u64))
+            .collect(),
+    );
+    let mut lag_rows = Vec::new();
+    for p in ps.iter() {
+        let lag = p.stats.lag.lock().unwrap_or_else(|e| e.into_inner());
+        for ((topic, part), v) in lag.iter() {
+            lag_rows.push((
+                format!("{},messaging_destination_name=\"{topic}\",messaging_destination_partition_id=\"{part}\"", base(p)),
+                (*v).max(0) as u64,
+            ));
+        }
+    }
+    family(
+        "messaging_kafka_consumer_lag",
+        "gauge",
+        "Records between the committed position and the partition end, per assigned partition (librdkafka statistics).",
+        lag_rows,
+    );
+    out
+}
