@@ -37,7 +37,8 @@ fn a_valid_config_loads_its_component() {
 fn config_errors_name_the_key() {
     let c = guest("enrich_rs").display().to_string();
     let base = good(&c);
-    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (base.replace("brokers", "brokerz"), vec![], "brokerz"),
         (
             base.clone() + "[pipelines.limits]\ndeadline_ms = 0\n",

@@ -218,3 +218,45 @@ fn python_build_refuses_two_or_no_transforms() {
         assert!(!out_wasm.exists(), "{file}: a component was written");
     }
 }
+
+/// The customer's loop as a customer runs it: init → build → test.
+#[test]
+fn init_build_test_loop_python_and_rust() {
+    let work = std::env::temp_dir().join(unique("loop"));
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = env!("CARGO_BIN_EXE_pipeline-worker");
+    for (lang, name) in [("python", "my_enrich"), ("rust", "my_rust_fn")] {
+        let run = |args: &[&str]| {
+            let out = Command::new(bin)
+                .current_dir(&work)
+                .env("PIPELINE_SDK_HOME", repo_root())
+                .env("CARGO_TARGET_DIR", repo_root().join("target/guests"))
+                .args(args)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{args:?} failed:\n{text}");
+            text
+        };
+        run(&["init", "--lang", lang, name]);
+        let built = run(&["build", name]);
+        assert!(built.contains("sha256:"), "{built}");
+        let wasm = format!("{name}/{name}.wasm");
+        let tested = run(&[
+            "test",
+            "--cache-dir",
+            &repo_root()
+                .join(".cache/pipeline-worker-tests")
+                .display()
+                .to_string(),
+            "--component",
+            &wasm,
+            "--input",
+            &format!("{name}/sample.jsonl"),
+            "--expect",
+            &format!("{name}/expected.jsonl"),
+        ]);
+        assert!(tested.contains("PASS"), "{tested}");
+    }
+}

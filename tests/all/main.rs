@@ -13,3 +13,4 @@ mod examples;
 mod group;
 mod hostile;
 mod pipeline_e2e;
+mod telemetry;

@@ -163,7 +163,6 @@ pub struct Out {
     pub key: Option<String>,
     pub value: String,
     pub headers: HashMap<String, String>,
-    pub header_order: Vec<String>,
     pub timestamp: Option<i64>,
 }
 
@@ -198,10 +197,8 @@ pub fn read_until(topics: &[&str], want: usize, timeout: Duration) -> Vec<Out> {
         if let Some(m) = c.poll(Duration::from_millis(200)) {
             let m = m.expect("read");
             let mut headers = HashMap::new();
-            let mut order = Vec::new();
             if let Some(hs) = m.headers() {
                 for h in hs.iter() {
-                    order.push(h.key.to_string());
                     headers.insert(
                         h.key.to_string(),
                         String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
@@ -215,7 +212,6 @@ pub fn read_until(topics: &[&str], want: usize, timeout: Duration) -> Vec<Out> {
                 key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                 value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
                 headers,
-                header_order: order,
                 timestamp: m.timestamp().to_millis(),
             });
         }

@@ -11,6 +11,7 @@ pub mod dev;
 pub mod localtest;
 pub mod pipeline;
 pub mod sandbox;
+pub mod scaffold;
 pub mod sink;
 pub mod source;
 pub mod telemetry;

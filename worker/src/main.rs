@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pipeline_worker::{app, config::Config, dev, localtest};
+use pipeline_worker::{app, config::Config, dev, localtest, scaffold};
 
 /// Kafka consumer-group worker that runs every record through a sandboxed
 /// WebAssembly component.
@@ -40,6 +40,10 @@ enum Command {
     /// Run sample records through a component in the production sandbox (no
     /// Kafka); compare with a golden file; non-zero exit on a mismatch or trap.
     Test(localtest::TestArgs),
+    /// Create a function project: source, sample records, expected output.
+    Init(scaffold::InitArgs),
+    /// Build a function project into a component (componentize-py, cargo, jco).
+    Build(scaffold::BuildArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,8 @@ fn main() -> ExitCode {
             }),
         Command::Dev(args) => dev::run(args),
         Command::Test(args) => localtest::run(args),
+        Command::Init(args) => scaffold::init(args),
+        Command::Build(args) => scaffold::build(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

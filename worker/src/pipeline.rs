@@ -81,13 +81,13 @@ pub enum PipelineError {
     #[error("pipeline {pipeline}: cannot create the Kafka consumer: {source}")]
     Consumer {
         pipeline: String,
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     #[error("pipeline {pipeline}: cannot subscribe to {topics:?}: {source}")]
     Subscribe {
         pipeline: String,
         topics: Vec<String>,
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
 }
 
@@ -168,7 +168,7 @@ pub fn spawn(
         cc.create_with_context(context)
             .map_err(|source| PipelineError::Consumer {
                 pipeline: pipeline.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
     let topics: Vec<&str> = pipeline.input_topics.iter().map(|s| s.as_str()).collect();
     consumer
@@ -176,7 +176,7 @@ pub fn spawn(
         .map_err(|source| PipelineError::Subscribe {
             pipeline: pipeline.name.clone(),
             topics: pipeline.input_topics.clone(),
-            source,
+            source: Box::new(source),
         })?;
 
     let target = Arc::new(SinkTarget {

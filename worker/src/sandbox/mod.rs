@@ -16,7 +16,7 @@ use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Engine, Store, Trap};
 
 use crate::config::Limits;
-pub use cache::ArtifactCache;
+pub use cache::{digest, ArtifactCache};
 pub use engine::EpochTicker;
 pub use host::{GuestLog, HostState};
 pub use imports::{check_component_shape, ALLOWED_IMPORTS, WORLD_PACKAGE, WORLD_VERSION_REQ};
@@ -245,6 +245,11 @@ impl Function {
 
     pub fn exports_batch(&self) -> bool {
         self.batch.is_some()
+    }
+
+    /// Creates and drops one instance (benchmarks, health probes).
+    pub fn instantiate_only(&self) -> Result<(), RecordError> {
+        self.instantiate().map(drop)
     }
 
     fn instantiate(&self) -> Result<Live, RecordError> {

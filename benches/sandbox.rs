@@ -1,0 +1,151 @@
+//! Sandbox micro-benchmarks, no Kafka: instantiate from `InstancePre`, one
+//! call, one batch call, for the Rust and the Python enrichment component,
+//! with fuel off and on. Prints figures; asserts nothing about speed.
+//!
+//!   cargo bench -p pipeline-worker --bench sandbox
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pipeline_worker::config::Limits;
+use pipeline_worker::sandbox::{
+    ArtifactCache, EpochTicker, Function, InputRecord, Runner, SandboxOptions,
+};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn record(i: usize) -> InputRecord {
+    InputRecord {
+        key: Some(format!("user-{}", i % 100).into_bytes()),
+        value: format!(
+            r#"{{"id":{i},"user":"u{}","event_type":"click","session_start":1700000000,"session_end":{},"page":"/products/{}"}}"#,
+            i % 1000,
+            1700000000 + (i % 120) * 60,
+            i % 50
+        )
+        .into_bytes(),
+        headers: vec![],
+        topic: "bench".into(),
+        partition: 0,
+        offset: i as i64,
+        timestamp: Some(1_700_000_000_000),
+    }
+}
+
+fn per_op(total: Duration, n: usize) -> String {
+    let ns = total.as_nanos() as f64 / n as f64;
+    if ns > 10_000.0 {
+        format!("{:>9.1} µs", ns / 1000.0)
+    } else {
+        format!("{:>9.2} µs", ns / 1000.0)
+    }
+}
+
+fn bench(name: &str, path: &Path, fuel: Option<u64>, opts: &SandboxOptions) {
+    let limits = Limits {
+        fuel,
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    let f = Function::load_file(name, path, &limits, opts).expect("load");
+    let load = started.elapsed();
+    let label = format!(
+        "{name} (fuel {})",
+        if fuel.is_some() { "on" } else { "off" }
+    );
+    // Instantiate from InstancePre.
+    let n_inst = if f.load_report.size_bytes > 1 << 20 {
+        200
+    } else {
+        2_000
+    };
+    let t = Instant::now();
+    for _ in 0..n_inst {
+        f.instantiate_only().unwrap();
+    }
+    let inst = t.elapsed();
+    // One call: records one at a time; wasm time counts the call only.
+    let mut r = Runner::new(f.clone());
+    let n_call = if f.load_report.size_bytes > 1 << 20 {
+        500
+    } else {
+        5_000
+    };
+    let recs: Vec<InputRecord> = (0..64).map(record).collect();
+    // 64 single calls per fresh instance: the component's own per-call cost.
+    let single = Function::load_file(name, path, &limits, opts).unwrap();
+    let mut rs = Runner::new(single);
+    let t = Instant::now();
+    let mut calls = 0;
+    while calls < n_call {
+        for rec in &recs {
+            let out = rs.run_batch(std::slice::from_ref(rec));
+            assert!(out[0].is_ok(), "{:?}", out[0]);
+            calls += 1;
+        }
+    }
+    let single_wall = t.elapsed();
+    let single_wasm = Duration::from_nanos(rs.stats.wasm_nanos);
+    // Batch calls of 64 (one instance per batch).
+    let n_batches = (n_call / 64).max(5);
+    let before = r.stats;
+    let t = Instant::now();
+    for _ in 0..n_batches {
+        let out = r.run_batch(&recs);
+        assert!(out.iter().all(|o| o.is_ok()));
+    }
+    let batch_wall = t.elapsed();
+    let batch_wasm = Duration::from_nanos(r.stats.wasm_nanos - before.wasm_nanos);
+    println!(
+        "{label:<28} {:>8} KB  load {:>6} ms{}  instantiate {}  call {} (with fresh instance {})  batch-of-64 per record {} (wall {}){}",
+        f.load_report.size_bytes / 1024,
+        load.as_millis(),
+        if f.load_report.from_cache { " (cached)" } else { " (compiled)" },
+        per_op(inst, n_inst),
+        per_op(single_wasm, calls),
+        per_op(single_wall, calls),
+        per_op(batch_wasm, n_batches * 64),
+        per_op(batch_wall, n_batches * 64),
+        if f.exports_batch() { "" } else { " [no batch export]" },
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let opts = SandboxOptions {
+        cache: ArtifactCache::new(root().join(".cache/pipeline-worker-bench")),
+        ticker: EpochTicker::start(Duration::from_millis(10)),
+        epoch_tick_ms: 10,
+        pooling: true,
+        max_instances: 2,
+    };
+    let components = [
+        (
+            "rust enrich",
+            root().join("target/guests/wasm32-wasip2/release/enrich_rs.wasm"),
+        ),
+        (
+            "python enrich",
+            root().join("target/components/enrich_event.wasm"),
+        ),
+    ];
+    for (name, path) in &components {
+        if !path.exists() {
+            println!(
+                "{name}: skipped, {} not built (make examples)",
+                path.display()
+            );
+            continue;
+        }
+        for fuel in [None, Some(u64::MAX / 1024)] {
+            bench(name, path, fuel, &opts);
+        }
+    }
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env node
+// Quick static check of a customer module before the (slower) component
+// build; no customer code is run.
+//
+//     node sdk-wit/js/tools/precheck.mjs CUSTOMER.js
+//
+// Checks that the file parses as an ES module, imports nothing but
+// "pipeline-sdk" (and pipeline:transform/* WIT interfaces), imports only names
+// that pipeline-sdk exports, and has a default export. Prints
+// `FILE:LINE:COL: message` and exits 1 on a problem.
+//
+// Uses node:vm's SourceTextModule (parse and link only, never evaluate),
+// which needs --experimental-vm-modules: the script re-runs itself with it.
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const self = fileURLToPath(import.meta.url);
+const args = process.argv.slice(2);
+if (args.length !== 1) {
+  console.error("usage: precheck.mjs CUSTOMER.js");
+  process.exit(2);
+}
+const src = args[0];
+
+if (!process.execArgv.includes("--experimental-vm-modules")) {
+  const r = spawnSync(
+    process.execPath,
+    ["--experimental-vm-modules", "--no-warnings", self, src],
+    { stdio: "inherit" },
+  );
+  process.exit(r.status ?? 1);
+}
+
+const vm = await import("node:vm");
+const sdk = await import("../pipeline-sdk.js");
+const text = readFileSync(src, "utf8");
+
+function fail(message, line, col) {
+  const where = line ? `${src}:${line}${col ? `:${col}` : ""}` : src;
+  console.error(`${where}: ${message}`);
+  const code = line ? text.split("\n")[line - 1] : undefined;
+  if (code !== undefined) console.error(`    ${code.trim()}`);
+  process.exit(1);
+}
+
+function lineOf(needle) {
+  const i = text.indexOf(needle);
+  return i < 0 ? undefined : text.slice(0, i).split("\n").length;
+}
+
+let mod;
+try {
+  mod = new vm.SourceTextModule(text, { identifier: src });
+} catch (e) {
+  // SourceTextModule does not say where; `node --check` on a .mjs copy does
+  // ("FILE:LINE" on its first line of output).
+  let line;
+  const dir = mkdtempSync(join(tmpdir(), "pipeline-precheck-"));
+  try {
+    const copy = join(dir, "module.mjs");
+    writeFileSync(copy, text);
+    const r = spawnSync(process.execPath, ["--check", copy], { encoding: "utf8" });
+    const m = /module\.mjs:(\d+)/.exec(r.stderr || "");
+    if (m) line = Number(m[1]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  fail(`${e.name}: ${e.message}`, line);
+}
+
+const allowed = (s) => s === "pipeline-sdk" || s.startsWith("pipeline:transform/");
+for (const spec of mod.dependencySpecifiers) {
+  if (!allowed(spec)) {
+    fail(
+      `imports "${spec}": only "pipeline-sdk" is available inside the component ` +
+        "(the build bundles just this file and the SDK; put helpers in this file)",
+      lineOf(`"${spec}"`) ?? lineOf(`'${spec}'`),
+    );
+  }
+}
+
+const sdkNames = Object.keys(sdk);
+await mod.link(async (spec) => {
+  const names = spec === "pipeline-sdk" ? sdkNames : ["log"];
+  return new vm.SyntheticModule(names, () => {});
+}).catch((e) => {
+  // e.g. "The requested module 'pipeline-sdk' does not provide an export named 'transfrom'"
+  const m = /export named '([^']+)'/.exec(e.message);
+  fail(`${e.name}: ${e.message}`, m ? lineOf(m[1]) : undefined);
+});
+
+if (!Reflect.ownKeys(mod.namespace).includes("default")) {
+  fail(
+    "has no default export; the transform function must be the default export: " +
+      "export default transform((record) => { ... })",
+  );
+}

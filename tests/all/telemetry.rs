@@ -1,0 +1,228 @@
+//! /metrics counts what went through; /readyz follows start, a broker outage
+//! (librdkafka's mock cluster takes its broker down) and a drain.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// (status code, body) of a GET on 127.0.0.1:port.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+fn wait_for(port: u16, path: &str, code: u16, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = get(port, path);
+        if let Some((c, body)) = &got {
+            if *c == code {
+                return body.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never answered {code}; last: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The value of the first sample of `name` whose labels contain `label`.
+fn sample(metrics: &str, name: &str, label: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .next()
+        .unwrap_or_else(|| panic!("no {name} with {label} in:\n{metrics}"))
+}
+
+#[test]
+fn metrics_count_records_and_traps() {
+    let input = unique("tm-in");
+    let output = unique("tm-out");
+    let dlq = unique("tm-dlq");
+    create_topics(&[(&input, 2), (&output, 2), (&dlq, 1)]);
+    let mut records: Vec<In> = (0..50)
+        .map(|i| In::new(format!("k{i}"), format!(r#"{{"action":"ok","id":{i}}}"#)))
+        .collect();
+    records.push(In::new("x1", r#"{"action":"loop"}"#));
+    records.push(In::new("x2", r#"{"action":"panic"}"#));
+    records.push(In::new("x3", r#"{"action":"filter"}"#));
+    records.push(In::new("x4", r#"{"action":"error"}"#));
+    produce_all(&input, &records);
+    let port = free_port();
+    let component = guest("hostile");
+    let config = write_config(
+        &unique("tm-group"),
+        &[PipelineSpec {
+            name: "hostile",
+            inputs: &[&input],
+            outputs: &[&output],
+            dlq: &dlq,
+            component: &component,
+            extra: "[pipelines.limits]\ndeadline_ms = 200\n",
+        }],
+        &format!("[telemetry]\nhttp_listen = \"127.0.0.1:{port}\"\n"),
+    );
+    let worker = WorkerProcess::start(&config);
+    wait_for(port, "/livez", 200, Duration::from_secs(60));
+    wait_for(port, "/readyz", 200, Duration::from_secs(60));
+    assert_eq!(read_until(&[&dlq], 3, Duration::from_secs(60)).len(), 3);
+    assert_eq!(
+        read_until(&[&output], 50, Duration::from_secs(60)).len(),
+        50
+    );
+    // Counters are updated right after the produce is enqueued; give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let (_, m) = get(port, "/metrics").expect("metrics");
+        if sample(
+            &m,
+            "messaging_client_consumed_messages_total",
+            "pipeline=\"hostile\"",
+        ) == 54
+            && sample(
+                &m,
+                "pipeline_records_dead_lettered_total",
+                "error_kind=\"failed\"",
+            ) + sample(
+                &m,
+                "pipeline_records_dead_lettered_total",
+                "error_kind=\"invalid-input\"",
+            ) == 1
+        {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never settled:\n{m}\nlog:\n{}",
+            worker.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(
+        sample(
+            &m,
+            "messaging_client_sent_messages_total",
+            "pipeline=\"hostile\""
+        ),
+        50
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "pipeline_records_filtered_total",
+            "pipeline=\"hostile\""
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "pipeline_records_dead_lettered_total",
+            "error_kind=\"deadline\""
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "pipeline_records_dead_lettered_total",
+            "error_kind=\"trap\""
+        ),
+        1
+    );
+    assert_eq!(
+        sample(&m, "pipeline_traps_total", "pipeline=\"hostile\""),
+        2
+    );
+    assert!(m.contains("messaging_consumer_group_name="), "{m}");
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+}
+
+/// Readiness through a start, a broker outage and a drain, on the mock cluster.
+#[test]
+fn readiness_follows_broker_outage_and_drain() {
+    use pipeline_worker::app;
+    use pipeline_worker::config::{
+        Config, KafkaConfig, Limits, PipelineConfig, RuntimeConfig, TelemetryConfig,
+    };
+    use rdkafka::mocking::MockCluster;
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("in", 2, 1).unwrap();
+    cluster.create_topic("out", 2, 1).unwrap();
+    cluster.create_topic("dlq", 1, 1).unwrap();
+    let port = free_port();
+    let config = Config {
+        kafka: KafkaConfig {
+            brokers: cluster.bootstrap_servers(),
+            group_id: unique("ready"),
+            auto_offset_reset: "earliest".into(),
+            librdkafka: [("statistics.interval.ms".to_string(), "500".to_string())]
+                .into_iter()
+                .collect(),
+        },
+        runtime: RuntimeConfig {
+            cache_dir: repo_root().join(".cache/pipeline-worker-tests"),
+            ..RuntimeConfig::default()
+        },
+        telemetry: TelemetryConfig {
+            http_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
+            ..TelemetryConfig::default()
+        },
+        pipelines: vec![PipelineConfig {
+            name: "p".into(),
+            input_topics: vec!["in".into()],
+            component: guest("enrich_rs"),
+            output_topics: vec!["out".into()],
+            dead_letter_topic: "dlq".into(),
+            batch_size: 8,
+            concurrency: 1,
+            limits: Limits::default(),
+        }],
+    };
+    let opts = app::sandbox_options(&config);
+    let fs = app::load_functions(&config, &opts).unwrap();
+    let worker = app::Worker::start(&config, fs).unwrap();
+    wait_for(port, "/readyz", 200, Duration::from_secs(60));
+    cluster.broker_down(1).unwrap();
+    let body = wait_for(port, "/readyz", 503, Duration::from_secs(60));
+    assert!(body.contains("broker"), "{body}");
+    assert_eq!(
+        get(port, "/livez").map(|r| r.0),
+        Some(200),
+        "alive while the broker is down"
+    );
+    cluster.broker_up(1).unwrap();
+    wait_for(port, "/readyz", 200, Duration::from_secs(60));
+    worker.request_stop();
+    let body = wait_for(port, "/readyz", 503, Duration::from_secs(5));
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(worker.shutdown(Duration::from_secs(10)), None);
+}
