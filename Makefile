@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: dev test guests python-examples examples kafka-start kafka-stop lint bench
+.PHONY: dev test guests python-examples js-examples examples sdk-test kafka-start kafka-stop lint bench
 
 guests:
 	scripts/build-rust-guests.sh
@@ -14,7 +14,16 @@ guests:
 python-examples:
 	scripts/build-python-examples.sh
 
-examples: guests python-examples
+js-examples:
+	scripts/build-js.sh customer-examples/js_enrich/enrich.js target/components/js_enrich.wasm
+
+examples: guests python-examples js-examples
+
+# SDK unit tests on the host: Python, JavaScript (Node) and the Rust guest crates.
+sdk-test:
+	python3 -m unittest discover -s sdk-wit/python/tests
+	node --test sdk-wit/js/test/sdk.test.mjs
+	$(CARGO) test --release -p pipeline-sdk -p price-calculator -p router -p enrich-rs -p hostile
 
 dev: examples
 	$(CARGO) run --release -p pipeline-worker -- dev
@@ -25,7 +34,7 @@ kafka-start:
 kafka-stop:
 	scripts/kafka.sh stop
 
-test: examples kafka-start
+test: examples kafka-start sdk-test
 	$(CARGO) test --release -p pipeline-worker -- --test-threads=2
 
 lint:

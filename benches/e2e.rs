@@ -257,7 +257,11 @@ impl Candidate for WorkerCandidate {
 }
 
 fn measure(name: &str, cand: &mut dyn Candidate, n: usize, latency_n: usize, rate: u64) -> Figures {
-    let tag = format!("{name}-{}", now_nanos());
+    let slug: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let tag = format!("{slug}-{}", now_nanos());
     let (input, output, dlq) = (
         format!("bench-in-{tag}"),
         format!("bench-out-{tag}"),

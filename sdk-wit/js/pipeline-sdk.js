@@ -136,6 +136,13 @@ function encodeFields(fields) {
             "(NaN and Infinity are not JSON; was it computed from a missing field, which reads as undefined?)",
         );
       }
+      if (value !== null && typeof value === "object" && (ArrayBuffer.isView(value) || value instanceof ArrayBuffer || value instanceof Map || value instanceof Set)) {
+        const what = value.constructor ? value.constructor.name : "object";
+        throw new EncodeError(
+          `record.fields cannot be encoded as JSON: field '${key}' is a ${what}` +
+            (what === "Map" || what === "Set" ? "; convert it with Object.fromEntries(...) or Array.from(...)" : "; JSON has no bytes: decode it (new TextDecoder().decode(...)) or use Array.from(...)"),
+        );
+      }
       if (typeof value === "bigint") {
         throw new EncodeError(
           `record.fields cannot be encoded as JSON: field '${key}' is a BigInt; convert it with Number(...) or String(...)`,

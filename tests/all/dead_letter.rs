@@ -77,7 +77,10 @@ fn refused_records_are_dead_lettered_with_error_headers() {
             .find(|o| o.partition == part && o.offset == off)
             .expect("origin exists");
         assert_eq!(o.key, d.key);
-        assert_eq!(o.timestamp, d.timestamp, "timestamp passes through to the dead letter");
+        assert_eq!(
+            o.timestamp, d.timestamp,
+            "timestamp passes through to the dead letter"
+        );
     }
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
 }

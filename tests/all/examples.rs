@@ -41,6 +41,11 @@ fn rust_examples_pass_their_golden_tests() {
 }
 
 #[test]
+fn js_example_passes_its_golden_test() {
+    golden(&python_component("js_enrich"), "js_enrich");
+}
+
+#[test]
 fn python_examples_pass_their_golden_tests() {
     golden(&python_component("enrich_event"), "enrich_event");
     golden(&python_component("pii_redaction"), "pii_redaction");
@@ -221,11 +226,15 @@ fn python_build_refuses_two_or_no_transforms() {
 
 /// The customer's loop as a customer runs it: init → build → test.
 #[test]
-fn init_build_test_loop_python_and_rust() {
+fn init_build_test_loop_every_language() {
     let work = std::env::temp_dir().join(unique("loop"));
     std::fs::create_dir_all(&work).unwrap();
     let bin = env!("CARGO_BIN_EXE_pipeline-worker");
-    for (lang, name) in [("python", "my_enrich"), ("rust", "my_rust_fn")] {
+    for (lang, name) in [
+        ("python", "my_enrich"),
+        ("rust", "my_rust_fn"),
+        ("js", "my_js_fn"),
+    ] {
         let run = |args: &[&str]| {
             let out = Command::new(bin)
                 .current_dir(&work)

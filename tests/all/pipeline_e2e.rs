@@ -56,7 +56,11 @@ fn ten_thousand_records_exactly_once_in_order() {
         let id = v["id"].as_i64().unwrap();
         assert!(seen.insert(id), "id {id} produced twice");
         assert_eq!(o.topic, output);
-        assert!(o.timestamp.is_some_and(|t| t > 1_700_000_000_000), "timestamp kept: {:?}", o.timestamp);
+        assert!(
+            o.timestamp.is_some_and(|t| t > 1_700_000_000_000),
+            "timestamp kept: {:?}",
+            o.timestamp
+        );
         let key = o.key.clone().expect("key kept");
         assert_eq!(key, keys[id as usize], "key of id {id}");
         assert_eq!(

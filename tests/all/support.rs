@@ -35,7 +35,7 @@ pub fn guest(name: &str) -> PathBuf {
     p
 }
 
-/// A Python component built by `make python-examples`.
+/// A Python or JS component built by `make examples` into target/components.
 pub fn python_component(name: &str) -> PathBuf {
     let p = repo_root().join(format!("target/components/{name}.wasm"));
     assert!(

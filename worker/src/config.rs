@@ -200,6 +200,11 @@ pub struct Limits {
     /// Table elements per table.
     #[serde(default = "default_table_elements")]
     pub max_table_elements: usize,
+    /// Records one instance serves before it is replaced by a fresh one (a
+    /// trap always replaces it). 1 = a fresh instance per record; module-level
+    /// state of the function lives at most this long.
+    #[serde(default = "default_instance_max_records")]
+    pub instance_max_records: u64,
 }
 
 impl Default for Limits {
@@ -213,6 +218,7 @@ impl Default for Limits {
             max_resources: default_max_resources(),
             max_output_bytes: default_max_output_bytes(),
             max_table_elements: default_table_elements(),
+            instance_max_records: default_instance_max_records(),
         }
     }
 }
@@ -237,6 +243,9 @@ fn default_max_output_bytes() -> usize {
 }
 fn default_table_elements() -> usize {
     100_000
+}
+fn default_instance_max_records() -> u64 {
+    10_000
 }
 
 /// librdkafka keys the worker sets itself because correctness depends on them.
@@ -413,6 +422,9 @@ impl Config {
             }
             if l.max_output_bytes == 0 {
                 return Err(invalid(lk("max_output_bytes"), "must be positive"));
+            }
+            if l.instance_max_records == 0 {
+                return Err(invalid(lk("instance_max_records"), "must be at least 1"));
             }
             if l.max_resources == 0 {
                 return Err(invalid(lk("max_resources"), "must be positive"));

@@ -165,7 +165,7 @@ fn detect(dir: &Path) -> anyhow::Result<(Lang, String, PathBuf)> {
         v.sort();
         Ok(v)
     };
-    for (lang, ext) in [(Lang::Python, "py"), (Lang::Js, "js")] {
+    for (lang, ext) in [(Lang::Python, "py"), (Lang::Js, "js"), (Lang::Js, "ts")] {
         let files = by_ext(ext)?;
         match files.as_slice() {
             [] => continue,

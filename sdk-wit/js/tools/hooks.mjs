@@ -1,7 +1,12 @@
-// Node module-resolution hooks for running customer functions on plain Node:
-// the bare specifier "pipeline-sdk" resolves to ../pipeline-sdk.js (inside a
-// component, the build puts pipeline-sdk.js next to the customer file).
-// Registered by register.mjs; needs Node >= 20.6.
+// Node module hooks for running customer functions on plain Node:
+// * the bare specifier "pipeline-sdk" resolves to ../pipeline-sdk.js (inside a
+//   component, the build puts pipeline-sdk.js next to the customer file);
+// * .ts / .mts files are loaded with their types stripped (strip-types.mjs),
+//   as the build does.
+// Registered by register.mjs and run_local.mjs; needs Node >= 20.6.
+import { fileURLToPath } from "node:url";
+import { isTypeScript, stripTypes } from "./strip-types.mjs";
+
 const SDK_URL = new URL("../pipeline-sdk.js", import.meta.url).href;
 
 export async function resolve(specifier, context, nextResolve) {
@@ -9,4 +14,13 @@ export async function resolve(specifier, context, nextResolve) {
     return { url: SDK_URL, shortCircuit: true };
   }
   return nextResolve(specifier, context);
+}
+
+export async function load(url, context, nextLoad) {
+  if (url.startsWith("file:") && isTypeScript(fileURLToPath(url))) {
+    const { source } = await nextLoad(url, { ...context, format: "module" });
+    const code = stripTypes(Buffer.from(source).toString("utf8"), fileURLToPath(url));
+    return { format: "module", source: code, shortCircuit: true };
+  }
+  return nextLoad(url, context);
 }

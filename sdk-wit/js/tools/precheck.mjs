@@ -2,7 +2,7 @@
 // Quick static check of a customer module before the (slower) component
 // build; no customer code is run.
 //
-//     node sdk-wit/js/tools/precheck.mjs CUSTOMER.js
+//     node sdk-wit/js/tools/precheck.mjs CUSTOMER.js   (or .ts: types are stripped first)
 //
 // Checks that the file parses as an ES module, imports nothing but
 // "pipeline-sdk" (and pipeline:transform/* WIT interfaces), imports only names
@@ -36,7 +36,16 @@ if (!process.execArgv.includes("--experimental-vm-modules")) {
 
 const vm = await import("node:vm");
 const sdk = await import("../pipeline-sdk.js");
-const text = readFileSync(src, "utf8");
+const { isTypeScript, stripTypes } = await import("./strip-types.mjs");
+let text = readFileSync(src, "utf8");
+if (isTypeScript(src)) {
+  try {
+    text = stripTypes(text, src); // same lines and columns
+  } catch (e) {
+    console.error(e.message);
+    process.exit(1);
+  }
+}
 
 function fail(message, line, col) {
   const where = line ? `${src}:${line}${col ? `:${col}` : ""}` : src;

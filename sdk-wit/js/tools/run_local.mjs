@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Runs a customer function on plain Node, without building a component.
 //
-//     node sdk-wit/js/tools/run_local.mjs CUSTOMER.js [INPUT.jsonl] [--verbose]
+//     node sdk-wit/js/tools/run_local.mjs CUSTOMER.js [INPUT.jsonl] [--verbose]   (or CUSTOMER.ts)
 //
 // Each input line is one record value (bytes as written; blank lines
 // skipped). Prints the value of each output record, one a line, in order (so

@@ -318,11 +318,14 @@ pub type RecordResult = Result<Vec<OutputRecord>, RecordError>;
 const OUTPUT_SLACK: usize = 64 * 1024;
 
 /// Runs records through one function. One per sandbox thread; owns at most
-/// one live instance, which is discarded after a trap and at the end of every
-/// batch, so state never leaks from one batch into the next.
+/// one live instance, which serves up to `limits.instance_max_records`
+/// records and is discarded after any trap (the next record gets a fresh
+/// instance from the `InstancePre`).
 pub struct Runner {
     function: Arc<Function>,
     pub stats: CallStats,
+    /// The instance kept between batches, and how many records it served.
+    live: Option<(Live, u64)>,
 }
 
 impl Runner {
@@ -330,6 +333,15 @@ impl Runner {
         Self {
             function,
             stats: CallStats::default(),
+            live: None,
+        }
+    }
+
+    /// The kept instance if it may serve `n` more records, else a fresh one.
+    fn checkout(&mut self, f: &Function, n: u64) -> Result<(Live, u64), RecordError> {
+        match self.live.take() {
+            Some((l, served)) if served + n <= f.limits.instance_max_records => Ok((l, served)),
+            _ => self.fresh(f).map(|l| (l, 0)),
         }
     }
 
@@ -340,28 +352,27 @@ impl Runner {
     /// One result per input, in order.
     pub fn run_batch(&mut self, inputs: &[InputRecord]) -> Vec<RecordResult> {
         let f = self.function.clone();
-        if inputs.len() > 1 && f.batch.is_some() {
+        if inputs.len() > 1
+            && f.batch.is_some()
+            && inputs.len() as u64 <= f.limits.instance_max_records
+        {
             if let Some(results) = self.try_batch_call(&f, inputs) {
                 return results;
             }
             // A trap inside a batch call cannot be pinned on a record: replay
             // them one by one in fresh instances so only the culprit fails.
         }
-        let mut live: Option<Live> = None;
         let mut out = Vec::with_capacity(inputs.len());
         for input in inputs {
-            let l = match live.take() {
-                Some(l) => l,
-                None => match self.fresh(&f) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        out.push(Err(e));
-                        continue;
-                    }
-                },
+            let (l, served) = match self.checkout(&f, 1) {
+                Ok(x) => x,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
             };
             let (l, result) = self.call_one(&f, l, input);
-            live = l;
+            self.live = l.map(|l| (l, served + 1));
             out.push(result);
         }
         out
@@ -431,8 +442,8 @@ impl Runner {
         f: &Function,
         inputs: &[InputRecord],
     ) -> Option<Vec<RecordResult>> {
-        let mut live = self.fresh(f).ok()?;
         let n = inputs.len() as u64;
+        let (mut live, served) = self.checkout(f, n).ok()?;
         self.arm(f, &mut live, n).ok()?;
         let batch = live.batch.as_ref()?;
         let started = Instant::now();
@@ -440,12 +451,15 @@ impl Runner {
         self.account(f, &live, n, started);
         live.store.data_mut().flush_output();
         match result {
-            Ok(results) if results.len() == inputs.len() => Some(
-                results
-                    .into_iter()
-                    .map(|r| guest_result(r, &f.limits))
-                    .collect(),
-            ),
+            Ok(results) if results.len() == inputs.len() => {
+                self.live = Some((live, served + n));
+                Some(
+                    results
+                        .into_iter()
+                        .map(|r| guest_result(r, &f.limits))
+                        .collect(),
+                )
+            }
             Ok(results) => {
                 tracing::warn!(
                     function = %f.name,
