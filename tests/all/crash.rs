@@ -8,10 +8,12 @@ use crate::support::*;
 #[test]
 fn kill_9_mid_stream_loses_nothing() {
     const N: usize = 6_000;
-    let input = unique("crash-in");
-    let output = unique("crash-out");
-    let dlq = unique("crash-dlq");
-    create_topics(&[(&input, 4), (&output, 4), (&dlq, 1)]);
+    let topics = TestTopics::create("crash", 4);
+    let (input, output, dlq) = (
+        topics.input.clone(),
+        topics.output.clone(),
+        topics.dlq.clone(),
+    );
     let records: Vec<In> = (0..N)
         .map(|i| {
             In::new(
@@ -25,18 +27,12 @@ fn kill_9_mid_stream_loses_nothing() {
         .collect();
     produce_all(&input, &records);
     let component = guest("enrich_rs");
-    let config = write_config(
-        &unique("crash-group"),
-        &[PipelineSpec {
-            name: "enrich",
-            inputs: &[&input],
-            outputs: &[&output],
-            dlq: &dlq,
-            component: &component,
-            // Small batches and a slow commit interval widen the window in
-            // which a crash leaves produced-but-uncommitted records.
-            extra: "batch_size = 8",
-        }],
+    let config = topics.config(
+        "enrich",
+        &component,
+        // Small batches: many produce/commit rounds, so the kill lands
+        // between a produce and its offset commit.
+        "batch_size = 8",
         "",
     );
     let first = WorkerProcess::start(&config);

@@ -6,10 +6,12 @@ use crate::support::*;
 /// with the original key/value/headers and the error headers; the rest flow on.
 #[test]
 fn refused_records_are_dead_lettered_with_error_headers() {
-    let input = unique("dl-in");
-    let output = unique("dl-out");
-    let dlq = unique("dl-dlq");
-    create_topics(&[(&input, 2), (&output, 2), (&dlq, 1)]);
+    let topics = TestTopics::create("dl", 2);
+    let (input, output, dlq) = (
+        topics.input.clone(),
+        topics.output.clone(),
+        topics.dlq.clone(),
+    );
     let mut records = Vec::new();
     for i in 0..200 {
         let value = match i % 10 {
@@ -21,18 +23,7 @@ fn refused_records_are_dead_lettered_with_error_headers() {
     }
     produce_all(&input, &records);
     let component = guest("enrich_rs");
-    let config = write_config(
-        &unique("dl-group"),
-        &[PipelineSpec {
-            name: "enrich",
-            inputs: &[&input],
-            outputs: &[&output],
-            dlq: &dlq,
-            component: &component,
-            extra: "",
-        }],
-        "",
-    );
+    let config = topics.config("enrich", &component, "", "");
     let worker = WorkerProcess::start(&config);
     let good = read_until(&[&output], 160, Duration::from_secs(120));
     let bad = read_until(&[&dlq], 40, Duration::from_secs(60));

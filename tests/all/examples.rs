@@ -87,10 +87,12 @@ fn a_wrong_expectation_fails_the_golden_test() {
 /// The customer's Python file, unchanged, through the real broker.
 #[test]
 fn python_enrich_event_through_kafka() {
-    let input = unique("py-in");
-    let output = unique("py-out");
-    let dlq = unique("py-dlq");
-    create_topics(&[(&input, 1), (&output, 1), (&dlq, 1)]);
+    let topics = TestTopics::create("py", 1);
+    let (input, output, dlq) = (
+        topics.input.clone(),
+        topics.output.clone(),
+        topics.dlq.clone(),
+    );
     let dir = repo_root().join("customer-examples/enrich_event");
     let samples: Vec<String> = std::fs::read_to_string(dir.join("sample.jsonl"))
         .unwrap()
@@ -112,18 +114,7 @@ fn python_enrich_event_through_kafka() {
     records.push(In::new("bad", "this is not json"));
     produce_all(&input, &records);
     let component = python_component("enrich_event");
-    let config = write_config(
-        &unique("py-group"),
-        &[PipelineSpec {
-            name: "enrich_event",
-            inputs: &[&input],
-            outputs: &[&output],
-            dlq: &dlq,
-            component: &component,
-            extra: "",
-        }],
-        "",
-    );
+    let config = topics.config("enrich_event", &component, "", "");
     let worker = WorkerProcess::start(&config);
     let out = read_until(&[&output], samples.len(), Duration::from_secs(180));
     let got: Vec<serde_json::Value> = out.iter().map(|o| o.json()).collect();

@@ -13,23 +13,10 @@ fn assigned_partitions(log: &str) -> bool {
 #[test]
 fn two_workers_share_and_take_over() {
     const N: usize = 2_000;
-    let input = unique("grp-in");
-    let output = unique("grp-out");
-    let dlq = unique("grp-dlq");
-    create_topics(&[(&input, 4), (&output, 4), (&dlq, 1)]);
+    let topics = TestTopics::create("grp", 4);
+    let (input, output) = (topics.input.clone(), topics.output.clone());
     let component = guest("enrich_rs");
-    let config = write_config(
-        &unique("grp-group"),
-        &[PipelineSpec {
-            name: "enrich",
-            inputs: &[&input],
-            outputs: &[&output],
-            dlq: &dlq,
-            component: &component,
-            extra: "",
-        }],
-        "",
-    );
+    let config = topics.config("enrich", &component, "", "");
     let a = WorkerProcess::start(&config);
     let b = WorkerProcess::start(&config);
     let rec = |i: usize| {

@@ -155,10 +155,12 @@ fn a_trap_inside_a_batch_only_fails_its_record() {
 /// good ones between them are produced.
 #[test]
 fn hostile_records_through_kafka() {
-    let input = unique("ho-in");
-    let output = unique("ho-out");
-    let dlq = unique("ho-dlq");
-    create_topics(&[(&input, 1), (&output, 1), (&dlq, 1)]);
+    let topics = TestTopics::create("ho", 1);
+    let (input, output, dlq) = (
+        topics.input.clone(),
+        topics.output.clone(),
+        topics.dlq.clone(),
+    );
     let actions = [
         "loop",
         "alloc",
@@ -182,18 +184,7 @@ fn hostile_records_through_kafka() {
     }
     produce_all(&input, &records);
     let component = guest("hostile");
-    let config = write_config(
-        &unique("ho-group"),
-        &[PipelineSpec {
-            name: "hostile",
-            inputs: &[&input],
-            outputs: &[&output],
-            dlq: &dlq,
-            component: &component,
-            extra: "[pipelines.limits]\ndeadline_ms = 300\nmemory_bytes = 33554432\nmax_output_bytes = 262144\n",
-        }],
-        "",
-    );
+    let config = topics.config("hostile", &component, "[pipelines.limits]\ndeadline_ms = 300\nmemory_bytes = 33554432\nmax_output_bytes = 262144\n", "");
     let worker = WorkerProcess::start(&config);
     let good = read_until(&[&output], actions.len(), Duration::from_secs(120));
     let bad = read_until(&[&dlq], actions.len(), Duration::from_secs(60));

@@ -10,10 +10,12 @@ use crate::support::*;
 #[test]
 fn ten_thousand_records_exactly_once_in_order() {
     const N: usize = 10_000;
-    let input = unique("e2e-in");
-    let output = unique("e2e-out");
-    let dlq = unique("e2e-dlq");
-    create_topics(&[(&input, 4), (&output, 4), (&dlq, 1)]);
+    let topics = TestTopics::create("e2e", 4);
+    let (input, output, dlq) = (
+        topics.input.clone(),
+        topics.output.clone(),
+        topics.dlq.clone(),
+    );
 
     let values: Vec<String> = (0..N)
         .map(|i| {
@@ -31,19 +33,7 @@ fn ten_thousand_records_exactly_once_in_order() {
     produce_all(&input, &records);
 
     let component = guest("enrich_rs");
-    let group = unique("e2e-group");
-    let config = write_config(
-        &group,
-        &[PipelineSpec {
-            name: "enrich",
-            inputs: &[&input],
-            outputs: &[&output],
-            dlq: &dlq,
-            component: &component,
-            extra: "batch_size = 64",
-        }],
-        "",
-    );
+    let config = topics.config("enrich", &component, "batch_size = 64", "");
     let worker = WorkerProcess::start(&config);
     let out = read_until(&[&output], N, Duration::from_secs(180));
     assert_eq!(out.len(), N, "worker log:\n{}", worker.log_text());

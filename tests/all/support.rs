@@ -219,6 +219,50 @@ pub fn read_until(topics: &[&str], want: usize, timeout: Duration) -> Vec<Out> {
     out
 }
 
+/// The input, output and dead-letter topics of one test pipeline.
+pub struct TestTopics {
+    pub prefix: String,
+    pub input: String,
+    pub output: String,
+    pub dlq: String,
+}
+
+impl TestTopics {
+    /// Creates `<prefix>-in` and `-out` with `partitions`, `-dlq` with one.
+    pub fn create(prefix: &str, partitions: i32) -> Self {
+        let t = Self {
+            prefix: prefix.to_string(),
+            input: unique(&format!("{prefix}-in")),
+            output: unique(&format!("{prefix}-out")),
+            dlq: unique(&format!("{prefix}-dlq")),
+        };
+        create_topics(&[(&t.input, partitions), (&t.output, partitions), (&t.dlq, 1)]);
+        t
+    }
+
+    /// A config file with one pipeline over these topics, in a fresh group.
+    pub fn config(
+        &self,
+        name: &str,
+        component: &Path,
+        extra: &str,
+        runtime_extra: &str,
+    ) -> PathBuf {
+        write_config(
+            &unique(&format!("{}-group", self.prefix)),
+            &[PipelineSpec {
+                name,
+                inputs: &[&self.input],
+                outputs: &[&self.output],
+                dlq: &self.dlq,
+                component,
+                extra,
+            }],
+            runtime_extra,
+        )
+    }
+}
+
 pub struct PipelineSpec<'a> {
     pub name: &'a str,
     pub inputs: &'a [&'a str],

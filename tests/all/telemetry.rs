@@ -63,10 +63,12 @@ fn sample(metrics: &str, name: &str, label: &str) -> u64 {
 
 #[test]
 fn metrics_count_records_and_traps() {
-    let input = unique("tm-in");
-    let output = unique("tm-out");
-    let dlq = unique("tm-dlq");
-    create_topics(&[(&input, 2), (&output, 2), (&dlq, 1)]);
+    let topics = TestTopics::create("tm", 2);
+    let (input, output, dlq) = (
+        topics.input.clone(),
+        topics.output.clone(),
+        topics.dlq.clone(),
+    );
     let mut records: Vec<In> = (0..50)
         .map(|i| In::new(format!("k{i}"), format!(r#"{{"action":"ok","id":{i}}}"#)))
         .collect();
@@ -77,16 +79,10 @@ fn metrics_count_records_and_traps() {
     produce_all(&input, &records);
     let port = free_port();
     let component = guest("hostile");
-    let config = write_config(
-        &unique("tm-group"),
-        &[PipelineSpec {
-            name: "hostile",
-            inputs: &[&input],
-            outputs: &[&output],
-            dlq: &dlq,
-            component: &component,
-            extra: "[pipelines.limits]\ndeadline_ms = 200\n",
-        }],
+    let config = topics.config(
+        "hostile",
+        &component,
+        "[pipelines.limits]\ndeadline_ms = 200\n",
         &format!("[telemetry]\nhttp_listen = \"127.0.0.1:{port}\"\n"),
     );
     let worker = WorkerProcess::start(&config);
