@@ -48,19 +48,24 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `run` reads the log format from its config when no flag says otherwise.
-    let configured = match &cli.command {
-        Command::Run { config } => Config::load(config)
-            .ok()
-            .and_then(|c| c.telemetry.log_format),
+    // `run` reads the log format from its config when no flag says otherwise;
+    // the config is read once, before logging starts.
+    let mut run_config = match &cli.command {
+        Command::Run { config } => Some(Config::load(config)),
         _ => None,
     };
+    let configured = run_config
+        .as_ref()
+        .and_then(|r| r.as_ref().ok())
+        .and_then(|c| c.telemetry.log_format.clone());
     init_logging(cli.log_format.unwrap_or(match configured.as_deref() {
         Some("json") => LogFormat::Json,
         _ => LogFormat::Text,
     }));
     let result = match cli.command {
-        Command::Run { config } => Config::load(&config)
+        Command::Run { .. } => run_config
+            .take()
+            .expect("loaded above")
             .map_err(anyhow::Error::from)
             .and_then(app::run),
         Command::Validate { config } => Config::load(&config)

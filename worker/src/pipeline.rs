@@ -24,7 +24,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use crate::config::{KafkaConfig, PipelineConfig, RuntimeConfig};
 use crate::sandbox::{Function, Header, InputRecord, Runner};
 use crate::sink::{Disposition, Fatal, Sink, SinkTarget};
-use crate::source::{PartitionTracker, SourceContext, Trackers};
+use crate::source::{PartitionTracker, SourceContext, TrackerCache, Trackers};
 
 /// Counters of one pipeline (exported as metrics by the telemetry module).
 #[derive(Default, Debug)]
@@ -122,9 +122,6 @@ pub struct PipelineHandle {
 impl PipelineHandle {
     pub fn join(self) {
         let _ = self.thread.join();
-    }
-    pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
     }
 }
 
@@ -262,12 +259,13 @@ fn consume_loop(
     control: &Control,
 ) {
     let mut last_store = Instant::now();
+    let mut cache = TrackerCache::new();
     while !control.stopping() {
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(e)) => tracing::warn!(pipeline = name, error = %e, "consumer error"),
             Some(Ok(msg)) => {
-                let tracker = trackers.get_or_create(msg.topic(), msg.partition());
+                let tracker = cache.get(trackers, msg.topic(), msg.partition());
                 tracker.register(msg.offset());
                 stats.consumed.fetch_add(1, Ordering::Relaxed);
                 let lane = lane_for(msg.topic(), msg.partition(), senders.len());

@@ -94,10 +94,6 @@ impl Sink {
         Self { producer, fatal }
     }
 
-    pub fn producer(&self) -> &KafkaProducer {
-        &self.producer
-    }
-
     /// Produces the outputs of one input (or its dead letter) and wires their
     /// acknowledgements to the input's offset.
     pub fn deliver(

@@ -7,7 +7,7 @@
 //! once, offset N+1 finishing first must not commit past N.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,6 +148,9 @@ pub type TrackerKey = (String, i32);
 #[derive(Default)]
 pub struct Trackers {
     map: Mutex<HashMap<TrackerKey, Arc<PartitionTracker>>>,
+    /// Bumped whenever a tracker is removed, so lookup caches know to drop
+    /// a tracker that no longer belongs to this member.
+    generation: AtomicU64,
 }
 
 impl Trackers {
@@ -162,10 +165,15 @@ impl Trackers {
     }
 
     fn remove(&self, topic: &str, partition: i32) -> Option<Arc<PartitionTracker>> {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(topic.to_string(), partition))
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn all(&self) -> Vec<Arc<PartitionTracker>> {
@@ -282,6 +290,52 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+/// The consumer thread's view of [`Trackers`]: a lookup per record without
+/// the shared lock or a key allocation. Revokes happen inside `poll` on the
+/// same thread, so the generation check always runs after them.
+pub struct TrackerCache {
+    generation: u64,
+    entries: Vec<Arc<PartitionTracker>>,
+}
+
+impl TrackerCache {
+    pub fn new() -> Self {
+        Self {
+            generation: u64::MAX,
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn get(
+        &mut self,
+        trackers: &Trackers,
+        topic: &str,
+        partition: i32,
+    ) -> Arc<PartitionTracker> {
+        let generation = trackers.generation();
+        if generation != self.generation {
+            self.entries.clear();
+            self.generation = generation;
+        }
+        if let Some(t) = self
+            .entries
+            .iter()
+            .find(|t| t.partition == partition && t.topic == topic)
+        {
+            return t.clone();
+        }
+        let t = trackers.get_or_create(topic, partition);
+        self.entries.push(t.clone());
+        t
+    }
+}
+
+impl Default for TrackerCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +369,21 @@ mod tests {
         assert_eq!(t.watermark(), None);
         p.ack();
         assert_eq!(t.watermark(), Some(6));
+    }
+
+    #[test]
+    fn cache_drops_trackers_after_a_removal() {
+        let trackers = Trackers::default();
+        let mut cache = TrackerCache::new();
+        let a = cache.get(&trackers, "t", 0);
+        assert!(Arc::ptr_eq(&a, &cache.get(&trackers, "t", 0)));
+        assert!(trackers.remove("t", 0).is_some());
+        let b = cache.get(&trackers, "t", 0);
+        assert!(
+            !Arc::ptr_eq(&a, &b),
+            "a removed tracker must not be served again"
+        );
+        assert!(Arc::ptr_eq(&b, &trackers.get_or_create("t", 0)));
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub enum CacheError {
 
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
-    dir: Option<PathBuf>,
+    dir: PathBuf,
 }
 
 pub fn digest(bytes: &[u8]) -> String {
@@ -37,24 +37,16 @@ pub fn digest(bytes: &[u8]) -> String {
 
 impl ArtifactCache {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: Some(dir.into()),
-        }
+        Self { dir: dir.into() }
     }
 
-    /// No caching at all (tests of the compile path).
-    pub fn disabled() -> Self {
-        Self { dir: None }
-    }
-
-    fn path_for(&self, engine: &Engine, digest: &str) -> Option<PathBuf> {
-        let dir = self.dir.as_ref()?;
+    fn path_for(&self, engine: &Engine, digest: &str) -> PathBuf {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let hex = digest.trim_start_matches("sha256:");
         // The compatibility hash covers the wasmtime version and every engine
         // setting that changes the compiled code (fuel, stack, ...).
-        Some(dir.join(format!("{hex}-{:016x}.cwasm", h.finish())))
+        self.dir.join(format!("{hex}-{:016x}.cwasm", h.finish()))
     }
 
     /// Returns the component and whether it came from the cache. A corrupt or
@@ -66,26 +58,22 @@ impl ArtifactCache {
         bytes: &[u8],
     ) -> Result<(Component, bool), CacheError> {
         let path = self.path_for(engine, digest);
-        if let Some(p) = &path {
-            if p.exists() {
-                // SAFETY: the file was written by `precompile_component` of an
-                // engine with the same compatibility hash, into a directory only
-                // the worker writes; wasmtime also checks the header.
-                match unsafe { Component::deserialize_file(engine, p) } {
-                    Ok(c) => return Ok((c, true)),
-                    Err(e) => {
-                        tracing::warn!(path = %p.display(), error = %e, "discarding unusable cached artifact");
-                        let _ = std::fs::remove_file(p);
-                    }
+        if path.exists() {
+            // SAFETY: the file was written by `precompile_component` of an
+            // engine with the same compatibility hash, into a directory only
+            // the worker writes; wasmtime also checks the header.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(c) => return Ok((c, true)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached artifact");
+                    let _ = std::fs::remove_file(&path);
                 }
             }
         }
         let artifact = engine
             .precompile_component(bytes)
             .map_err(|e| CacheError::Compile(format!("{e:#}")))?;
-        if let Some(p) = &path {
-            write_atomic(p, &artifact)?;
-        }
+        write_atomic(&path, &artifact)?;
         // SAFETY: produced just above by this engine.
         let c = unsafe { Component::deserialize(engine, &artifact) }
             .map_err(|e| CacheError::Compile(format!("{e:#}")))?;
@@ -101,7 +89,13 @@ fn write_atomic(path: &PathBuf, data: &[u8]) -> Result<(), CacheError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(werr)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // pid alone is 1 in every container: add the time so pods sharing a
+    // cache volume never write the same temporary file.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tmp = path.with_extension(format!("tmp{}-{nanos}", std::process::id()));
     std::fs::write(&tmp, data).map_err(werr)?;
     std::fs::rename(&tmp, path).map_err(werr)
 }

@@ -345,10 +345,6 @@ impl Runner {
         }
     }
 
-    pub fn function(&self) -> &Arc<Function> {
-        &self.function
-    }
-
     /// One result per input, in order.
     pub fn run_batch(&mut self, inputs: &[InputRecord]) -> Vec<RecordResult> {
         let f = self.function.clone();
