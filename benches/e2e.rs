@@ -234,10 +234,14 @@ impl Candidate for WorkerCandidate {
                 ..RuntimeConfig::default()
             },
             telemetry: Default::default(),
+            registry: None,
+            control: None,
+            base_dir: Default::default(),
             pipelines: vec![PipelineConfig {
                 name: "bench".into(),
                 input_topics: vec![input.into()],
-                component: self.component.clone(),
+                component: Some(self.component.clone()),
+                tenant: None,
                 output_topics: vec![output.into()],
                 dead_letter_topic: dlq.into(),
                 batch_size: 64,

@@ -13,4 +13,5 @@ mod examples;
 mod group;
 mod hostile;
 mod pipeline_e2e;
+mod registry;
 mod telemetry;

@@ -304,10 +304,15 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn start(config: &Path) -> Self {
-        let log = config.with_file_name(format!("worker-{}.log", unique("w")));
+        Self::start_verb("run", config)
+    }
+
+    /// `pipeline-worker <verb> --config <config>` (`run`, `control`).
+    pub fn start_verb(verb: &str, config: &Path) -> Self {
+        let log = config.with_file_name(format!("{verb}-{}.log", unique("w")));
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
-            .args(["run", "--config"])
+            .args([verb, "--config"])
             .arg(config)
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(Stdio::null())

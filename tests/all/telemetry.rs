@@ -192,10 +192,14 @@ fn readiness_follows_broker_outage_and_drain() {
             http_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
             ..TelemetryConfig::default()
         },
+        registry: None,
+        control: None,
+        base_dir: Default::default(),
         pipelines: vec![PipelineConfig {
             name: "p".into(),
             input_topics: vec!["in".into()],
-            component: guest("enrich_rs"),
+            component: Some(guest("enrich_rs")),
+            tenant: None,
             output_topics: vec!["out".into()],
             dead_letter_topic: "dlq".into(),
             batch_size: 8,

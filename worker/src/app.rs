@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use rdkafka::producer::ThreadedProducer;
 
 use crate::config::{Config, PipelineConfig};
-use crate::pipeline::{self, Control, PipelineHandle};
+use crate::pipeline::{self, Control, FunctionSlot, PipelineHandle};
+use crate::registry::{self, activations::LogReader, Registry};
 use crate::sandbox::{ArtifactCache, EpochTicker, Function, SandboxOptions};
 use crate::sink::{Sink, SinkContext};
 use crate::telemetry::{self, PipelineView, TelemetryState};
@@ -30,15 +31,19 @@ pub fn sandbox_options(config: &Config) -> SandboxOptions {
     }
 }
 
-/// Loads (compiles or fetches from cache) every pipeline's component.
+/// Loads (compiles or fetches from cache) every pipeline's component file.
+/// Pipelines without one (managed by the registry) are skipped.
 pub fn load_functions(
     config: &Config,
     opts: &SandboxOptions,
 ) -> anyhow::Result<Vec<(PipelineConfig, Arc<Function>)>> {
     let mut out = Vec::new();
     for (i, p) in config.pipelines.iter().enumerate() {
-        let f = Function::load_file(&p.name, &p.component, &p.limits, opts)
-            .with_context(|| format!("pipelines[{i}].component ({})", p.component.display()))?;
+        let Some(component) = &p.component else {
+            continue;
+        };
+        let f = Function::load_file(&p.name, component, &p.limits, opts)
+            .with_context(|| format!("pipelines[{i}].component ({})", component.display()))?;
         tracing::info!(
             pipeline = %p.name,
             digest = %f.digest,
@@ -66,6 +71,20 @@ impl Worker {
         config: &Config,
         functions: Vec<(PipelineConfig, Arc<Function>)>,
     ) -> anyhow::Result<Self> {
+        Self::start_slots(
+            config,
+            functions
+                .into_iter()
+                .map(|(p, f)| (p, Arc::new(FunctionSlot::new(Some(f)))))
+                .collect(),
+        )
+    }
+
+    /// Starts pipelines whose functions may change (or not exist yet).
+    pub fn start_slots(
+        config: &Config,
+        functions: Vec<(PipelineConfig, Arc<FunctionSlot>)>,
+    ) -> anyhow::Result<Self> {
         let control = Arc::new(Control::default());
         let producer: ThreadedProducer<SinkContext> = pipeline::producer_config(&config.kafka)
             .create_with_context(SinkContext {
@@ -79,12 +98,12 @@ impl Worker {
                 .with_context(|| format!("telemetry.http_listen: cannot listen on {addr}"))?;
         }
         let mut pipelines = Vec::new();
-        for (p, f) in functions {
+        for (p, slot) in functions {
             let handle = pipeline::spawn(
                 &p,
                 &config.kafka,
                 &config.runtime,
-                f.clone(),
+                slot.clone(),
                 sink.clone(),
                 control.clone(),
             )?;
@@ -95,7 +114,7 @@ impl Worker {
                 .push(PipelineView {
                     name: handle.name.clone(),
                     group: handle.group.clone(),
-                    function_digest: f.digest.clone(),
+                    slot,
                     stats: handle.stats.clone(),
                     trackers: handle.trackers.clone(),
                 });
@@ -136,10 +155,89 @@ impl Worker {
 
 /// `pipeline-worker run`: until SIGTERM/SIGINT or a fatal error.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    let mut opts = sandbox_options(&config);
+    let Some(_) = &config.registry else {
+        let functions = load_functions(&config, &opts)?;
+        let worker = Worker::start(&config, functions)?;
+        tracing::info!(pipelines = worker.pipelines.len(), brokers = %config.kafka.brokers, "worker running");
+        return finish(worker, &config);
+    };
+    let reg = Registry::open(&config, &config.base_dir).context("registry")?;
+    opts.cache = opts.cache.clone().with_remote(reg.remote_artifacts());
+    let mut reader = LogReader::new(&config.kafka, reg.activations_topic())?;
+    reader
+        .catch_up(Duration::from_secs(30))
+        .context("reading the activation log before starting")?;
+    // The latest activation wins over the component file; a version that
+    // cannot be loaded falls back to the file (if any) and is reported.
+    let mut slots = Vec::new();
+    let mut errors = Vec::new();
+    for (i, p) in config.pipelines.iter().enumerate() {
+        let active = reader
+            .state()
+            .get(&p.name)
+            .filter(|a| registry::watcher::applies(a, p));
+        let mut error = None;
+        let mut f = None;
+        if let Some(a) = active {
+            match registry::watcher::load(&reg, a, p, &opts) {
+                Ok(loaded) => f = Some(loaded),
+                Err(e) => {
+                    tracing::error!(pipeline = %p.name, version = a.current.version, error = %e, "activated version failed to load");
+                    error = Some(e);
+                }
+            }
+        }
+        if f.is_none() {
+            if let Some(component) = &p.component {
+                f = Some(
+                    Function::load_file(&p.name, component, &p.limits, &opts).with_context(
+                        || format!("pipelines[{i}].component ({})", component.display()),
+                    )?,
+                );
+            }
+        }
+        let slot = Arc::new(FunctionSlot::new(f));
+        if let Some(e) = &error {
+            slot.record_failure(e.clone());
+        }
+        errors.push((active.cloned(), error));
+        slots.push((p.clone(), slot));
+    }
+    let worker = Worker::start_slots(&config, slots.clone())?;
+    for ((p, slot), (active, error)) in slots.iter().zip(errors) {
+        registry::watcher::report(&reg, p, slot, active.as_ref(), error);
+    }
+    let watcher = registry::watcher::spawn(
+        reg.clone(),
+        reader,
+        slots,
+        opts.clone(),
+        worker.control.clone(),
+    );
+    tracing::info!(pipelines = worker.pipelines.len(), brokers = %config.kafka.brokers, worker_id = %reg.worker_id, "worker running");
+    let result = finish(worker, &config);
+    let _ = watcher.join();
+    result
+}
+
+/// `pipeline-worker control`: only the upload/activation API.
+pub fn control(config: Config) -> anyhow::Result<()> {
+    let Some(c) = &config.control else {
+        anyhow::bail!(
+            "config key `control`: missing; add a [control] section with listen and tenants"
+        );
+    };
+    let reg = Registry::open(&config, &config.base_dir).context("registry")?;
     let opts = sandbox_options(&config);
-    let functions = load_functions(&config, &opts)?;
-    let worker = Worker::start(&config, functions)?;
-    tracing::info!(pipelines = worker.pipelines.len(), brokers = %config.kafka.brokers, "worker running");
+    let bound = registry::api::serve(reg.clone(), &config, opts)
+        .with_context(|| format!("control.listen: cannot listen on {}", c.listen))?;
+    tracing::info!(%bound, store = %reg.store.describe(), "control API listening");
+    wait_for_stop(&Control::default());
+    Ok(())
+}
+
+fn finish(worker: Worker, config: &Config) -> anyhow::Result<()> {
     wait_for_stop(&worker.control);
     if let Some(e) = worker.shutdown(Duration::from_millis(config.runtime.drain_timeout_ms)) {
         anyhow::bail!("stopped on a fatal error: {e}");

@@ -44,8 +44,70 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Shared function store and activation log; enables uploads and hot swap.
+    #[serde(default)]
+    pub registry: Option<RegistryConfig>,
+    /// The upload/activation API, served by `pipeline-worker control` (`run`
+    /// ignores it, so workers and the control plane can share one file).
+    #[serde(default)]
+    pub control: Option<ControlConfig>,
     #[serde(default, rename = "pipelines")]
     pub pipelines: Vec<PipelineConfig>,
+    /// Directory of the config file: relative paths are resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Where component blobs, precompiled artifacts and version manifests
+    /// live: a directory (relative to the config file), `file:///abs/path`,
+    /// or `s3://bucket/prefix` (credentials and endpoint from `store_options`
+    /// or the usual `AWS_*` variables).
+    pub store: String,
+    /// object_store options, e.g. `aws_endpoint`, `aws_region`,
+    /// `aws_allow_http`.
+    #[serde(default)]
+    pub store_options: BTreeMap<String, String>,
+    /// Compacted, single-partition topic holding the activation log. Created
+    /// if missing.
+    #[serde(default = "default_activations_topic")]
+    pub activations_topic: String,
+    /// Name this worker reports its status under; default `<hostname>-<pid>`.
+    #[serde(default)]
+    pub worker_id: Option<String>,
+}
+
+fn default_activations_topic() -> String {
+    "pipeline-worker.activations".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Address of the control API.
+    pub listen: std::net::SocketAddr,
+    /// Largest component accepted by an upload.
+    #[serde(default = "default_max_component_bytes")]
+    pub max_component_bytes: usize,
+    pub tenants: Vec<TenantConfig>,
+}
+
+fn default_max_component_bytes() -> usize {
+    64 << 20
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    /// Hex SHA-256 of the tenant's bearer token (so the config holds no secret).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// Or: the environment variable holding the token (a Kubernetes Secret).
+    #[serde(default)]
+    pub token_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,8 +206,15 @@ pub struct TelemetryConfig {
 pub struct PipelineConfig {
     pub name: String,
     pub input_topics: Vec<String>,
-    /// Path to the component (`.wasm`), relative to the config file.
-    pub component: PathBuf,
+    /// Path to the component (`.wasm`), relative to the config file. With a
+    /// `tenant` and a `[registry]`, optional: the pipeline then runs what the
+    /// activation log says, and an activation replaces this file.
+    #[serde(default)]
+    pub component: Option<PathBuf>,
+    /// The tenant that owns the pipeline: only its token may activate
+    /// functions on it.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// Declared output topics; the first is the default for records that name none.
     pub output_topics: Vec<String>,
     pub dead_letter_topic: String,
@@ -289,9 +358,12 @@ impl Config {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        config.base_dir = base.to_path_buf();
         for p in &mut config.pipelines {
-            if p.component.is_relative() {
-                p.component = base.join(&p.component);
+            if let Some(c) = &mut p.component {
+                if c.is_relative() {
+                    *c = base.join(&*c);
+                }
             }
         }
         config.validate()?;
@@ -314,6 +386,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_registry()?;
         for key in self.kafka.librdkafka.keys() {
             if MANAGED_KAFKA_KEYS.contains(&key.as_str()) {
                 return Err(invalid(
@@ -360,6 +433,17 @@ impl Config {
                 return Err(invalid(
                     k("name"),
                     format!("duplicate pipeline name {:?}", p.name),
+                ));
+            }
+            if let Some(t) = &p.tenant {
+                if !valid_name(t) {
+                    return Err(invalid(k("tenant"), format!("{t:?} {NAME_RULE}")));
+                }
+            }
+            if p.component.is_none() && (p.tenant.is_none() || self.registry.is_none()) {
+                return Err(invalid(
+                    k("component"),
+                    "missing: give a component path, or a tenant and a [registry] so the pipeline runs the function activated for it",
                 ));
             }
             if p.input_topics.is_empty() {
@@ -428,6 +512,67 @@ impl Config {
             }
             if l.max_resources == 0 {
                 return Err(invalid(lk("max_resources"), "must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+const NAME_RULE: &str = "must be 1-63 characters of [a-z0-9_-], starting with a letter or digit";
+
+/// Tenant and function names: they become object-store path segments.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+impl Config {
+    fn validate_registry(&self) -> Result<(), ConfigError> {
+        if let Some(r) = &self.registry {
+            if r.store.trim().is_empty() {
+                return Err(invalid("registry.store", "must not be empty"));
+            }
+            check_topic("registry.activations_topic", &r.activations_topic)?;
+        }
+        if let Some(c) = &self.control {
+            if self.registry.is_none() {
+                return Err(invalid(
+                    "control",
+                    "needs a [registry] (where uploads are stored and activations logged)",
+                ));
+            }
+            if c.tenants.is_empty() {
+                return Err(invalid("control.tenants", "declare at least one tenant"));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (i, t) in c.tenants.iter().enumerate() {
+                let k = |f: &str| format!("control.tenants[{i}].{f}");
+                if !valid_name(&t.name) {
+                    return Err(invalid(k("name"), format!("{:?} {NAME_RULE}", t.name)));
+                }
+                if !seen.insert(&t.name) {
+                    return Err(invalid(k("name"), format!("duplicate tenant {:?}", t.name)));
+                }
+                match (&t.token_sha256, &t.token_env) {
+                    (Some(h), None) => {
+                        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                            return Err(invalid(
+                                k("token_sha256"),
+                                "must be 64 hex digits (sha256sum of the token)",
+                            ));
+                        }
+                    }
+                    (None, Some(_)) => {}
+                    _ => {
+                        return Err(invalid(
+                            k("token_sha256"),
+                            "give exactly one of token_sha256 and token_env",
+                        ))
+                    }
+                }
             }
         }
         Ok(())

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dev;
 pub mod localtest;
 pub mod pipeline;
+pub mod registry;
 pub mod sandbox;
 pub mod scaffold;
 pub mod sink;

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pipeline_worker::{app, config::Config, dev, localtest, scaffold};
+use pipeline_worker::{app, config::Config, dev, localtest, registry, scaffold};
 
 /// Kafka consumer-group worker that runs every record through a sandboxed
 /// WebAssembly component.
@@ -29,6 +29,14 @@ enum Command {
         #[arg(long, short, env = "PIPELINE_WORKER_CONFIG")]
         config: PathBuf,
     },
+    /// Serve only the control API (uploads, versions, activations).
+    Control {
+        #[arg(long, short, env = "PIPELINE_WORKER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Upload, list, show, activate, roll back and delete functions through
+    /// the control API.
+    Functions(registry::client::FunctionsArgs),
     /// Check the config and load every component, without consuming.
     Validate {
         #[arg(long, short, env = "PIPELINE_WORKER_CONFIG")]
@@ -51,7 +59,7 @@ fn main() -> ExitCode {
     // `run` reads the log format from its config when no flag says otherwise;
     // the config is read once, before logging starts.
     let mut run_config = match &cli.command {
-        Command::Run { config } => Some(Config::load(config)),
+        Command::Run { config } | Command::Control { config } => Some(Config::load(config)),
         _ => None,
     };
     let configured = run_config
@@ -68,6 +76,12 @@ fn main() -> ExitCode {
             .expect("loaded above")
             .map_err(anyhow::Error::from)
             .and_then(app::run),
+        Command::Control { .. } => run_config
+            .take()
+            .expect("loaded above")
+            .map_err(anyhow::Error::from)
+            .and_then(app::control),
+        Command::Functions(args) => registry::client::run(args).map_err(anyhow::Error::from),
         Command::Validate { config } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| {

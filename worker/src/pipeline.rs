@@ -9,6 +9,11 @@
 //! A partition always maps to the same sandbox thread, which processes its
 //! records in order and enqueues their outputs in order; the idempotent
 //! producer keeps that order per output partition.
+//!
+//! Hot swap: the pipeline's function sits in a [`FunctionSlot`]. A sandbox
+//! thread checks the slot's generation before each batch and switches
+//! between batches, so every partition moves to the new version exactly once,
+//! at a batch boundary, without losing or reordering a record.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,6 +65,52 @@ impl PipelineStats {
             ("wasm_nanos", l(&self.wasm_nanos)),
             ("instantiations", l(&self.instantiations)),
         ]
+    }
+}
+
+/// The function a pipeline runs now. Empty until the first activation of a
+/// pipeline that has no component file; the consumer joins its group only
+/// once there is a function.
+#[derive(Default)]
+pub struct FunctionSlot {
+    current: std::sync::RwLock<Option<Arc<Function>>>,
+    generation: AtomicU64,
+    /// Loads of an activated version that failed on this worker.
+    pub load_failures: AtomicU64,
+    /// The last failure, shown in `/status` and the store's status object.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl FunctionSlot {
+    pub fn new(initial: Option<Arc<Function>>) -> Self {
+        let s = Self::default();
+        if let Some(f) = initial {
+            s.swap(f);
+        }
+        s
+    }
+
+    pub fn get(&self) -> Option<Arc<Function>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Takes effect at each sandbox thread's next batch.
+    pub fn swap(&self, f: Arc<Function>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(f);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn record_failure(&self, error: String) {
+        self.load_failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
     }
 }
 
@@ -116,6 +167,7 @@ pub struct PipelineHandle {
     pub group: String,
     pub stats: Arc<PipelineStats>,
     pub trackers: Arc<Trackers>,
+    pub slot: Arc<FunctionSlot>,
     thread: JoinHandle<()>,
 }
 
@@ -135,7 +187,7 @@ pub fn spawn(
     pipeline: &PipelineConfig,
     kafka: &KafkaConfig,
     runtime: &RuntimeConfig,
-    function: Arc<Function>,
+    slot: Arc<FunctionSlot>,
     sink: Arc<Sink>,
     control: Arc<Control>,
 ) -> Result<PipelineHandle, PipelineError> {
@@ -167,21 +219,15 @@ pub fn spawn(
                 pipeline: pipeline.name.clone(),
                 source: Box::new(source),
             })?;
-    let topics: Vec<&str> = pipeline.input_topics.iter().map(|s| s.as_str()).collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|source| PipelineError::Subscribe {
-            pipeline: pipeline.name.clone(),
-            topics: pipeline.input_topics.clone(),
-            source: Box::new(source),
-        })?;
+    let topics: Vec<String> = pipeline.input_topics.clone();
+    if slot.get().is_some() {
+        subscribe(&consumer, &pipeline.name, &topics)?;
+    }
 
     let target = Arc::new(SinkTarget {
         pipeline: pipeline.name.clone(),
         output_topics: pipeline.output_topics.clone(),
         dead_letter_topic: pipeline.dead_letter_topic.clone(),
-        function_name: function.name.clone(),
-        function_digest: function.digest.clone(),
     });
 
     let lanes = pipeline.concurrency.max(1);
@@ -191,7 +237,7 @@ pub fn spawn(
     for lane in 0..lanes {
         let (tx, rx) = sync_channel::<Inbound>(per_lane);
         senders.push(tx);
-        let runner = Runner::new(function.clone());
+        let slot = slot.clone();
         let sink = sink.clone();
         let target = target.clone();
         let stats = stats.clone();
@@ -199,7 +245,7 @@ pub fn spawn(
         workers.push(
             std::thread::Builder::new()
                 .name(format!("sandbox-{}-{lane}", pipeline.name))
-                .spawn(move || sandbox_lane(rx, runner, &sink, &target, &stats, batch_size))
+                .spawn(move || sandbox_lane(rx, &slot, &sink, &target, &stats, batch_size))
                 .expect("spawn sandbox thread"),
         );
     }
@@ -207,9 +253,17 @@ pub fn spawn(
     let name = pipeline.name.clone();
     let stats2 = stats.clone();
     let trackers2 = trackers.clone();
+    let slot2 = slot.clone();
     let thread = std::thread::Builder::new()
         .name(format!("consumer-{}", pipeline.name))
         .spawn(move || {
+            if !wait_for_function(&name, &consumer, &slot2, &topics, &control) {
+                drop(senders);
+                for w in workers {
+                    let _ = w.join();
+                }
+                return;
+            }
             consume_loop(&name, &consumer, &trackers2, senders, &stats2, &control);
             for w in workers {
                 let _ = w.join();
@@ -239,8 +293,55 @@ pub fn spawn(
         group: format!("{}.{}", kafka.group_id, pipeline.name),
         stats,
         trackers,
+        slot,
         thread,
     })
+}
+
+fn subscribe(
+    consumer: &BaseConsumer<SourceContext>,
+    pipeline: &str,
+    topics: &[String],
+) -> Result<(), PipelineError> {
+    let t: Vec<&str> = topics.iter().map(|s| s.as_str()).collect();
+    consumer
+        .subscribe(&t)
+        .map_err(|source| PipelineError::Subscribe {
+            pipeline: pipeline.to_string(),
+            topics: topics.to_vec(),
+            source: Box::new(source),
+        })
+}
+
+/// A managed pipeline with nothing activated yet does not join its group:
+/// joining would take partitions it cannot process. Returns false on stop.
+fn wait_for_function(
+    name: &str,
+    consumer: &BaseConsumer<SourceContext>,
+    slot: &FunctionSlot,
+    topics: &[String],
+    control: &Control,
+) -> bool {
+    if slot.get().is_some() && consumer.subscription().is_ok_and(|s| s.count() > 0) {
+        return true;
+    }
+    tracing::info!(
+        pipeline = name,
+        "no function activated yet; waiting before joining the group"
+    );
+    while slot.get().is_none() {
+        if control.stopping() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    match subscribe(consumer, name, topics) {
+        Ok(()) => true,
+        Err(e) => {
+            control.fatal.set(e.to_string());
+            false
+        }
+    }
 }
 
 fn lane_for(topic: &str, partition: i32, lanes: usize) -> usize {
@@ -331,7 +432,7 @@ fn to_input(msg: &BorrowedMessage<'_>) -> InputRecord {
 
 fn sandbox_lane(
     rx: Receiver<Inbound>,
-    mut runner: Runner,
+    slot: &FunctionSlot,
     sink: &Sink,
     target: &SinkTarget,
     stats: &PipelineStats,
@@ -339,6 +440,7 @@ fn sandbox_lane(
 ) {
     let mut inputs = Vec::with_capacity(batch_size);
     let mut trackers = Vec::with_capacity(batch_size);
+    let mut runner: Option<(u64, Runner)> = None;
     while let Ok(first) = rx.recv() {
         inputs.push(first.record);
         trackers.push(first.tracker);
@@ -351,6 +453,21 @@ fn sandbox_lane(
                 Err(_) => break,
             }
         }
+        // The batch boundary: the only place a lane changes function.
+        let generation = slot.generation();
+        if runner.as_ref().is_none_or(|(g, _)| *g != generation) {
+            if let Some(f) = slot.get() {
+                if let Some((_, old)) = &runner {
+                    tracing::info!(pipeline = %target.pipeline, from = %old.function().version, to = %f.version, "switching function version");
+                }
+                runner = Some((generation, Runner::new(f)));
+            }
+        }
+        let Some((_, runner)) = runner.as_mut() else {
+            // Unreachable: records arrive only after the slot is filled.
+            continue;
+        };
+        let function = runner.function().clone();
         let before = runner.stats;
         let results = runner.run_batch(&inputs);
         let after = runner.stats;
@@ -366,7 +483,7 @@ fn sandbox_lane(
             Ordering::Relaxed,
         );
         for ((input, tracker), result) in inputs.iter().zip(&trackers).zip(results) {
-            let (disposition, err) = sink.deliver(target, input, tracker, result);
+            let (disposition, err) = sink.deliver(target, &function, input, tracker, result);
             match disposition {
                 Disposition::Produced(n) => {
                     stats.produced.fetch_add(n as u64, Ordering::Relaxed);

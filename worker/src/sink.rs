@@ -11,7 +11,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::sandbox::{InputRecord, OutputRecord, RecordError, RecordResult};
+use crate::sandbox::{Function, InputRecord, OutputRecord, RecordError, RecordResult};
 use crate::source::{PartitionTracker, Pending};
 
 /// Dead-letter headers, also documented in the README.
@@ -20,6 +20,8 @@ pub mod headers {
     pub const ERROR_MESSAGE: &str = "pw.error.message";
     pub const FUNCTION_NAME: &str = "pw.function.name";
     pub const FUNCTION_DIGEST: &str = "pw.function.digest";
+    /// On every output and dead letter: the version that produced it.
+    pub const FUNCTION_VERSION: &str = "pw.function.version";
     pub const ORIGIN_TOPIC: &str = "pw.origin.topic";
     pub const ORIGIN_PARTITION: &str = "pw.origin.partition";
     pub const ORIGIN_OFFSET: &str = "pw.origin.offset";
@@ -72,8 +74,6 @@ pub struct SinkTarget {
     pub pipeline: String,
     pub output_topics: Vec<String>,
     pub dead_letter_topic: String,
-    pub function_name: String,
-    pub function_digest: String,
 }
 
 /// What happened to one input, for the pipeline's counters.
@@ -99,6 +99,7 @@ impl Sink {
     pub fn deliver(
         &self,
         target: &SinkTarget,
+        function: &Function,
         input: &InputRecord,
         tracker: &Arc<PartitionTracker>,
         result: RecordResult,
@@ -115,7 +116,10 @@ impl Sink {
                     let topic = o.topic.as_deref().unwrap_or(&target.output_topics[0]);
                     let mut rec = BaseRecord::with_opaque_to(topic, pending.clone())
                         .payload(&o.value)
-                        .headers(to_kafka_headers(&o.headers, &[]));
+                        .headers(to_kafka_headers(
+                            &o.headers,
+                            &[(headers::FUNCTION_VERSION, function.version.as_bytes())],
+                        ));
                     if let Some(k) = &o.key {
                         rec = rec.key(k);
                     }
@@ -130,11 +134,12 @@ impl Sink {
                 let partition = input.partition.to_string();
                 let offset = input.offset.to_string();
                 let message = crate::sandbox::truncate(&err.to_string(), 4096);
-                let extra: [(&str, &[u8]); 7] = [
+                let extra: [(&str, &[u8]); 8] = [
                     (headers::ERROR_KIND, err.kind().as_bytes()),
                     (headers::ERROR_MESSAGE, message.as_bytes()),
-                    (headers::FUNCTION_NAME, target.function_name.as_bytes()),
-                    (headers::FUNCTION_DIGEST, target.function_digest.as_bytes()),
+                    (headers::FUNCTION_NAME, function.name.as_bytes()),
+                    (headers::FUNCTION_DIGEST, function.digest.as_bytes()),
+                    (headers::FUNCTION_VERSION, function.version.as_bytes()),
                     (headers::ORIGIN_TOPIC, input.topic.as_bytes()),
                     (headers::ORIGIN_PARTITION, partition.as_bytes()),
                     (headers::ORIGIN_OFFSET, offset.as_bytes()),

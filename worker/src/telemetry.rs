@@ -17,14 +17,14 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::pipeline::PipelineStats;
+use crate::pipeline::{FunctionSlot, PipelineStats};
 use crate::sandbox::ERROR_KINDS;
 use crate::source::Trackers;
 
 pub struct PipelineView {
     pub name: String,
     pub group: String,
-    pub function_digest: String,
+    pub slot: Arc<FunctionSlot>,
     pub stats: Arc<PipelineStats>,
     pub trackers: Arc<Trackers>,
 }
@@ -47,6 +47,10 @@ impl TelemetryState {
             why.push("no pipeline started yet".into());
         }
         for p in ps.iter() {
+            if p.slot.get().is_none() {
+                // Waits for its first activation; nothing to be ready for.
+                continue;
+            }
             if !p.stats.joined.load(Ordering::Relaxed) {
                 why.push(format!(
                     "pipeline {} has not joined group {}",
@@ -119,9 +123,14 @@ pub fn render(s: &TelemetryState) -> String {
         }
     };
     let base = |p: &PipelineView| {
+        let (function, version) = p
+            .slot
+            .get()
+            .map(|f| (f.name.clone(), f.version.clone()))
+            .unwrap_or_default();
         format!(
-            "messaging_system=\"kafka\",messaging_consumer_group_name=\"{}\",pipeline=\"{}\",function_digest=\"{}\"",
-            p.group, p.name, p.function_digest
+            "messaging_system=\"kafka\",messaging_consumer_group_name=\"{}\",pipeline=\"{}\",function=\"{function}\",function_version=\"{version}\"",
+            p.group, p.name
         )
     };
     family(
@@ -193,6 +202,26 @@ pub fn render(s: &TelemetryState) -> String {
         "Records consumed and not yet fully acknowledged downstream.",
         ps.iter()
             .map(|p| (base(p), p.trackers.in_flight() as u64))
+            .collect(),
+    );
+    family(
+        "pipeline_function_load_failures_total",
+        "counter",
+        "Activated versions this worker could not load (it kept the previous one).",
+        ps.iter()
+            .map(|p| (base(p), l(&p.slot.load_failures)))
+            .collect(),
+    );
+    family(
+        "pipeline_function_info",
+        "gauge",
+        "The function version each pipeline runs on this worker (value 1; digest as a label).",
+        ps.iter()
+            .filter_map(|p| {
+                p.slot
+                    .get()
+                    .map(|f| (format!("{},function_digest=\"{}\"", base(p), f.digest), 1))
+            })
             .collect(),
     );
     let mut lag_rows = Vec::new();

@@ -20,9 +20,26 @@ pub enum CacheError {
     },
 }
 
-#[derive(Debug, Clone)]
+/// A second tier shared by every worker (the function store): an artifact
+/// compiled once, by the upload or by the first worker, is fetched by the rest.
+pub trait RemoteArtifacts: Send + Sync {
+    fn fetch(&self, name: &str) -> Option<Vec<u8>>;
+    fn store(&self, name: &str, bytes: &[u8]);
+}
+
+#[derive(Clone)]
 pub struct ArtifactCache {
     dir: PathBuf,
+    remote: Option<std::sync::Arc<dyn RemoteArtifacts>>,
+}
+
+impl std::fmt::Debug for ArtifactCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactCache")
+            .field("dir", &self.dir)
+            .field("remote", &self.remote.is_some())
+            .finish()
+    }
 }
 
 pub fn digest(bytes: &[u8]) -> String {
@@ -37,16 +54,33 @@ pub fn digest(bytes: &[u8]) -> String {
 
 impl ArtifactCache {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            remote: None,
+        }
     }
 
-    fn path_for(&self, engine: &Engine, digest: &str) -> PathBuf {
+    pub fn with_remote(mut self, remote: std::sync::Arc<dyn RemoteArtifacts>) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// File name of the artifact of `digest` for this engine. The
+    /// compatibility hash covers the wasmtime version and every engine
+    /// setting that changes the compiled code (fuel, stack, pool, ...).
+    pub fn artifact_name(engine: &Engine, digest: &str) -> String {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let hex = digest.trim_start_matches("sha256:");
-        // The compatibility hash covers the wasmtime version and every engine
-        // setting that changes the compiled code (fuel, stack, ...).
-        self.dir.join(format!("{hex}-{:016x}.cwasm", h.finish()))
+        format!("{hex}-{:016x}.cwasm", h.finish())
+    }
+
+    fn path_for(&self, engine: &Engine, digest: &str) -> PathBuf {
+        self.dir.join(Self::artifact_name(engine, digest))
     }
 
     /// Returns the component and whether it came from the cache. A corrupt or
@@ -58,6 +92,14 @@ impl ArtifactCache {
         bytes: &[u8],
     ) -> Result<(Component, bool), CacheError> {
         let path = self.path_for(engine, digest);
+        if !path.exists() {
+            if let Some(remote) = &self.remote {
+                let name = Self::artifact_name(engine, digest);
+                if let Some(bytes) = remote.fetch(&name) {
+                    write_atomic(&path, &bytes)?;
+                }
+            }
+        }
         if path.exists() {
             // SAFETY: the file was written by `precompile_component` of an
             // engine with the same compatibility hash, into a directory only
@@ -74,6 +116,9 @@ impl ArtifactCache {
             .precompile_component(bytes)
             .map_err(|e| CacheError::Compile(format!("{e:#}")))?;
         write_atomic(&path, &artifact)?;
+        if let Some(remote) = &self.remote {
+            remote.store(&Self::artifact_name(engine, digest), &artifact);
+        }
         // SAFETY: produced just above by this engine.
         let c = unsafe { Component::deserialize(engine, &artifact) }
             .map_err(|e| CacheError::Compile(format!("{e:#}")))?;

@@ -68,12 +68,12 @@ fn version_ok(interface: &str, version: Option<&str>) -> bool {
 }
 
 /// Checks imports against the allow-list and that the component exports our
-/// `transformer` interface at a supported version.
+/// `transformer` interface at a supported version; returns that export's name.
 pub fn check_component_shape(
     engine: &Engine,
     component: &Component,
     origin: &str,
-) -> Result<(), LoadError> {
+) -> Result<String, LoadError> {
     let ty = component.component_type();
     for (name, _) in ty.imports(engine) {
         let (iface, version) = split_version(name);
@@ -100,14 +100,11 @@ pub fn check_component_shape(
         Some(n) => {
             let (_, v) = split_version(n);
             if version_ok(&wanted, v) {
-                Ok(())
+                Ok(n.clone())
             } else {
-                Err(LoadError::WrongWorld {
+                Err(LoadError::UnsupportedWorldVersion {
                     origin: origin.into(),
-                    reason: format!(
-                        "targets {WORLD_PACKAGE}@{}; this worker accepts {WORLD_PACKAGE}@{WORLD_VERSION_REQ}.x",
-                        v.unwrap_or("(no version)")
-                    ),
+                    found: v.unwrap_or("(no version)").to_string(),
                 })
             }
         }

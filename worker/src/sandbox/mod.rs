@@ -16,7 +16,7 @@ use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Engine, Store, Trap};
 
 use crate::config::Limits;
-pub use cache::{digest, ArtifactCache};
+pub use cache::{digest, ArtifactCache, RemoteArtifacts};
 pub use engine::EpochTicker;
 pub use host::{GuestLog, HostState};
 pub use imports::{check_component_shape, ALLOWED_IMPORTS, WORLD_PACKAGE, WORLD_VERSION_REQ};
@@ -105,6 +105,8 @@ pub enum LoadError {
     ForbiddenImport { origin: String, import: String },
     #[error("{origin}: {reason}")]
     WrongWorld { origin: String, reason: String },
+    #[error("{origin}: targets {WORLD_PACKAGE}@{found}; this worker accepts {WORLD_PACKAGE}@{WORLD_VERSION_REQ}.x")]
+    UnsupportedWorldVersion { origin: String, found: String },
     #[error("{origin}: does not compile: {reason}")]
     Compile { origin: String, reason: String },
     #[error("{origin}: cannot be linked: {reason}")]
@@ -120,6 +122,13 @@ pub struct Function {
     pub name: String,
     /// `sha256:<hex>` of the component bytes.
     pub digest: String,
+    /// What outputs are stamped with (`pw.function.version`): the registry
+    /// version number, or the digest's first 12 hex digits for a file.
+    pub version: String,
+    /// File name of the precompiled artifact (in the cache and the store).
+    pub artifact_name: String,
+    /// The export that made it ours, e.g. `pipeline:transform/transformer@0.1.0`.
+    pub world: String,
     pub limits: Limits,
     engine: Engine,
     pre: InstancePre<HostState>,
@@ -167,6 +176,18 @@ impl Function {
         limits: &Limits,
         sandbox: &SandboxOptions,
     ) -> Result<Arc<Function>, LoadError> {
+        Self::load_versioned(name, None, origin, bytes, limits, sandbox)
+    }
+
+    /// [`Function::load_bytes`] with the version outputs are stamped with.
+    pub fn load_versioned(
+        name: &str,
+        version: Option<&str>,
+        origin: &str,
+        bytes: &[u8],
+        limits: &Limits,
+        sandbox: &SandboxOptions,
+    ) -> Result<Arc<Function>, LoadError> {
         let started = Instant::now();
         if !wasmparser_is_component(bytes) {
             return Err(LoadError::NotAComponent {
@@ -189,7 +210,7 @@ impl Function {
                 },
                 other => LoadError::Cache(other.to_string()),
             })?;
-        check_component_shape(&engine, &component, origin)?;
+        let world = check_component_shape(&engine, &component, origin)?;
 
         let mut linker: Linker<HostState> = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(|e| LoadError::Link {
@@ -208,9 +229,17 @@ impl Function {
         })?;
         let batch = batch_transformer::GuestIndices::new(&pre).ok();
         let tick = sandbox.epoch_tick_ms.max(1);
+        let artifact_name = ArtifactCache::artifact_name(&engine, &digest);
+        let version = match version {
+            Some(v) => v.to_string(),
+            None => digest.trim_start_matches("sha256:")[..12].to_string(),
+        };
         let function = Function {
             name: name.to_string(),
             digest,
+            version,
+            artifact_name,
+            world,
             limits: limits.clone(),
             engine,
             pre,
@@ -288,6 +317,7 @@ impl Function {
 }
 
 /// Options shared by every function of the process.
+#[derive(Clone)]
 pub struct SandboxOptions {
     pub cache: ArtifactCache,
     pub ticker: Arc<EpochTicker>,
@@ -335,6 +365,10 @@ impl Runner {
             stats: CallStats::default(),
             live: None,
         }
+    }
+
+    pub fn function(&self) -> &Arc<Function> {
+        &self.function
     }
 
     /// The kept instance if it may serve `n` more records, else a fresh one.

@@ -1,0 +1,711 @@
+//! Uploads, activations, hot swap and rollback: a `pipeline-worker control`
+//! process and `run` workers sharing one config (a local-directory function
+//! store and an activation-log topic on the real broker).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const TOKEN_A: &str = "token-for-acme";
+const TOKEN_B: &str = "token-for-globex";
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A control plane: config, store directory, control API process.
+struct Plane {
+    config: PathBuf,
+    store: PathBuf,
+    api: String,
+    control: WorkerProcess,
+    topics: TestTopics,
+    http: reqwest::blocking::Client,
+}
+
+struct Resp {
+    status: u16,
+    body: Value,
+}
+
+impl Plane {
+    /// Pipeline `p` (tenant acme) over fresh topics with `partitions`; tenant
+    /// globex owns pipeline `other` on the same topics (never activated).
+    fn start(prefix: &str, partitions: i32, control_extra: &str) -> Self {
+        let topics = TestTopics::create(prefix, partitions);
+        let dir = std::env::temp_dir().join(unique("pw-registry"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = dir.join("store");
+        let port = free_port();
+        let text = format!(
+            r#"[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+
+[runtime]
+cache_dir = "{cache}"
+drain_timeout_ms = 15000
+
+[registry]
+store = "store"
+activations_topic = "{activations}"
+
+[control]
+listen = "127.0.0.1:{port}"
+{control_extra}
+[[control.tenants]]
+name = "acme"
+token_sha256 = "{ha}"
+
+[[control.tenants]]
+name = "globex"
+token_env = "GLOBEX_TOKEN"
+
+[[pipelines]]
+name = "p"
+tenant = "acme"
+input_topics = ["{input}"]
+output_topics = ["{output}"]
+dead_letter_topic = "{dlq}"
+batch_size = 16
+concurrency = 2
+
+[[pipelines]]
+name = "other"
+tenant = "globex"
+input_topics = ["{input}-unused"]
+output_topics = ["{output}-unused"]
+dead_letter_topic = "{dlq}-unused"
+"#,
+            brokers = brokers(),
+            group = unique(&format!("{prefix}-group")),
+            cache = repo_root().join(".cache/pipeline-worker-tests").display(),
+            activations = unique(&format!("{prefix}-activations")),
+            ha = sha256_hex(TOKEN_A),
+            input = topics.input,
+            output = topics.output,
+            dlq = topics.dlq,
+        );
+        let config = dir.join("worker.toml");
+        std::fs::write(&config, text).unwrap();
+        std::env::set_var("GLOBEX_TOKEN", TOKEN_B);
+        let control = WorkerProcess::start_verb("control", &config);
+        let plane = Self {
+            config,
+            store,
+            api: format!("http://127.0.0.1:{port}"),
+            control,
+            topics,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()
+                .unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = plane
+                .http
+                .get(format!("{}/v1/functions", plane.api))
+                .bearer_auth(TOKEN_A)
+                .send()
+            {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "control API never came up:\n{}",
+                plane.control.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        plane
+    }
+
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Resp {
+        let url = format!("{}{path}", self.api);
+        let mut req = match method {
+            "GET" => self.http.get(&url),
+            "POST" => self.http.post(&url),
+            "DELETE" => self.http.delete(&url),
+            _ => unreachable!(),
+        };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let r = req.send().expect("control API request");
+        let status = r.status().as_u16();
+        let text = r.text().unwrap();
+        let body = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("{method} {path} answered {status} with non-JSON {text:?}: {e}")
+        });
+        Resp { status, body }
+    }
+
+    fn upload(&self, name: &str, bytes: Vec<u8>) -> Resp {
+        self.call(
+            "POST",
+            &format!("/v1/functions/{name}/versions"),
+            Some(TOKEN_A),
+            Some(bytes),
+        )
+    }
+
+    fn upload_ok(&self, name: &str, path: &Path) -> u64 {
+        let r = self.upload(name, std::fs::read(path).unwrap());
+        assert_eq!(
+            r.status,
+            201,
+            "upload of {} failed: {}",
+            path.display(),
+            r.body
+        );
+        r.body["version"].as_u64().unwrap()
+    }
+
+    fn activate(&self, function: &str, version: u64) -> Resp {
+        let body = json!({"function": function, "version": version})
+            .to_string()
+            .into_bytes();
+        self.call(
+            "POST",
+            "/v1/pipelines/p/activate",
+            Some(TOKEN_A),
+            Some(body),
+        )
+    }
+
+    /// Files in the store, relative paths (status objects excluded).
+    fn stored_files(&self) -> Vec<String> {
+        fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(base, &p, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().display().to_string());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.store, &self.store, &mut out);
+        out.retain(|p| !p.starts_with("status/"));
+        out.sort();
+        out
+    }
+
+    /// Waits until every listed worker reports `version` running for `p`.
+    fn wait_workers_on(&self, n_workers: usize, version: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.call("GET", "/v1/pipelines/p", Some(TOKEN_A), None);
+            let workers = r.body["workers"].as_array().cloned().unwrap_or_default();
+            let on: Vec<_> = workers
+                .iter()
+                .filter(|w| {
+                    w["running_version"].as_str() == Some(version) && w["state"] == "active"
+                })
+                .collect();
+            if on.len() >= n_workers {
+                return r.body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "workers never all ran version {version}: {}",
+                r.body
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn record(i: usize) -> In {
+    In::new(
+        format!("k{}", i % 32),
+        format!(r#"{{"id":{i},"action":"ok","session_start":0,"session_end":2400}}"#),
+    )
+}
+
+/// Checks a run under load: every id exactly in output or dead letters,
+/// per-key order kept, and per partition the version header only moves
+/// forward through `expected_sequence` (switching at most once per step).
+fn check_swap(
+    out: &[Out],
+    dlq: &[Out],
+    n: usize,
+    expected_sequence: &[&str],
+) -> BTreeMap<i32, Vec<String>> {
+    let mut seen = HashSet::new();
+    for o in out.iter().chain(dlq) {
+        seen.insert(o.json()["id"].as_u64().unwrap() as usize);
+    }
+    let missing: Vec<usize> = (0..n).filter(|i| !seen.contains(i)).take(10).collect();
+    assert!(missing.is_empty(), "ids lost (first 10): {missing:?}");
+    assert!(
+        dlq.is_empty(),
+        "records dead-lettered during the swap: {:?}",
+        dlq.iter().take(3).map(|d| &d.headers).collect::<Vec<_>>()
+    );
+    let mut last_id: HashMap<String, u64> = HashMap::new();
+    let mut versions: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<&Out>> = BTreeMap::new();
+    for o in out {
+        by_partition.entry(o.partition).or_default().push(o);
+    }
+    for (part, recs) in &by_partition {
+        let mut recs = recs.clone();
+        recs.sort_by_key(|o| o.offset);
+        for o in recs {
+            let id = o.json()["id"].as_u64().unwrap();
+            let key = o.key.clone().unwrap();
+            if let Some(prev) = last_id.insert(key.clone(), id) {
+                assert!(id > prev, "key {key}: id {id} after {prev} (order broken)");
+            }
+            let v = o.header("pw.function.version").to_string();
+            let seq = versions.entry(*part).or_default();
+            if seq.last() != Some(&v) {
+                seq.push(v);
+            }
+        }
+    }
+    for (part, seq) in &versions {
+        // The partition's versions, in order, must be a contiguous run of
+        // the expected sequence: each switch once, never back.
+        let start = expected_sequence
+            .iter()
+            .position(|v| *v == seq[0])
+            .unwrap_or_else(|| panic!("partition {part} started on unexpected version {}", seq[0]));
+        assert_eq!(
+            seq.as_slice(),
+            &expected_sequence[start..start + seq.len()],
+            "partition {part}: version header went {seq:?}, expected a run of {expected_sequence:?}"
+        );
+    }
+    versions
+}
+
+/// Produces `n` records over about `spread`, in the background.
+fn produce_over(
+    topic: &str,
+    ids: std::ops::Range<usize>,
+    spread: Duration,
+) -> std::thread::JoinHandle<()> {
+    let topic = topic.to_string();
+    std::thread::spawn(move || {
+        let chunks = 40;
+        let per = ids.len() / chunks;
+        for c in 0..chunks {
+            let from = ids.start + c * per;
+            let recs: Vec<In> = (from..from + per).map(record).collect();
+            produce_all(&topic, &recs);
+            std::thread::sleep(spread / chunks as u32);
+        }
+    })
+}
+
+fn wait_for_log(w: &WorkerProcess, needle: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !w.log_text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "log never said {needle:?}:\n{}",
+            w.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every bad upload is a specific 4xx with a JSON error, and the store stays
+/// empty; tenants cannot see or touch each other's functions or pipelines.
+#[test]
+fn rejected_uploads_store_nothing() {
+    let plane = Plane::start("reg-reject", 1, "max_component_bytes = 8000000\n");
+    let cases: Vec<(&str, Vec<u8>, u16, &str, &str)> = vec![
+        ("garbage", b"this is not wasm at all".to_vec(), 415, "not-wasm", "magic"),
+        ("core", wat::parse_str("(module)").unwrap(), 422, "core-module", "core WebAssembly module"),
+        (
+            "wrong-world",
+            wat::parse_str(r#"(component (core module $m) (core instance (instantiate $m)))"#).unwrap(),
+            422,
+            "wrong-world",
+            "pipeline:transform/transformer",
+        ),
+        (
+            "bad-version",
+            wat::parse_str(r#"(component (instance $i) (export "pipeline:transform/transformer@9.9.9" (instance $i)))"#).unwrap(),
+            422,
+            "unsupported-world-version",
+            "9.9.9",
+        ),
+        (
+            "http",
+            wat::parse_str(r#"(component (import "wasi:http/outgoing-handler@0.2.0" (instance)))"#).unwrap(),
+            422,
+            "forbidden-import",
+            "wasi:http/outgoing-handler@0.2.0",
+        ),
+        ("huge", {
+            let mut v = b"\0asm\x0d\0\x01\0".to_vec();
+            v.resize(8_000_001, 0);
+            v
+        }, 413, "too-large", "max_component_bytes"),
+        ("empty", Vec::new(), 400, "empty-body", "body"),
+    ];
+    for (name, bytes, status, code, mentions) in cases {
+        let r = plane.upload(name, bytes);
+        assert_eq!(r.status, status, "{name}: {}", r.body);
+        assert_eq!(r.body["error"]["code"], code, "{name}: {}", r.body);
+        let msg = r.body["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(mentions),
+            "{name}: message {msg:?} should mention {mentions:?}"
+        );
+        assert!(
+            plane.stored_files().is_empty(),
+            "{name}: rejected upload stored {:?}",
+            plane.stored_files()
+        );
+    }
+    let good = std::fs::read(guest("enrich_rs")).unwrap();
+    // No token, a wrong token: 401 and nothing stored.
+    let r = plane.call("POST", "/v1/functions/f/versions", None, Some(good.clone()));
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    let r = plane.call(
+        "POST",
+        "/v1/functions/f/versions",
+        Some("not-a-token"),
+        Some(good.clone()),
+    );
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (401, Some("invalid-token"))
+    );
+    assert!(plane.stored_files().is_empty());
+    let r = plane.call(
+        "POST",
+        "/v1/functions/BAD%20NAME/versions",
+        Some(TOKEN_A),
+        Some(good.clone()),
+    );
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (400, Some("invalid-name"))
+    );
+    assert!(plane.stored_files().is_empty());
+
+    // A good upload stores blob, artifact and manifest.
+    let v = plane.upload_ok("enrich", &guest("enrich_rs"));
+    assert_eq!(v, 1);
+    let files = plane.stored_files();
+    assert!(
+        files.iter().any(|f| f.starts_with("blobs/sha256/")),
+        "{files:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("artifacts/") && f.ends_with(".cwasm")),
+        "{files:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| f == "tenants/acme/functions/enrich/0000000001.json"),
+        "{files:?}"
+    );
+
+    // The other tenant: does not see acme's function, cannot activate on
+    // acme's pipeline, cannot use acme's function on its own pipeline.
+    let r = plane.call("GET", "/v1/functions", Some(TOKEN_B), None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["functions"], json!([]), "{}", r.body);
+    let r = plane.call("GET", "/v1/functions/enrich", Some(TOKEN_B), None);
+    assert_eq!(r.status, 404, "{}", r.body);
+    let body = json!({"function": "enrich", "version": 1})
+        .to_string()
+        .into_bytes();
+    let r = plane.call(
+        "POST",
+        "/v1/pipelines/p/activate",
+        Some(TOKEN_B),
+        Some(body.clone()),
+    );
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{}",
+        r.body
+    );
+    let r = plane.call(
+        "POST",
+        "/v1/pipelines/other/activate",
+        Some(TOKEN_B),
+        Some(body.clone()),
+    );
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (404, Some("version-not-found")),
+        "{}",
+        r.body
+    );
+    let r = plane.call("POST", "/v1/pipelines/p/activate", None, Some(body));
+    assert_eq!(r.status, 401);
+    let r = plane.call(
+        "DELETE",
+        "/v1/functions/enrich/versions/1",
+        Some(TOKEN_B),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = plane.call("POST", "/v1/pipelines/p/rollback", Some(TOKEN_A), None);
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (409, Some("nothing-active")),
+        "{}",
+        r.body
+    );
+    // Nothing was activated by any of that.
+    let r = plane.call("GET", "/v1/pipelines/p", Some(TOKEN_A), None);
+    assert_eq!(r.body["active"], Value::Null, "{}", r.body);
+
+    // Delete: refused while active, then allowed, and the blob goes.
+    let r = plane.activate("enrich", 1);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = plane.call(
+        "DELETE",
+        "/v1/functions/enrich/versions/1",
+        Some(TOKEN_A),
+        None,
+    );
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (409, Some("version-active")),
+        "{}",
+        r.body
+    );
+    let v2 = plane.upload_ok("echo", &guest("hostile"));
+    assert_eq!(v2, 1);
+    assert_eq!(plane.activate("echo", 1).status, 202);
+    let r = plane.call(
+        "DELETE",
+        "/v1/functions/enrich/versions/1",
+        Some(TOKEN_A),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["blob_deleted"], true);
+    assert!(
+        !plane
+            .stored_files()
+            .iter()
+            .any(|f| f.contains("functions/enrich/")),
+        "{:?}",
+        plane.stored_files()
+    );
+    // The rollback target was deleted: nothing to roll back to.
+    let r = plane.call("POST", "/v1/pipelines/p/rollback", Some(TOKEN_A), None);
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (409, Some("no-previous-version")),
+        "{}",
+        r.body
+    );
+    let _ = &plane.control;
+    let _ = &plane.topics;
+}
+
+/// Upload → activate → both workers of the group run it; then a hot swap to
+/// another version under continuous load, and a rollback under load: every
+/// record arrives, per-key order holds, and each partition's version header
+/// switches once and never back.
+#[test]
+fn hot_swap_and_rollback_under_load_on_two_workers() {
+    const N: usize = 6_000;
+    let plane = Plane::start("reg-swap", 4, "");
+    let a = WorkerProcess::start(&plane.config);
+    let b = WorkerProcess::start(&plane.config);
+    wait_for_log(
+        &a,
+        "waiting before joining the group",
+        Duration::from_secs(60),
+    );
+    wait_for_log(
+        &b,
+        "waiting before joining the group",
+        Duration::from_secs(60),
+    );
+
+    let v_enrich = plane.upload_ok("enrich", &guest("enrich_rs"));
+    let v_echo = plane.upload_ok("echo", &guest("hostile"));
+    assert_eq!(plane.activate("enrich", v_enrich).status, 202);
+    plane.wait_workers_on(2, "enrich@1", Duration::from_secs(60));
+
+    // Phase 1: enrich → echo under load.
+    let producer = produce_over(&plane.topics.input, 0..N, Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(2));
+    let r = plane.activate("echo", v_echo);
+    assert_eq!(r.status, 202, "{}", r.body);
+    producer.join().unwrap();
+    let status = plane.wait_workers_on(2, "echo@1", Duration::from_secs(60));
+    assert_eq!(status["active"]["function"], "echo", "{status}");
+    let out = read_until(&[&plane.topics.output], N, Duration::from_secs(120));
+    let dlq = read_until(&[&plane.topics.dlq], 1, Duration::from_secs(2));
+    assert_eq!(out.len(), N, "output count");
+    check_swap(&out, &dlq, N, &["enrich@1", "echo@1"]);
+    check_content(&out);
+    let enriched = out
+        .iter()
+        .filter(|o| o.header("pw.function.version") == "enrich@1")
+        .count();
+    assert!(
+        enriched > 0 && enriched < N,
+        "the swap happened mid-stream: {enriched} of {N} by enrich"
+    );
+
+    // Phase 2: rollback under load → enrich again.
+    let producer = produce_over(&plane.topics.input, N..2 * N, Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(2));
+    let r = plane.call("POST", "/v1/pipelines/p/rollback", Some(TOKEN_A), None);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.body["activation"]["function"], "enrich", "{}", r.body);
+    assert_eq!(r.body["activation"]["action"], "rollback", "{}", r.body);
+    producer.join().unwrap();
+    let status = plane.wait_workers_on(2, "enrich@1", Duration::from_secs(60));
+    assert_eq!(status["active"]["function"], "enrich", "{status}");
+    let all = read_until(&[&plane.topics.output], 2 * N, Duration::from_secs(120));
+    let dlq = read_until(&[&plane.topics.dlq], 1, Duration::from_secs(2));
+    assert_eq!(all.len(), 2 * N, "output count after rollback");
+    let ids: Vec<Out> = all.clone();
+    check_swap(&ids, &dlq, 2 * N, &["enrich@1", "echo@1", "enrich@1"]);
+    check_content(&all);
+    let log = format!("{}\n{}", a.log_text(), b.log_text());
+    assert!(
+        log.contains("switching function version"),
+        "no switch logged"
+    );
+    assert_eq!(a.terminate(Duration::from_secs(30)), Some(0));
+    assert_eq!(b.terminate(Duration::from_secs(30)), Some(0));
+}
+
+/// What the header says is what ran: enrich adds the computed field, echo
+/// passes the record through.
+fn check_content(out: &[Out]) {
+    for o in out {
+        let enriched = o.json().get("session_duration_minutes").is_some();
+        let v = o.header("pw.function.version");
+        assert_eq!(
+            enriched,
+            v.starts_with("enrich@"),
+            "record {} says {v} but enriched={enriched}",
+            o.value
+        );
+    }
+}
+
+/// A worker started after several activations comes back on the latest one
+/// without waiting; a version whose blob is corrupt in the store is refused
+/// by the worker, which keeps running the previous version and says so.
+#[test]
+fn restart_resumes_latest_and_bad_version_keeps_previous() {
+    const N: usize = 500;
+    let plane = Plane::start("reg-restart", 2, "");
+    let v1 = plane.upload_ok("enrich", &guest("enrich_rs"));
+    let e1 = plane.upload_ok("echo", &guest("hostile"));
+    let v2 = plane.upload_ok("enrich", &guest("enrich_rs"));
+    assert_eq!((v1, e1, v2), (1, 1, 2));
+    for (f, v) in [("enrich", 1), ("echo", 1), ("enrich", 2)] {
+        assert_eq!(plane.activate(f, v).status, 202);
+    }
+    // Started after three activations: runs enrich@2 from the start.
+    let w = WorkerProcess::start(&plane.config);
+    plane.wait_workers_on(1, "enrich@2", Duration::from_secs(60));
+    assert!(
+        !w.log_text()
+            .lines()
+            .any(|l| l.contains("waiting before joining") && l.trim_end().ends_with("\"p\"")),
+        "{}",
+        w.log_text()
+    );
+    produce_all(&plane.topics.input, &(0..N).map(record).collect::<Vec<_>>());
+    let out = read_until(&[&plane.topics.output], N, Duration::from_secs(60));
+    assert_eq!(out.len(), N);
+    assert!(out
+        .iter()
+        .all(|o| o.header("pw.function.version") == "enrich@2"));
+
+    // Corrupt echo@1's blob in the store, then activate it: the worker must
+    // refuse it (digest mismatch), keep enrich@2, and report the failure.
+    let manifest = plane
+        .call("GET", "/v1/functions/echo/versions/1", Some(TOKEN_A), None)
+        .body;
+    let hex = manifest["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    std::fs::write(
+        plane.store.join(format!("blobs/sha256/{hex}.wasm")),
+        b"\0asm tampered",
+    )
+    .unwrap();
+    assert_eq!(plane.activate("echo", 1).status, 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let r = plane.call("GET", "/v1/pipelines/p", Some(TOKEN_A), None);
+        if r.body["workers"][0]["state"] == "failed" {
+            break r.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "failure never reported: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let wstat = &status["workers"][0];
+    assert_eq!(wstat["running_version"], "enrich@2", "{status}");
+    assert_eq!(wstat["desired_version"], 1, "{status}");
+    assert!(
+        wstat["error"].as_str().unwrap().contains("hashes to"),
+        "{status}"
+    );
+    assert!(w
+        .log_text()
+        .contains("failed to load; keeping the previous one"));
+    produce_all(
+        &plane.topics.input,
+        &(N..2 * N).map(record).collect::<Vec<_>>(),
+    );
+    let out = read_until(&[&plane.topics.output], 2 * N, Duration::from_secs(60));
+    assert_eq!(out.len(), 2 * N, "kept processing after the failed load");
+    assert!(out
+        .iter()
+        .all(|o| o.header("pw.function.version") == "enrich@2"));
+    assert_eq!(w.terminate(Duration::from_secs(30)), Some(0));
+}

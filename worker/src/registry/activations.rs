@@ -1,0 +1,207 @@
+//! The activation log: a compacted, single-partition Kafka topic keyed by
+//! pipeline. Every worker reads it from the beginning, so all of them see the
+//! same activations in the same order, and a worker that starts later
+//! rebuilds the current state from it. Each record carries the pipeline's
+//! previous deployments, so a rollback needs nothing compaction removed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::config::KafkaConfig;
+use crate::pipeline::base_client_config;
+
+/// How many earlier deployments an activation remembers for rollback.
+pub const HISTORY_DEPTH: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("activation log {topic}: {message}")]
+    Kafka { topic: String, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Deployed {
+    pub function: String,
+    pub version: u64,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Activation {
+    pub pipeline: String,
+    pub tenant: String,
+    #[serde(flatten)]
+    pub current: Deployed,
+    /// `activate` or `rollback`.
+    pub action: String,
+    pub activated_at: String,
+    /// Earlier deployments, most recent first.
+    #[serde(default)]
+    pub history: Vec<Deployed>,
+    /// Offset in the log (not serialized: it is where the record sits).
+    #[serde(skip)]
+    pub offset: i64,
+}
+
+/// The latest activation per pipeline.
+pub type ActivationState = BTreeMap<String, Activation>;
+
+fn kerr(topic: &str, e: impl std::fmt::Display) -> LogError {
+    LogError::Kafka {
+        topic: topic.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Creates the topic (compacted, one partition) if it does not exist.
+pub async fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), LogError> {
+    let admin: AdminClient<DefaultClientContext> = base_client_config(kafka)
+        .create()
+        .map_err(|e| kerr(topic, e))?;
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
+        .set("cleanup.policy", "compact")
+        .set("min.compaction.lag.ms", "60000");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&new], &opts)
+        .await
+        .map_err(|e| kerr(topic, e))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(kerr(topic, format!("cannot create it: {code}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Appends activations (idempotent, acks=all: an accepted activation is durable).
+pub struct LogWriter {
+    topic: String,
+    producer: FutureProducer,
+}
+
+impl LogWriter {
+    pub fn new(kafka: &KafkaConfig, topic: &str) -> Result<Self, LogError> {
+        let producer = base_client_config(kafka)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()
+            .map_err(|e| kerr(topic, e))?;
+        Ok(Self {
+            topic: topic.to_string(),
+            producer,
+        })
+    }
+
+    /// Returns the offset the activation was written at.
+    pub async fn append(&self, a: &Activation) -> Result<i64, LogError> {
+        let body = serde_json::to_vec(a).expect("activation serializes");
+        let rec = FutureRecord::to(&self.topic)
+            .key(a.pipeline.as_bytes())
+            .payload(&body);
+        let delivery = self
+            .producer
+            .send(rec, Duration::from_secs(15))
+            .await
+            .map_err(|(e, _)| kerr(&self.topic, e))?;
+        Ok(delivery.offset)
+    }
+}
+
+/// Reads the log from the beginning, then follows it.
+pub struct LogReader {
+    topic: String,
+    consumer: BaseConsumer,
+    state: ActivationState,
+    next_offset: i64,
+}
+
+impl LogReader {
+    pub fn new(kafka: &KafkaConfig, topic: &str) -> Result<Self, LogError> {
+        // No group: every reader reads everything and commits nothing.
+        let consumer: BaseConsumer = base_client_config(kafka)
+            .set("group.id", "pipeline-worker.activation-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(|e| kerr(topic, e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .map_err(|e| kerr(topic, e))?;
+        consumer.assign(&tpl).map_err(|e| kerr(topic, e))?;
+        Ok(Self {
+            topic: topic.to_string(),
+            consumer,
+            state: BTreeMap::new(),
+            next_offset: 0,
+        })
+    }
+
+    pub fn state(&self) -> &ActivationState {
+        &self.state
+    }
+
+    /// Reads up to the current end of the log (the state every worker
+    /// starting now must reach before it consumes).
+    pub fn catch_up(&mut self, timeout: Duration) -> Result<Vec<Activation>, LogError> {
+        let deadline = Instant::now() + timeout;
+        let (_, high) = self
+            .consumer
+            .fetch_watermarks(&self.topic, 0, timeout)
+            .map_err(|e| kerr(&self.topic, e))?;
+        let mut seen = Vec::new();
+        while self.next_offset < high {
+            if Instant::now() >= deadline {
+                return Err(kerr(
+                    &self.topic,
+                    format!(
+                        "read up to offset {} of {high} within {timeout:?}",
+                        self.next_offset
+                    ),
+                ));
+            }
+            if let Some(a) = self.poll(Duration::from_millis(100))? {
+                seen.push(a);
+            }
+        }
+        Ok(seen)
+    }
+
+    /// The next activation, if one arrives within `timeout`.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Option<Activation>, LogError> {
+        match self.consumer.poll(timeout) {
+            None => Ok(None),
+            Some(Err(e)) => {
+                tracing::warn!(topic = %self.topic, error = %e, "activation log read error");
+                Ok(None)
+            }
+            Some(Ok(m)) => {
+                self.next_offset = m.offset() + 1;
+                let Some(body) = m.payload() else {
+                    return Ok(None); // tombstone
+                };
+                match serde_json::from_slice::<Activation>(body) {
+                    Ok(mut a) => {
+                        a.offset = m.offset();
+                        self.state.insert(a.pipeline.clone(), a.clone());
+                        Ok(Some(a))
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %self.topic, offset = m.offset(), error = %e, "ignoring an unreadable activation record");
+                        Ok(None)
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! `pipeline-worker functions ...`: the control API from the command line.
+//! Prints the API's JSON answers (pretty), progress while uploading, and the
+//! API's error code and message on a rejection (exit status 1).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Args)]
+pub struct FunctionsArgs {
+    /// Control API base URL.
+    #[arg(
+        long,
+        env = "PIPELINE_WORKER_API",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub api: String,
+    /// Bearer token of your tenant.
+    #[arg(long, env = "PIPELINE_WORKER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: FunctionsCommand,
+}
+
+#[derive(Subcommand)]
+pub enum FunctionsCommand {
+    /// Upload a component as the next version of a function (validated and
+    /// precompiled by the API before anything is stored).
+    Upload {
+        name: String,
+        component: PathBuf,
+        /// Activate it on this pipeline once stored.
+        #[arg(long)]
+        activate: Option<String>,
+    },
+    /// Your functions.
+    List,
+    /// A function's versions (or one version) and where each is active.
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Run a version (default: the latest) on a pipeline, on every worker.
+    Activate {
+        pipeline: String,
+        function: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Go back to the pipeline's previous version.
+    Rollback { pipeline: String },
+    /// Delete a version that is not active anywhere.
+    Delete { name: String, version: u64 },
+    /// Pipelines: what is active and what each worker runs.
+    Status { pipeline: Option<String> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach the control API at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("{status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.trim_end_matches('/'))
+    }
+
+    fn send(
+        &self,
+        req: reqwest::blocking::RequestBuilder,
+        url: &str,
+    ) -> Result<Value, ClientError> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().map_err(|e| ClientError::Connect {
+            url: url.to_string(),
+            message: format!("{e}"),
+        })?;
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(json!({"raw": text}));
+        if status.is_success() {
+            return Ok(body);
+        }
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            code: body["error"]["code"]
+                .as_str()
+                .unwrap_or("error")
+                .to_string(),
+            message: body["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or(text),
+        })
+    }
+
+    fn get(&self, path: &str) -> Result<Value, ClientError> {
+        let url = self.url(path);
+        self.send(self.http.get(&url), &url)
+    }
+
+    fn post_json(&self, path: &str, body: Value) -> Result<Value, ClientError> {
+        let url = self.url(path);
+        self.send(
+            self.http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+            &url,
+        )
+    }
+}
+
+/// Counts bytes as reqwest reads the body, for the progress line.
+struct Counting<R> {
+    inner: R,
+    sent: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+fn upload(c: &Client, name: &str, path: &PathBuf) -> Result<Value, ClientError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let sent = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let progress = {
+        let (sent, done) = (sent.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut err = std::io::stderr();
+            while !done.load(Ordering::Relaxed) {
+                let s = sent.load(Ordering::Relaxed);
+                let line = if s < total {
+                    format!(
+                        "uploading {:>5.1}% ({s}/{total} bytes)",
+                        100.0 * s as f64 / total.max(1) as f64
+                    )
+                } else {
+                    format!(
+                        "uploaded {total} bytes; validating and precompiling on the server… {}s",
+                        started.elapsed().as_secs()
+                    )
+                };
+                let _ = write!(err, "\r{line:<80}");
+                let _ = err.flush();
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            let _ = writeln!(err);
+        })
+    };
+    let url = c.url(&format!("/v1/functions/{name}/versions"));
+    let body = reqwest::blocking::Body::sized(
+        Counting {
+            inner: file,
+            sent: sent.clone(),
+        },
+        total,
+    );
+    let result = c.send(
+        c.http
+            .post(&url)
+            .header("content-type", "application/wasm")
+            .body(body),
+        &url,
+    );
+    done.store(true, Ordering::Relaxed);
+    let _ = progress.join();
+    result
+}
+
+pub fn run(args: FunctionsArgs) -> Result<(), ClientError> {
+    let c = Client {
+        base: args.api,
+        token: args.token,
+        // Precompiling a large Python component takes a while.
+        http: reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .build()
+            .map_err(|e| ClientError::Usage(e.to_string()))?,
+    };
+    let out = match args.command {
+        FunctionsCommand::Upload {
+            name,
+            component,
+            activate,
+        } => {
+            let m = upload(&c, &name, &component)?;
+            eprintln!(
+                "stored {name} version {} ({})",
+                m["version"],
+                m["digest"].as_str().unwrap_or("")
+            );
+            match activate {
+                Some(p) => {
+                    let a = c.post_json(
+                        &format!("/v1/pipelines/{p}/activate"),
+                        json!({"function": name, "version": m["version"]}),
+                    )?;
+                    eprintln!("activated on pipeline {p}");
+                    json!({"upload": m, "activation": a})
+                }
+                None => m,
+            }
+        }
+        FunctionsCommand::List => c.get("/v1/functions")?,
+        FunctionsCommand::Show { name, version } => match version {
+            Some(v) => c.get(&format!("/v1/functions/{name}/versions/{v}"))?,
+            None => c.get(&format!("/v1/functions/{name}"))?,
+        },
+        FunctionsCommand::Activate {
+            pipeline,
+            function,
+            version,
+        } => c.post_json(
+            &format!("/v1/pipelines/{pipeline}/activate"),
+            json!({"function": function, "version": version}),
+        )?,
+        FunctionsCommand::Rollback { pipeline } => {
+            c.post_json(&format!("/v1/pipelines/{pipeline}/rollback"), json!({}))?
+        }
+        FunctionsCommand::Delete { name, version } => {
+            let url = c.url(&format!("/v1/functions/{name}/versions/{version}"));
+            c.send(c.http.delete(&url), &url)?
+        }
+        FunctionsCommand::Status { pipeline } => match pipeline {
+            Some(p) => c.get(&format!("/v1/pipelines/{p}"))?,
+            None => c.get("/v1/pipelines")?,
+        },
+    };
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Uploaded functions and where they run: the function store (blobs,
+//! artifacts, manifests), the activation log (a compacted Kafka topic), the
+//! watcher that hot-swaps a worker's functions as activations arrive, the
+//! control API that accepts uploads and activations, and its CLI client.
+
+pub mod activations;
+pub mod api;
+pub mod client;
+pub mod store;
+pub mod watcher;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{Config, KafkaConfig, RegistryConfig};
+use crate::sandbox::RemoteArtifacts;
+pub use activations::{Activation, ActivationState, Deployed};
+pub use store::{FunctionStore, StoreError, VersionManifest, WorkerStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Log(#[from] activations::LogError),
+    #[error("registry runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The store, the activation log's coordinates, and a small runtime for the
+/// async store client. Shared by the watcher, the control API and the
+/// artifact cache.
+pub struct Registry {
+    pub store: FunctionStore,
+    pub config: RegistryConfig,
+    pub kafka: KafkaConfig,
+    pub worker_id: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Registry {
+    pub fn open(config: &Config, base: &Path) -> Result<Arc<Self>, RegistryError> {
+        let cfg = config
+            .registry
+            .clone()
+            .expect("Registry::open needs a [registry] section");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("registry")
+            .enable_all()
+            .build()
+            .map_err(RegistryError::Runtime)?;
+        let store = {
+            let _guard = rt.enter();
+            FunctionStore::open(&cfg, base)?
+        };
+        let worker_id = cfg.worker_id.clone().unwrap_or_else(default_worker_id);
+        let reg = Arc::new(Self {
+            store,
+            config: cfg,
+            kafka: config.kafka.clone(),
+            worker_id,
+            rt,
+        });
+        reg.block_on(activations::ensure_topic(
+            &reg.kafka,
+            &reg.config.activations_topic,
+        ))?;
+        Ok(reg)
+    }
+
+    /// Runs a store operation from a plain thread (never from inside an
+    /// async task of this runtime).
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.rt.handle().block_on(f)
+    }
+
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.rt.handle().clone()
+    }
+
+    /// The artifact tier shared by all workers.
+    pub fn remote_artifacts(self: &Arc<Self>) -> Arc<dyn RemoteArtifacts> {
+        Arc::new(SharedArtifacts(self.clone()))
+    }
+
+    pub fn activations_topic(&self) -> &str {
+        &self.config.activations_topic
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+struct SharedArtifacts(Arc<Registry>);
+
+impl RemoteArtifacts for SharedArtifacts {
+    fn fetch(&self, name: &str) -> Option<Vec<u8>> {
+        match self.0.block_on(self.0.store.get_artifact(name)) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(artifact = name, error = %e, "cannot fetch a precompiled artifact; compiling locally");
+                None
+            }
+        }
+    }
+
+    fn store(&self, name: &str, bytes: &[u8]) {
+        if let Err(e) = self
+            .0
+            .block_on(self.0.store.put_artifact(name, bytes.to_vec()))
+        {
+            tracing::warn!(artifact = name, error = %e, "cannot share a precompiled artifact");
+        }
+    }
+}
