@@ -709,3 +709,86 @@ fn restart_resumes_latest_and_bad_version_keeps_previous() {
         .all(|o| o.header("pw.function.version") == "enrich@2"));
     assert_eq!(w.terminate(Duration::from_secs(30)), Some(0));
 }
+
+/// The `functions` CLI end to end: upload with progress, list, show,
+/// activate, status, a refused delete and rollback with the API's error, and
+/// a clean delete.
+#[test]
+fn functions_cli() {
+    let plane = Plane::start("reg-cli", 1, "");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
+            .arg("functions")
+            .args(args)
+            .env("PIPELINE_WORKER_API", &plane.api)
+            .env("PIPELINE_WORKER_TOKEN", TOKEN_A)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let json =
+        |s: &str| -> Value { serde_json::from_str(s).unwrap_or_else(|e| panic!("{s}: {e}")) };
+    let enrich = guest("enrich_rs");
+    let (code, out, err) = cli(&[
+        "upload",
+        "enrich",
+        enrich.to_str().unwrap(),
+        "--activate",
+        "p",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("uploaded") && err.contains("stored enrich version 1"),
+        "{err}"
+    );
+    assert!(err.contains("activated on pipeline p"), "{err}");
+    assert_eq!(json(&out)["upload"]["version"], 1);
+    let hostile = guest("hostile");
+    let (code, out, err) = cli(&["upload", "echo", hostile.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json(&out)["function"], "echo");
+
+    let (code, out, _) = cli(&["list"]);
+    assert_eq!(code, Some(0));
+    let names: Vec<String> = json(&out)["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["echo", "enrich"]);
+    let (_, out, _) = cli(&["show", "enrich"]);
+    assert_eq!(json(&out)["versions"][0]["active_in"], json!(["p"]));
+
+    let (code, _, err) = cli(&["delete", "enrich", "1"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("409 version-active"), "{err}");
+    let (code, out, err) = cli(&["activate", "p", "echo"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json(&out)["activation"]["history"][0]["function"], "enrich");
+    let (code, out, _) = cli(&["status", "p"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(json(&out)["active"]["function"], "echo");
+    let (code, out, err) = cli(&["rollback", "p"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json(&out)["activation"]["function"], "enrich");
+    let (code, _, err) = cli(&["rollback", "p"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("409 no-previous-version"), "{err}");
+    let (code, _, err) = cli(&["delete", "echo", "1"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = cli(&["show", "echo"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("404 function-not-found"), "{err}");
+    // A bad token is refused with the API's message.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
+        .args(["functions", "--token", "wrong", "--api", &plane.api, "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401 invalid-token"));
+}

@@ -133,6 +133,9 @@ impl LogReader {
             .set("group.id", "pipeline-worker.activation-reader")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            // An activation should reach every worker in well under a second;
+            // librdkafka's default long-poll (500 ms) would dominate that.
+            .set("fetch.wait.max.ms", "50")
             .create()
             .map_err(|e| kerr(topic, e))?;
         let mut tpl = TopicPartitionList::new();

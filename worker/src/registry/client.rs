@@ -177,7 +177,15 @@ fn upload(c: &Client, name: &str, path: &PathBuf) -> Result<Value, ClientError> 
                 let _ = err.flush();
                 std::thread::sleep(Duration::from_millis(250));
             }
-            let _ = writeln!(err);
+            let _ = writeln!(
+                err,
+                "\r{:<80}",
+                format!(
+                    "uploaded {} of {total} bytes; server answered after {:.1}s",
+                    sent.load(Ordering::Relaxed),
+                    started.elapsed().as_secs_f64()
+                )
+            );
         })
     };
     let url = c.url(&format!("/v1/functions/{name}/versions"));
