@@ -158,6 +158,174 @@ fn metrics_count_records_and_traps() {
         2
     );
     assert!(m.contains("messaging_consumer_group_name="), "{m}");
+    // Every record is one observation of the process-duration histogram.
+    assert_eq!(
+        sample(
+            &m,
+            "messaging_process_duration_seconds_count",
+            "pipeline=\"hostile\""
+        ),
+        54
+    );
+    assert!(
+        sample(
+            &m,
+            "pipeline_wasm_execution_seconds_count",
+            "pipeline=\"hostile\""
+        ) > 0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "pipeline_function_info", "function_digest=\"sha256:"),
+        1
+    );
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+}
+
+/// A minimal OTLP/HTTP receiver: remembers each POST's path and body.
+/// (path, body) of every POST received.
+type Posts = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+fn fake_collector() -> (u16, Posts) {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let mut w = stream.try_clone().unwrap();
+                let mut r = std::io::BufReader::new(stream);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let mut len = 0;
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    g.lock().unwrap().push((path, body));
+                    if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+fn hex_bytes(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// With an OTLP endpoint: each record gets a span whose parent is the input's
+/// `traceparent`; outputs and dead letters carry the span's `traceparent`
+/// (same trace, new span); spans and metrics reach the collector.
+#[test]
+fn traceparent_is_continued_and_exported_over_otlp() {
+    let topics = TestTopics::create("otel", 1);
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let tp = format!("00-{TRACE}-{PARENT}-01");
+    produce_all(
+        &topics.input,
+        &[
+            In::new("a", r#"{"id":1,"session_start":0,"session_end":60}"#)
+                .header("traceparent", &tp),
+            In::new("b", r#"{"id":2,"session_start":0}"#).header("traceparent", &tp),
+            In::new("c", r#"{"id":3,"session_start":0,"session_end":60}"#),
+        ],
+    );
+    let (port, got) = fake_collector();
+    let config = topics.config(
+        "traced",
+        &guest("enrich_rs"),
+        "",
+        &format!(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:{port}\"\notlp_interval_ms = 300\n"
+        ),
+    );
+    let worker = WorkerProcess::start(&config);
+    let out = read_until(&[&topics.output], 2, Duration::from_secs(60));
+    let dlq = read_until(&[&topics.dlq], 1, Duration::from_secs(30));
+    assert_eq!(
+        (out.len(), dlq.len()),
+        (2, 1),
+        "log:\n{}",
+        worker.log_text()
+    );
+    let traced = out.iter().find(|o| o.key.as_deref() == Some("a")).unwrap();
+    let check = |h: &str| {
+        let parts: Vec<&str> = h.split('-').collect();
+        assert_eq!(parts.len(), 4, "{h}");
+        assert_eq!(parts[1], TRACE, "same trace: {h}");
+        assert_ne!(parts[2], PARENT, "a new span: {h}");
+        parts[2].to_string()
+    };
+    let span_a = check(traced.header("traceparent"));
+    let span_b = check(dlq[0].header("traceparent"));
+    assert_ne!(span_a, span_b, "one span per record");
+    // A record without a traceparent starts a new trace.
+    let fresh = out.iter().find(|o| o.key.as_deref() == Some("c")).unwrap();
+    assert!(!fresh.header("traceparent").contains(TRACE));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let bodies = got.lock().unwrap().clone();
+        let traces: Vec<&Vec<u8>> = bodies
+            .iter()
+            .filter(|(p, _)| p == "/v1/traces")
+            .map(|(_, b)| b)
+            .collect();
+        let metrics: Vec<&Vec<u8>> = bodies
+            .iter()
+            .filter(|(p, _)| p == "/v1/metrics")
+            .map(|(_, b)| b)
+            .collect();
+        let has = |bs: &[&Vec<u8>], needle: &[u8]| {
+            bs.iter()
+                .any(|b| b.windows(needle.len()).any(|w| w == needle))
+        };
+        if has(&traces, &hex_bytes(TRACE))
+            && has(&traces, &hex_bytes(&span_b))
+            && has(&traces, &hex_bytes(PARENT))
+            && has(&metrics, b"messaging.client.consumed.messages")
+            && has(&metrics, b"messaging.process.duration")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "collector got {} trace and {} metric posts without the expected content",
+            traces.len(),
+            metrics.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
 }
 

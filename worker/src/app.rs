@@ -13,7 +13,7 @@ use crate::pipeline::{self, Control, FunctionSlot, PipelineHandle};
 use crate::registry::{self, activations::LogReader, Registry};
 use crate::sandbox::{ArtifactCache, EpochTicker, Function, SandboxOptions};
 use crate::sink::{Sink, SinkContext};
-use crate::telemetry::{self, PipelineView, TelemetryState};
+use crate::telemetry::{self, otel, PipelineView, TelemetryState};
 
 pub fn sandbox_options(config: &Config) -> SandboxOptions {
     let max_threads: usize = config
@@ -97,6 +97,13 @@ impl Worker {
             telemetry::serve(addr, telemetry.clone())
                 .with_context(|| format!("telemetry.http_listen: cannot listen on {addr}"))?;
         }
+        if let Some(endpoint) = otel::endpoint(config.telemetry.otlp_endpoint.as_deref()) {
+            otel::init(
+                &endpoint,
+                telemetry.clone(),
+                Duration::from_millis(config.telemetry.otlp_interval_ms),
+            )?;
+        }
         let mut pipelines = Vec::new();
         for (p, slot) in functions {
             let handle = pipeline::spawn(
@@ -145,6 +152,7 @@ impl Worker {
                 .saturating_sub(started.elapsed())
                 .max(Duration::from_secs(1)),
         );
+        otel::shutdown();
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "worker stopped"

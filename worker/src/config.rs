@@ -186,7 +186,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// Address for `/livez`, `/readyz` and `/metrics`; unset = no HTTP server.
@@ -195,10 +195,29 @@ pub struct TelemetryConfig {
     /// `text` or `json`; the `--log-format` flag wins when given.
     #[serde(default)]
     pub log_format: Option<String>,
-    /// OTLP endpoint (also `OTEL_EXPORTER_OTLP_ENDPOINT`). Accepted and
-    /// validated; OTLP export itself is not implemented yet.
+    /// Base URL of an OTLP/HTTP receiver, e.g. `http://otel-collector:4318`
+    /// (`/v1/traces` and `/v1/metrics` are appended). Falls back to
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; unset = no export, no spans.
     #[serde(default)]
     pub otlp_endpoint: Option<String>,
+    /// How often metrics (and batches of spans) are exported.
+    #[serde(default = "default_otlp_interval_ms")]
+    pub otlp_interval_ms: u64,
+}
+
+fn default_otlp_interval_ms() -> u64 {
+    10_000
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            http_listen: None,
+            log_format: None,
+            otlp_endpoint: None,
+            otlp_interval_ms: default_otlp_interval_ms(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -402,6 +421,20 @@ impl Config {
                     format!("must be \"text\" or \"json\", got {f:?}"),
                 ));
             }
+        }
+        if let Some(e) = &self.telemetry.otlp_endpoint {
+            if !e.starts_with("http://") {
+                return Err(invalid(
+                    "telemetry.otlp_endpoint",
+                    format!("{e:?} must be an http:// URL of an OTLP/HTTP receiver (e.g. http://otel-collector:4318)"),
+                ));
+            }
+        }
+        if self.telemetry.otlp_interval_ms < 100 {
+            return Err(invalid(
+                "telemetry.otlp_interval_ms",
+                "must be at least 100",
+            ));
         }
         if self.runtime.epoch_tick_ms == 0 {
             return Err(invalid("runtime.epoch_tick_ms", "must be at least 1"));

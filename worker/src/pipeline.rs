@@ -30,6 +30,7 @@ use crate::config::{KafkaConfig, PipelineConfig, RuntimeConfig};
 use crate::sandbox::{Function, Header, InputRecord, Runner};
 use crate::sink::{Disposition, Fatal, Sink, SinkTarget};
 use crate::source::{PartitionTracker, SourceContext, TrackerCache, Trackers};
+use crate::telemetry::{otel, Histogram};
 
 /// Counters of one pipeline (exported as metrics by the telemetry module).
 #[derive(Default, Debug)]
@@ -50,6 +51,9 @@ pub struct PipelineStats {
     pub fuel_consumed: AtomicU64,
     pub wasm_nanos: AtomicU64,
     pub instantiations: AtomicU64,
+    pub instantiate_nanos: AtomicU64,
+    pub process_duration: Histogram,
+    pub wasm_duration: Histogram,
 }
 
 impl PipelineStats {
@@ -228,6 +232,7 @@ pub fn spawn(
         pipeline: pipeline.name.clone(),
         output_topics: pipeline.output_topics.clone(),
         dead_letter_topic: pipeline.dead_letter_topic.clone(),
+        group: format!("{}.{}", kafka.group_id, pipeline.name),
     });
 
     let lanes = pipeline.concurrency.max(1);
@@ -468,6 +473,16 @@ fn sandbox_lane(
             continue;
         };
         let function = runner.function().clone();
+        // Spans only when an OTLP exporter runs: otherwise this is one load.
+        let tracer = otel::get();
+        let mut spans: Vec<otel::RecordSpan> = match tracer {
+            Some(o) => inputs
+                .iter()
+                .map(|i| o.record_span(i, &target.pipeline, &target.group, &function.version))
+                .collect(),
+            None => Vec::new(),
+        };
+        let started = Instant::now();
         let before = runner.stats;
         let results = runner.run_batch(&inputs);
         let after = runner.stats;
@@ -475,15 +490,30 @@ fn sandbox_lane(
             after.fuel_consumed - before.fuel_consumed,
             Ordering::Relaxed,
         );
-        stats
-            .wasm_nanos
-            .fetch_add(after.wasm_nanos - before.wasm_nanos, Ordering::Relaxed);
+        let wasm = after.wasm_nanos - before.wasm_nanos;
+        stats.wasm_nanos.fetch_add(wasm, Ordering::Relaxed);
+        stats.wasm_duration.observe(Duration::from_nanos(wasm), 1);
         stats.instantiations.fetch_add(
             u64::from(after.instantiations - before.instantiations),
             Ordering::Relaxed,
         );
+        stats.instantiate_nanos.fetch_add(
+            after.instantiate_nanos - before.instantiate_nanos,
+            Ordering::Relaxed,
+        );
+        let mut spans_iter = spans.drain(..);
         for ((input, tracker), result) in inputs.iter().zip(&trackers).zip(results) {
-            let (disposition, err) = sink.deliver(target, &function, input, tracker, result);
+            let span = spans_iter.next();
+            let traceparent = span.as_ref().map(|s| s.traceparent.as_str());
+            let (disposition, err) =
+                sink.deliver(target, &function, input, tracker, result, traceparent);
+            if let Some(span) = span {
+                match (&disposition, &err) {
+                    (_, Some(e)) => span.end(Some(e.kind()), 0),
+                    (Disposition::Produced(n), None) => span.end(None, *n),
+                    _ => span.end(None, 0),
+                }
+            }
             match disposition {
                 Disposition::Produced(n) => {
                     stats.produced.fetch_add(n as u64, Ordering::Relaxed);
@@ -507,6 +537,21 @@ fn sandbox_lane(
                     }
                 }
             }
+        }
+        let elapsed = started.elapsed();
+        stats.process_duration.observe(elapsed, inputs.len() as u64);
+        if let Some(o) = tracer {
+            let attrs = [
+                opentelemetry::KeyValue::new("messaging.system", "kafka"),
+                opentelemetry::KeyValue::new("messaging.consumer.group.name", target.group.clone()),
+                opentelemetry::KeyValue::new("pipeline", target.pipeline.clone()),
+                opentelemetry::KeyValue::new("pipeline.function.version", function.version.clone()),
+            ];
+            let secs = elapsed.as_secs_f64();
+            for _ in 0..inputs.len() {
+                o.process_duration.record(secs, &attrs);
+            }
+            o.wasm_duration.record(wasm as f64 / 1e9, &attrs);
         }
         inputs.clear();
         trackers.clear();

@@ -13,6 +13,7 @@ use rdkafka::ClientContext;
 
 use crate::sandbox::{Function, InputRecord, OutputRecord, RecordError, RecordResult};
 use crate::source::{PartitionTracker, Pending};
+use crate::telemetry::otel::TRACEPARENT;
 
 /// Dead-letter headers, also documented in the README.
 pub mod headers {
@@ -74,6 +75,8 @@ pub struct SinkTarget {
     pub pipeline: String,
     pub output_topics: Vec<String>,
     pub dead_letter_topic: String,
+    /// The consumer group (span attribute).
+    pub group: String,
 }
 
 /// What happened to one input, for the pipeline's counters.
@@ -103,8 +106,19 @@ impl Sink {
         input: &InputRecord,
         tracker: &Arc<PartitionTracker>,
         result: RecordResult,
+        traceparent: Option<&str>,
     ) -> (Disposition, Option<RecordError>) {
         let result = result.and_then(|outs| check_topics(target, outs));
+        // The record's span when tracing; else the input's own context is
+        // carried over, so a trace is never cut by the worker.
+        let input_trace = || {
+            input
+                .headers
+                .iter()
+                .find(|h| h.key.eq_ignore_ascii_case(TRACEPARENT))
+                .map(|h| h.value.as_slice())
+        };
+        let trace: Option<&[u8]> = traceparent.map(str::as_bytes).or_else(input_trace);
         match result {
             Ok(outs) if outs.is_empty() => {
                 tracker.complete(input.offset);
@@ -119,6 +133,7 @@ impl Sink {
                         .headers(to_kafka_headers(
                             &o.headers,
                             &[(headers::FUNCTION_VERSION, function.version.as_bytes())],
+                            trace,
                         ));
                     if let Some(k) = &o.key {
                         rec = rec.key(k);
@@ -147,7 +162,7 @@ impl Sink {
                 let pending = Pending::new(1, tracker.clone(), input.offset);
                 let mut rec = BaseRecord::with_opaque_to(&target.dead_letter_topic, pending)
                     .payload(&input.value)
-                    .headers(to_kafka_headers(&input.headers, &extra));
+                    .headers(to_kafka_headers(&input.headers, &extra, trace));
                 if let Some(k) = &input.key {
                     rec = rec.key(k);
                 }
@@ -199,9 +214,18 @@ fn check_topics(target: &SinkTarget, outs: Vec<OutputRecord>) -> RecordResult {
     Ok(outs)
 }
 
-fn to_kafka_headers(hs: &[crate::sandbox::Header], extra: &[(&str, &[u8])]) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(hs.len() + extra.len());
+/// `hs`, then `extra`, with `traceparent` (if given) replacing any the
+/// record had.
+fn to_kafka_headers(
+    hs: &[crate::sandbox::Header],
+    extra: &[(&str, &[u8])],
+    traceparent: Option<&[u8]>,
+) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(hs.len() + extra.len() + 1);
     for h in hs {
+        if traceparent.is_some() && h.key.eq_ignore_ascii_case(TRACEPARENT) {
+            continue;
+        }
         out = out.insert(Header {
             key: &h.key,
             value: Some(&h.value),
@@ -211,6 +235,12 @@ fn to_kafka_headers(hs: &[crate::sandbox::Header], extra: &[(&str, &[u8])]) -> O
         out = out.insert(Header {
             key: k,
             value: Some(*v),
+        });
+    }
+    if let Some(tp) = traceparent {
+        out = out.insert(Header {
+            key: TRACEPARENT,
+            value: Some(tp),
         });
     }
     out

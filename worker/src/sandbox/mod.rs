@@ -339,6 +339,7 @@ pub struct CallStats {
     pub fuel_consumed: u64,
     pub wasm_nanos: u64,
     pub instantiations: u32,
+    pub instantiate_nanos: u64,
 }
 
 pub type RecordResult = Result<Vec<OutputRecord>, RecordError>;
@@ -410,7 +411,10 @@ impl Runner {
 
     fn fresh(&mut self, f: &Function) -> Result<Live, RecordError> {
         self.stats.instantiations += 1;
-        f.instantiate()
+        let started = Instant::now();
+        let live = f.instantiate();
+        self.stats.instantiate_nanos += started.elapsed().as_nanos() as u64;
+        live
     }
 
     fn arm(&mut self, f: &Function, live: &mut Live, records: u64) -> Result<(), RecordError> {

@@ -17,9 +17,59 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+pub mod otel;
+
 use crate::pipeline::{FunctionSlot, PipelineStats};
 use crate::sandbox::ERROR_KINDS;
 use crate::source::Trackers;
+
+/// Upper bounds (seconds) of the duration histograms' buckets.
+pub const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A lock-free fixed-bucket histogram (Prometheus `_bucket`/`_sum`/`_count`).
+#[derive(Default, Debug)]
+pub struct Histogram {
+    buckets: [std::sync::atomic::AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl Histogram {
+    /// Records `n` observations of `d`.
+    pub fn observe(&self, d: std::time::Duration, n: u64) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(n, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos() as u64 * n, Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
 
 pub struct PipelineView {
     pub name: String,
@@ -224,6 +274,14 @@ pub fn render(s: &TelemetryState) -> String {
             })
             .collect(),
     );
+    family(
+        "pipeline_instantiation_nanoseconds_total",
+        "counter",
+        "Time spent creating instances (divide by pipeline_instantiations_total for the mean).",
+        ps.iter()
+            .map(|p| (base(p), l(&p.stats.instantiate_nanos)))
+            .collect(),
+    );
     let mut lag_rows = Vec::new();
     for p in ps.iter() {
         let lag = p.stats.lag.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,5 +298,22 @@ pub fn render(s: &TelemetryState) -> String {
         "Records between the committed position and the partition end, per assigned partition (librdkafka statistics).",
         lag_rows,
     );
+    for (name, help, pick) in [
+        (
+            "messaging_process_duration_seconds",
+            "Per record: from its batch entering the sandbox to its outputs being handed to the producer.",
+            (|p: &PipelineView| &p.stats.process_duration) as fn(&PipelineView) -> &Histogram,
+        ),
+        (
+            "pipeline_wasm_execution_seconds",
+            "Time inside the function per call (a batch call is one observation).",
+            |p: &PipelineView| &p.stats.wasm_duration,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for p in ps.iter() {
+            pick(p).render(&mut out, name, &base(p));
+        }
+    }
     out
 }
