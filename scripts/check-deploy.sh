@@ -15,11 +15,16 @@
 # What it checks: helm lint --strict (default values and compose/helm/ci/*);
 # helm template with each, plus assertions on the manifests (replicas vs
 # HPA/KEDA, ScaledObject triggers, existingSecret env refs, checksum/config,
-# securityContext, probes, volumes); renders that must fail (HPA + KEDA, typo'd
-# keys against values.schema.json, grace period <= drain, ...); NOTES.txt;
-# the chart README lists every value; every worker.toml key (compose and
-# rendered) is a field of worker/src/config.rs; the compose model; the
-# Dockerfile (final stage non-root, no compiler, entrypoint; static only).
+# securityContext, probes, volumes; the registry and the control plane: control
+# Deployment + Service only when enabled, its selector apart from the workers',
+# S3 and tenant token secret refs, [registry]/[control] in the ConfigMap, the
+# shared registry PVC variant); renders that must fail (HPA + KEDA, typo'd keys
+# against values.schema.json, grace period <= drain, control without registry,
+# a directory store not shared by several pods, ...); NOTES.txt; the chart
+# README lists every value; every worker.toml key (compose and rendered) is a
+# field of worker/src/config.rs; the compose model (worker + control sharing
+# the store volume); the Dockerfile (final stage non-root, no compiler,
+# entrypoint; static only).
 #
 #   scripts/check-deploy.sh                 # everything
 #   CHECK_DEPLOY_OUT=/tmp/x scripts/check-deploy.sh   # keep rendered manifests there
@@ -142,8 +147,16 @@ def worker_container(dep):
     cs = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "worker"]
     return cs[0] if cs else {}
 
+def worker_deployments(ds):
+    return [d for d in find(ds, "Deployment") if worker_container(d)]
+
+def control_deployments(ds):
+    return [d for d in find(ds, "Deployment") if d["metadata"]["name"].endswith("-control")]
+
 def common_deployment(ds, label):
-    dep = one(ds, "Deployment")
+    deps = worker_deployments(ds)
+    check(len(deps) == 1, f"{label}: expected exactly one worker Deployment, found {len(deps)}")
+    dep = deps[0] if deps else {}
     if not dep:
         return dep, {}
     pod = dep["spec"]["template"]
@@ -201,6 +214,7 @@ def helm_default(path, *_):
         check(not find(ds, kind), f"default: no {kind} expected")
     for kind in ("Service", "ServiceAccount", "PodDisruptionBudget", "ConfigMap"):
         check(find(ds, kind), f"default: {kind} expected")
+    no_control(ds, "default")
     cfg = config_of(ds, "default")
     if cfg:
         check(set(cfg) == {"kafka", "runtime", "telemetry", "pipelines"}, f"default: worker.toml tables {sorted(cfg)}")
@@ -215,6 +229,95 @@ def helm_default(path, *_):
     check("emptyDir" in vols.get("cache", {}), "default: cache is an emptyDir")
     env = {e["name"] for e in c.get("env", [])}
     check(not any(n.startswith("PIPELINE_WORKER__KAFKA__LIBRDKAFKA__") for n in env), "default: no secret env vars")
+    check(not any(n.startswith("AWS_") or "STORE_OPTIONS" in n for n in env), "default: no store credentials")
+    check("registry" not in vols, "default: no registry volume")
+
+def no_control(ds, label):
+    """Neither a control Deployment nor a control Service when control.enabled is off."""
+    check(not control_deployments(ds), f"{label}: no control Deployment expected")
+    check(not [s for s in find(ds, "Service") if s["metadata"]["name"].endswith("-control")], f"{label}: no control Service expected")
+    check(len(find(ds, "Deployment")) == 1, f"{label}: only the worker Deployment expected")
+
+def no_control_objects(path, *_):
+    """registry.enabled with control off: [registry] rendered, no control objects."""
+    ds = docs(path)
+    no_control(ds, "registry-single-dir")
+    cfg = config_of(ds, "registry-single-dir")
+    if cfg:
+        check(cfg.get("registry", {}).get("store") == "/var/lib/pipeline-worker/registry", "registry-single-dir: [registry] store rendered")
+        check("control" not in cfg, "registry-single-dir: no [control] without control.enabled")
+
+def selector_matches(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+
+def control_objects(ds, label, worker_dep):
+    """The control Deployment and Service: present, one replica, hardened, probed,
+    apart from the workers' selectors. Returns (deployment, container)."""
+    deps = control_deployments(ds)
+    check(len(deps) == 1, f"{label}: expected one control Deployment, found {len(deps)}")
+    if not deps:
+        return {}, {}
+    dep = deps[0]
+    check(dep["metadata"]["name"] == worker_dep["metadata"]["name"] + "-control", f"{label}: control Deployment named <fullname>-control ({dep['metadata']['name']})")
+    spec = dep["spec"]
+    check(spec.get("replicas") == 1, f"{label}: control replicas 1 (activations are serialized by one replica)")
+    check(spec.get("strategy", {}).get("type") == "Recreate", f"{label}: control strategy Recreate (never two at once)")
+    pod = spec["template"]
+    plabels = pod["metadata"].get("labels", {})
+    # The worker selector is immutable: control pods must fall outside it, and the
+    # worker pods outside the control selector.
+    wsel = worker_dep["spec"]["selector"]["matchLabels"]
+    csel = spec["selector"]["matchLabels"]
+    check(selector_matches(csel, plabels), f"{label}: control selector matches its pods")
+    check(not selector_matches(wsel, plabels), f"{label}: worker selector {wsel} must not match control pods")
+    check(not selector_matches(csel, worker_dep["spec"]["template"]["metadata"]["labels"]), f"{label}: control selector must not match worker pods")
+    for kind in ("PodDisruptionBudget", "Service", "ServiceMonitor"):
+        for o in find(ds, kind):
+            sel = o["spec"].get("selector", {})
+            sel = sel.get("matchLabels", sel)
+            if not o["metadata"]["name"].endswith("-control"):
+                check(not selector_matches(sel, plabels), f"{label}: {kind} {o['metadata']['name']} selects the control pod")
+    check(re.fullmatch(r"[0-9a-f]{64}", str(pod["metadata"].get("annotations", {}).get("checksum/config", ""))), f"{label}: control checksum/config")
+    ps = pod["spec"]
+    psc = ps.get("securityContext", {})
+    check(psc.get("runAsNonRoot") is True and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{label}: control pod securityContext")
+    check(ps.get("automountServiceAccountToken") is False, f"{label}: control does not mount the API token")
+    check(ps.get("serviceAccountName") == worker_dep["spec"]["template"]["spec"].get("serviceAccountName"), f"{label}: control uses the workers' ServiceAccount")
+    cs = [c for c in ps["containers"] if c["name"] == "control"]
+    check(len(cs) == 1, f"{label}: one container named control")
+    c = cs[0] if cs else {}
+    check(c.get("image") == worker_container(worker_dep).get("image"), f"{label}: control runs the worker image")
+    check(c.get("args") == ["control", "--config", "/etc/pipeline-worker/worker.toml"], f"{label}: control args {c.get('args')}")
+    csc = c.get("securityContext", {})
+    check(csc.get("runAsNonRoot") is True, f"{label}: control runAsNonRoot")
+    check(csc.get("readOnlyRootFilesystem") is True, f"{label}: control readOnlyRootFilesystem")
+    check(csc.get("allowPrivilegeEscalation") is False, f"{label}: control allowPrivilegeEscalation false")
+    check(csc.get("capabilities", {}).get("drop") == ["ALL"], f"{label}: control drops ALL capabilities")
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    check(ports.get("control") == 8081, f"{label}: control containerPort 8081")
+    for probe in ("livenessProbe", "readinessProbe"):
+        check(c.get(probe, {}).get("tcpSocket", {}).get("port") in ("control", 8081), f"{label}: control {probe} is a TCP probe on the API port")
+    check(c.get("resources", {}).get("limits", {}).get("memory"), f"{label}: control memory limit")
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in ps.get("volumes", [])}
+    check(mounts.get("/etc/pipeline-worker", {}).get("name") == "config" and mounts["/etc/pipeline-worker"].get("readOnly") is True, f"{label}: control mounts the config read-only")
+    check(vols.get("config", {}).get("configMap", {}).get("name") == worker_dep["metadata"]["name"], f"{label}: control mounts the workers' ConfigMap")
+    check("/tmp" in mounts, f"{label}: control /tmp mounted")
+    cache = mounts.get("/var/cache/pipeline-worker", {}).get("name")
+    check(cache and "emptyDir" in vols.get(cache, {}), f"{label}: control compile cache (runtime.cache_dir) is a writable emptyDir")
+    svcs = [s for s in find(ds, "Service") if s["metadata"]["name"] == dep["metadata"]["name"]]
+    if check(len(svcs) == 1, f"{label}: control Service <fullname>-control"):
+        sv = svcs[0]["spec"]
+        check([(p["port"], p["targetPort"]) for p in sv["ports"]] == [(8081, "control")], f"{label}: control Service port 8081 -> control")
+        check(sv["selector"] == csel, f"{label}: control Service selects the control pod")
+    return dep, c
+
+def secret_env(env, name, secret, key, label):
+    e = env.get(name)
+    if check(e, f"{label}: env {name} from Secret {secret}"):
+        ref = e.get("valueFrom", {}).get("secretKeyRef", {})
+        check(ref == {"name": secret, "key": key}, f"{label}: env {name} secretKeyRef {ref}")
+        check("value" not in e, f"{label}: env {name} must not be a literal value")
 
 def helm_full(path, *_):
     ds = docs(path)
@@ -236,7 +339,7 @@ def helm_full(path, *_):
             ref = e.get("valueFrom", {}).get("secretKeyRef", {})
             check(ref == {"name": "kafka-credentials", "key": key}, f"full: {prop} secretKeyRef {ref}")
             check("value" not in e, f"full: {prop} must not be a literal value")
-    check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value") == "http://otel-collector.observability:4317", "full: OTLP endpoint env")
+    check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value") == "http://otel-collector.observability:4318", "full: OTLP endpoint env")
     spec = dep["spec"]["template"]["spec"]
     vols = {v["name"]: v for v in spec["volumes"]}
     check(vols.get("kafka-tls-ca", {}).get("secret", {}).get("secretName") == "kafka-ca", "full: CA secret volume")
@@ -256,14 +359,99 @@ def helm_full(path, *_):
         check(lk.get("message.max.bytes") == "2097152", f"full: numeric librdkafka value as a plain string, got {lk.get('message.max.bytes')!r}")
         check(lk.get("socket.keepalive.enable") == "true", "full: boolean librdkafka value as a string")
         check("sasl.password" not in lk and "sasl.username" not in lk, "full: no credentials in the ConfigMap")
-        check([p["name"] for p in cfg["pipelines"]] == ["enrich", "router"], "full: two pipelines")
+        check([p["name"] for p in cfg["pipelines"]] == ["enrich", "router", "scoring"], "full: three pipelines")
         check(cfg["pipelines"][0]["component"] == "/var/lib/pipeline-worker/functions/enrich_event.wasm", "full: relative component under functions.dir")
         check(cfg["pipelines"][1]["component"] == "/opt/custom/router.wasm", "full: absolute component kept")
         check(cfg["pipelines"][0]["limits"].get("fuel") == 500000000, "full: limits.fuel")
         check("limits" not in cfg["pipelines"][1], "full: no limits table when none are set")
         grace_vs_drain(dep, cfg, "full")
+        # [registry] and [control]
+        reg = cfg.get("registry", {})
+        check(reg.get("store") == "s3://pipeline-functions/prod", f"full: registry.store {reg.get('store')}")
+        check(reg.get("activations_topic") == "payments.activations", "full: registry.activations_topic")
+        check(reg.get("store_options") == {"aws_endpoint": "http://minio.storage:9000", "aws_region": "us-east-1", "aws_allow_http": "true"},
+              f"full: registry.store_options as strings {reg.get('store_options')}")
+        check("worker_id" not in reg, "full: worker_id left to its default (the pod name)")
+        ctl = cfg.get("control", {})
+        check(ctl.get("listen") == "0.0.0.0:8081", "full: control.listen 0.0.0.0:8081")
+        check(ctl.get("max_component_bytes") == 33554432, "full: control.max_component_bytes")
+        check(ctl.get("tenants") == [
+            {"name": "acme", "token_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"},
+            {"name": "globex", "token_env": "PIPELINE_WORKER_TENANT_TOKEN_GLOBEX"}], f"full: control.tenants {ctl.get('tenants')}")
+        ps = cfg["pipelines"]
+        check(ps[0].get("tenant") == "acme" and "component" in ps[0], "full: enrich has a tenant and keeps its component")
+        check("tenant" not in ps[1], "full: router has no tenant")
+        check(ps[2].get("tenant") == "globex" and "component" not in ps[2], "full: scoring has a tenant and no component")
+    # S3 credentials: to both workers and control, from registry.existingSecret only.
+    ctl_dep, cc = control_objects(ds, "full", dep)
+    for who, cont in (("worker", c), ("control", cc)):
+        env = {e["name"]: e for e in cont.get("env", [])}
+        for var, key in (("AWS_ACCESS_KEY_ID", "access-key-id"), ("AWS_SECRET_ACCESS_KEY", "secret-access-key")):
+            secret_env(env, var, "function-store-s3", key, f"full {who}")
+            secret_env(env, f"PIPELINE_WORKER__REGISTRY__STORE_OPTIONS__{var}", "function-store-s3", key, f"full {who}")
+        check("AWS_SESSION_TOKEN" not in env, f"full {who}: no AWS_SESSION_TOKEN without secretKeys.sessionToken")
+        # The control plane writes the activation log: it needs Kafka credentials and TLS too.
+        secret_env(env, "PIPELINE_WORKER__KAFKA__LIBRDKAFKA__sasl.password", "kafka-credentials", "password", f"full {who}")
+        mounts = {m["mountPath"] for m in cont.get("volumeMounts", [])}
+        check({"/etc/kafka-tls/ca", "/etc/kafka-tls/client"} <= mounts, f"full {who}: Kafka TLS mounts")
+        check("/var/lib/pipeline-worker/registry" not in mounts, f"full {who}: no registry volume with an S3 store")
+    cenv = {e["name"]: e for e in cc.get("env", [])}
+    secret_env(cenv, "PIPELINE_WORKER_TENANT_TOKEN_GLOBEX", "globex-api-token", "token", "full control")
+    check(not any(n.startswith("PIPELINE_WORKER_TENANT_TOKEN_") for n in (e["name"] for e in c.get("env", []))), "full: tenant tokens only in the control pod")
+    check("EXTRA_SETTING" not in cenv, "full: the workers' extraEnv is not the control plane's")
+    if ctl_dep:
+        check(ctl_dep["spec"]["template"]["metadata"]["annotations"].get("example.com/control") == "true", "full: control.podAnnotations")
+        check(cc.get("resources", {}).get("limits", {}).get("memory") == "2Gi", "full: control.resources")
+        check(ctl_dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
+              "full: control checksum covers [control] too, so it differs from the workers'")
+    svc = [s for s in find(ds, "Service") if s["metadata"]["name"].endswith("-control")]
+    if svc:
+        check(svc[0]["metadata"].get("annotations", {}).get("example.com/expose") == "internal", "full: control.service.annotations")
     for d in ds:
         check(d.get("metadata", {}).get("labels", {}).get("team") == "data-platform", f"full: commonLabels on {d.get('kind')}")
+        if d["metadata"]["name"].endswith("-control"):
+            check(d["metadata"]["labels"].get("app.kubernetes.io/component") == "control", f"full: {d['kind']} -control labelled component control")
+
+def helm_registry_pvc(path, *_):
+    """registry on a shared PVC with the control plane (compose/helm/ci is S3)."""
+    ds = docs(path)
+    dep, c = common_deployment(ds, "registry-pvc")
+    ctl_dep, cc = control_objects(ds, "registry-pvc", dep)
+    pvcs = {p["metadata"]["name"]: p for p in find(ds, "PersistentVolumeClaim")}
+    claim = dep["metadata"]["name"] + "-registry"
+    if check(claim in pvcs, f"registry-pvc: PVC {claim} created"):
+        check(pvcs[claim]["spec"]["accessModes"] == ["ReadWriteMany"], "registry-pvc: registry PVC is ReadWriteMany")
+        check(pvcs[claim]["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", "registry-pvc: registry PVC kept on uninstall")
+    for who, d, cont in (("worker", dep, c), ("control", ctl_dep, cc)):
+        if not d:
+            continue
+        vols = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m for m in cont.get("volumeMounts", [])}
+        m = mounts.get("/var/lib/pipeline-worker/registry")
+        if check(m, f"registry-pvc {who}: store volume mounted at /var/lib/pipeline-worker/registry"):
+            check(not m.get("readOnly"), f"registry-pvc {who}: store mounted read-write (uploads, artifacts, status)")
+            check(vols.get(m["name"], {}).get("persistentVolumeClaim", {}).get("claimName") == claim, f"registry-pvc {who}: mounts PVC {claim}")
+        env = {e["name"] for e in cont.get("env", [])}
+        check(not any(n.startswith("AWS_") or "STORE_OPTIONS" in n for n in env), f"registry-pvc {who}: no S3 credentials without registry.existingSecret")
+    cfg = config_of(ds, "registry-pvc")
+    if cfg:
+        check(cfg.get("registry", {}).get("store") == "file:///var/lib/pipeline-worker/registry", f"registry-pvc: store points at the mount ({cfg.get('registry', {}).get('store')})")
+        check(cfg.get("registry", {}).get("activations_topic") == "pipeline-worker.activations", "registry-pvc: default activations topic")
+        check(cfg.get("control", {}).get("max_component_bytes") == 67108864, "registry-pvc: default max_component_bytes")
+        check(cfg["pipelines"][0].get("tenant") == "demo", "registry-pvc: pipeline tenant rendered")
+
+def checksum_split(a, b, *_):
+    """b = a with only [control] changed: the workers' checksum stays, the control plane's moves."""
+    def sums(path):
+        return {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"].get("checksum/config") for d in find(docs(path), "Deployment")}
+    sa, sb = sums(a), sums(b)
+    workers = [n for n in sa if not n.endswith("-control")]
+    controls = [n for n in sa if n.endswith("-control")]
+    check(workers and controls, f"checksum-split: expected a worker and a control Deployment, got {sorted(sa)}")
+    for n in workers:
+        check(sa[n] == sb.get(n), f"checksum-split: {n} checksum changed on a [control]-only change (would rebalance the groups)")
+    for n in controls:
+        check(sa[n] != sb.get(n), f"checksum-split: {n} checksum did not change with [control]")
 
 def helm_keda(path, *_):
     ds = docs(path)
@@ -337,6 +525,7 @@ def compose(path, root, drain_default="20000"):
         topics = set(p0.get("input_topics", []) + p0.get("output_topics", []) + [p0.get("dead_letter_topic", "")]) - {""}
         init = " ".join(svcs["kafka-init"].get("command") or [])
         check(all(t in init for t in topics), f"compose: kafka-init creates {sorted(topics)}")
+        compose_control(m, svcs, cfg, path_of=os.path.realpath(os.path.join(root, "compose", "docker-compose.yml")))
     oc = [v for v in svcs["otel-collector"].get("volumes", []) if v.get("type") == "bind"]
     if check(oc and os.path.isfile(oc[0]["source"]), "compose: otel collector config file exists"):
         c = yaml.safe_load(open(oc[0]["source"]))
@@ -348,6 +537,57 @@ def compose(path, root, drain_default="20000"):
                 for ref in p.get(kind, []):
                     check(ref in c.get(kind, {}), f"otel: pipeline {name} uses undefined {kind[:-1]} {ref}")
         check("prometheus" in pipes.get("metrics", {}).get("exporters", []), "otel: metrics pipeline exports to prometheus")
+
+def compose_control(m, svcs, cfg, path_of):
+    """The control service: same image, `control --config` on the same worker.toml,
+    the store volume shared with the worker where [registry].store points, the
+    [control] port published, the demo tenant's token from DEMO_TOKEN."""
+    c, w = svcs.get("control"), svcs["worker"]
+    if not check(c, "compose: service control"):
+        return
+    reg, ctl = cfg.get("registry"), cfg.get("control")
+    if not (check(reg, "compose: worker.toml has [registry]") and check(ctl, "compose: worker.toml has [control]")):
+        return
+    check(c.get("image") == w.get("image"), "compose: control runs the worker image")
+    check(c.get("build") == w.get("build"), "compose: control has the worker's build (up never pulls pipeline-worker:dev)")
+    wcfg = {v["target"]: v for v in w.get("volumes", [])}["/etc/pipeline-worker/worker.toml"]
+    cv = {v["target"]: v for v in c.get("volumes", [])}
+    ccfg = cv.get("/etc/pipeline-worker/worker.toml", {})
+    check(ccfg.get("source") == wcfg.get("source") and ccfg.get("read_only") is True, "compose: control mounts the same worker.toml read-only")
+    check(c.get("command") == ["control", "--config", "/etc/pipeline-worker/worker.toml"], f"compose: control command {c.get('command')}")
+    check(c.get("read_only") is True, "compose: control read_only")
+    check(c.get("user", "").split(":")[0] not in ("", "0", "root"), "compose: control runs as non-root")
+    check("ALL" in (c.get("cap_drop") or []), "compose: control drops all capabilities")
+    check(any(t.split(":")[0] == "/tmp" for t in c.get("tmpfs", [])), "compose: control tmpfs /tmp")
+    check(cv.get(cfg["runtime"]["cache_dir"], {}).get("type") == "volume", "compose: control compile cache (runtime.cache_dir) on a volume")
+    # The store: a named volume, the same in worker and control, where [registry].store points.
+    store = reg.get("store", "")
+    path = store[len("file://"):] if store.startswith("file://") else store
+    check(path.startswith("/"), f"compose: [registry].store {store!r} is an absolute path (relative would be next to the read-only worker.toml)")
+    wv = {v["target"]: v for v in w.get("volumes", [])}
+    ws, cs = wv.get(path, {}), cv.get(path, {})
+    check(ws.get("type") == "volume" and cs.get("type") == "volume", f"compose: a named volume at {path} in worker and control")
+    check(ws.get("source") and ws.get("source") == cs.get("source"), f"compose: worker and control share the store volume ({ws.get('source')} / {cs.get('source')})")
+    check(not ws.get("read_only") and not cs.get("read_only"), "compose: the store volume is writable in both")
+    check(ws.get("source") in m.get("volumes", {}), "compose: the store volume is declared")
+    check(cs.get("source") != cv.get(cfg["runtime"]["cache_dir"], {}).get("source"), "compose: the store is not the cache volume")
+    # [control]: the port is published; tenants' tokens come from the environment.
+    port = str(ctl.get("listen", ":0").rsplit(":", 1)[1])
+    check(any(str(p.get("target")) == port for p in c.get("ports", [])), f"compose: control port {port} published")
+    env = c.get("environment", {})
+    for t in ctl.get("tenants", []):
+        if "token_env" in t:
+            check(env.get(t["token_env"]), f"compose: control sets {t['token_env']} (token of tenant {t['name']})")
+    p0 = cfg["pipelines"][0]
+    check(p0.get("tenant") in {t["name"] for t in ctl.get("tenants", [])}, f"compose: pipeline {p0['name']} belongs to a control tenant")
+    check(p0.get("component"), f"compose: pipeline {p0['name']} keeps its bundled component (runs before any upload)")
+    check(c.get("depends_on", {}).get("kafka-init", {}).get("condition") == "service_completed_successfully", "compose: control waits for Kafka")
+    # The documented defaults, from the file itself (the model holds them interpolated).
+    raw = open(path_of).read()
+    check("${DEMO_TOKEN:-demo-token}" in raw, "compose: DEMO_TOKEN defaults to demo-token")
+    check('"${CONTROL_HOST_PORT:-8081}:' + port + '"' in raw, "compose: control port published as ${CONTROL_HOST_PORT:-8081}")
+    header = "\n".join(l for l in raw.splitlines() if l.startswith("#"))
+    check(re.search(r"pipeline-worker functions upload \S+ \S+ --activate " + re.escape(p0["name"]), header), "compose: header shows how to upload a function with the CLI")
 
 def dockerfile(path, root):
     import os, shlex
@@ -409,6 +649,9 @@ def dockerfile(path, root):
     check("/usr/local/bin/pipeline-worker" in copies, "Dockerfile: binary at /usr/local/bin/pipeline-worker")
     check("/opt/pipeline-worker/functions/" in copies, "Dockerfile: example component in /opt/pipeline-worker/functions/")
     check(any(op == "RUN" and "/var/cache/pipeline-worker" in r and "10001" in r for op, r in final), "Dockerfile: cache dir owned by 10001")
+    check(any(op == "RUN" and re.search(r"chown 10001:10001 [^&]*/var/lib/pipeline-worker/registry", r) for op, r in final),
+          "Dockerfile: registry store dir (compose/worker.toml [registry].store) owned by 10001, so a fresh named volume is writable")
+    check("8081" in ops.get("EXPOSE", ""), "Dockerfile: EXPOSE 8081 (control API)")
     alltext = "\n".join(r for _, _, ins in stages for _, r in ins)
     check("rustup target add wasm32-wasip2" in alltext, "Dockerfile: rustup target add wasm32-wasip2")
     check(re.search(r"CARGO_TARGET_DIR=target/guests cargo build [^\n]*--release[^\n]*--target wasm32-wasip2[^\n]*-p enrich-rs", alltext), "Dockerfile: builds enrich-rs for wasm32-wasip2")
@@ -437,9 +680,16 @@ def readme(chart_dir, *_):
     schema = json.load(open(os.path.join(chart_dir, "values.schema.json")))
     check(schema.get("$schema", "").startswith("http://json-schema.org/draft-07/"), "schema: draft-07")
     check(schema.get("additionalProperties") is False, "schema: additionalProperties false at the top level")
-    for k in ("image", "kafka", "runtime", "telemetry", "functions", "cache", "autoscaling", "keda", "pdb", "service", "serviceAccount", "metrics"):
+    for k in ("image", "kafka", "runtime", "telemetry", "functions", "cache", "autoscaling", "keda", "pdb", "service", "serviceAccount", "metrics", "registry", "control"):
         check(schema["properties"].get(k, {}).get("additionalProperties") is False, f"schema: additionalProperties false under {k}")
     check(set(schema["properties"]) == set(vals), f"schema and values.yaml top-level keys differ: {set(schema['properties']) ^ set(vals)}")
+    for path in (("registry", "persistence"), ("registry", "secretKeys"), ("control", "service"), ("control", "livenessProbe"), ("control", "readinessProbe")):
+        node = schema["properties"][path[0]]["properties"][path[1]]
+        check(node.get("additionalProperties") is False, f"schema: additionalProperties false under {'.'.join(path)}")
+    tenant = schema["properties"]["control"]["properties"]["tenants"]["items"]
+    check(tenant.get("additionalProperties") is False, "schema: additionalProperties false in control.tenants[]")
+    pitems = schema["properties"]["pipelines"]["items"]
+    check("tenant" in pitems["properties"] and "component" not in pitems.get("required", []), "schema: pipelines[].tenant, component optional")
 
 def rust_struct_fields(src, name):
     """Field names of `struct name` in config.rs (serde rename honoured)."""
@@ -462,7 +712,7 @@ def config_keys(toml_path, config_rs, label):
         return
     src = open(config_rs).read()
     cfg = tomllib.load(open(toml_path, "rb"))
-    structs = {n: rust_struct_fields(src, n) for n in ("Config", "KafkaConfig", "RuntimeConfig", "PipelineConfig", "Limits")}
+    structs = {n: rust_struct_fields(src, n) for n in ("Config", "KafkaConfig", "RuntimeConfig", "PipelineConfig", "Limits", "RegistryConfig", "ControlConfig", "TenantConfig")}
     tele_name = next(iter(re.findall(r"pub struct (\w*Telemetry\w*)", src)), None)
     # [telemetry] as specified for the worker (see scripts/check-deploy.sh header) until config.rs has it.
     tele = rust_struct_fields(src, tele_name) if tele_name else {"http_listen", "otlp_endpoint", "log_format"}
@@ -479,7 +729,22 @@ def config_keys(toml_path, config_rs, label):
     sub(cfg.get("kafka", {}), structs["KafkaConfig"], "kafka.")
     sub(cfg.get("runtime", {}), structs["RuntimeConfig"], "runtime.")
     sub(cfg.get("telemetry", {}), tele, "telemetry.")
+    if "registry" in cfg:
+        check(structs["RegistryConfig"] is not None, f"{label}: [registry] but no RegistryConfig in worker/src/config.rs")
+        sub(cfg["registry"], structs["RegistryConfig"], "registry.")
+        for k, v in cfg["registry"].get("store_options", {}).items():
+            check(isinstance(v, str), f"{label}: registry.store_options.{k} must be a string")
+    if "control" in cfg:
+        check(structs["ControlConfig"] is not None, f"{label}: [control] but no ControlConfig in worker/src/config.rs")
+        sub(cfg["control"], structs["ControlConfig"], "control.")
+        for i, t in enumerate(cfg["control"].get("tenants", [])):
+            sub(t, structs["TenantConfig"], f"control.tenants[{i}].")
+            check(("token_sha256" in t) != ("token_env" in t), f"{label}: control.tenants[{i}] needs exactly one of token_sha256 and token_env")
+        names = {t.get("name") for t in cfg["control"].get("tenants", [])}
+        for i, p in enumerate(cfg.get("pipelines", [])):
+            check("tenant" not in p or p["tenant"] in names, f"{label}: pipelines[{i}].tenant {p.get('tenant')!r} is not a control tenant")
     for i, p in enumerate(cfg.get("pipelines", [])):
+        check("component" in p or ("tenant" in p and "registry" in cfg), f"{label}: pipelines[{i}] has no component and no tenant + [registry]")
         sub(p, structs["PipelineConfig"], f"pipelines[{i}].")
         sub(p.get("limits", {}), structs["Limits"], f"pipelines[{i}].limits.")
     managed = {"bootstrap.servers", "group.id", "enable.auto.offset.store", "enable.idempotence", "acks", "partition.assignment.strategy"}
@@ -546,6 +811,40 @@ render default && pycheck "default render" helm-default "$OUT/default.yaml"
 render full --values "$CI_VALUES/full-values.yaml" && pycheck "full render (HPA, PDB, ServiceMonitor, existingSecret, TLS, persistence)" helm-full "$OUT/full.yaml"
 render keda --values "$CI_VALUES/keda-values.yaml" && pycheck "keda render" helm-keda "$OUT/keda.yaml"
 
+# The registry on a shared PVC with the control plane (full-values.yaml uses S3):
+# the store volume is created ReadWriteMany and mounted read-write in both.
+TOKEN_SHA=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08   # sha256 of "test"
+cat >"$OUT/registry-pvc-values.yaml" <<YAML
+replicaCount: 2
+registry:
+  enabled: true
+  persistence:
+    enabled: true
+    storageClass: nfs
+control:
+  enabled: true
+  tenants:
+    - name: demo
+      tokenSha256: $TOKEN_SHA
+pipelines:
+  - name: enrich
+    tenant: demo
+    inputTopics: [events]
+    component: enrich_rs.wasm
+    outputTopics: [events-enriched]
+    deadLetterTopic: events-dlq
+YAML
+render registry-pvc --values "$OUT/registry-pvc-values.yaml" \
+    && pycheck "registry-pvc render (shared RWX store, control plane, no S3 credentials)" helm-registry-pvc "$OUT/registry-pvc.yaml"
+# A single worker without control may keep a directory store on a volume of its own (NOTES warns).
+render registry-single-dir --set registry.enabled=true,registry.store=/var/lib/pipeline-worker/registry \
+    && pycheck "registry with a directory store, one replica, no control" no-control-objects "$OUT/registry-single-dir.yaml"
+
+# A [control]-only change (a tenant) restarts the control plane, not the workers.
+if render full-tenant --values "$CI_VALUES/full-values.yaml" --set control.maxComponentBytes=1234; then
+    pycheck "checksum/config: [control]-only change rolls the control pod only" checksum-split "$OUT/full.yaml" "$OUT/full-tenant.yaml"
+fi
+
 # checksum/config follows the rendered config.
 if render changed --set runtime.maxInFlight=1234; then
     a=$(grep -m1 'checksum/config' "$OUT/default.yaml"); b=$(grep -m1 'checksum/config' "$OUT/changed.yaml")
@@ -578,6 +877,50 @@ must_fail "grace period not above the drain" "terminationGracePeriodSeconds \\(2
     --set terminationGracePeriodSeconds=20
 must_fail "secretKeys without existingSecret" "existingSecret is empty" \
     --set-string 'kafka.auth.secretKeys.sasl\.password=password'
+# Registry and control plane.
+must_fail "control.enabled without registry.enabled" "control.enabled needs registry.enabled" \
+    --set control.enabled=true --set "control.tenants[0].name=a,control.tenants[0].tokenSha256=$TOKEN_SHA"
+must_fail "registry.enabled without a store" "registry.enabled needs a store" --set registry.enabled=true
+must_fail "directory store, no shared volume, replicas > 1" "is a local directory but registry.persistence is not enabled.*worker replicas" \
+    --set registry.enabled=true,registry.store=/var/lib/pipeline-worker/registry,replicaCount=2
+must_fail "directory store, no shared volume, HPA" "is a local directory but registry.persistence is not enabled" \
+    --set registry.enabled=true,registry.store=file:///var/lib/pipeline-worker/registry,autoscaling.enabled=true
+must_fail "directory store, no shared volume, control plane" "is a local directory but registry.persistence is not enabled.*control plane's uploads" \
+    --set registry.enabled=true,registry.store=/var/lib/pipeline-worker/registry,control.enabled=true \
+    --set "control.tenants[0].name=a,control.tenants[0].tokenSha256=$TOKEN_SHA"
+must_fail "created registry PVC without ReadWriteMany, control plane" "needs ReadWriteMany" \
+    --set registry.enabled=true,registry.persistence.enabled=true,registry.persistence.accessModes={ReadWriteOnce},control.enabled=true \
+    --set "control.tenants[0].name=a,control.tenants[0].tokenSha256=$TOKEN_SHA"
+must_fail "registry PVC with an s3:// store" "the volume would be mounted and never used" \
+    --set registry.enabled=true,registry.persistence.enabled=true,registry.store=s3://bucket/prefix
+must_fail "registry.store off the registry volume" "is not on the registry volume" \
+    --set registry.enabled=true,registry.persistence.enabled=true,registry.store=/data/store
+must_fail "relative registry.store" "is a relative path" --set registry.enabled=true,registry.store=store
+must_fail "control.enabled without tenants" "needs at least one entry in control.tenants" \
+    --set registry.enabled=true,registry.store=s3://b/p,control.enabled=true
+must_fail "duplicate tenants" "duplicate tenant" \
+    --set registry.enabled=true,registry.store=s3://b/p,control.enabled=true \
+    --set "control.tenants[0].name=a,control.tenants[0].tokenSha256=$TOKEN_SHA,control.tenants[1].name=a,control.tenants[1].existingSecret=s"
+must_fail "tenant with tokenSha256 and existingSecret" "/control/tenants/0.*oneOf" \
+    --set "control.tenants[0].name=a,control.tenants[0].tokenSha256=$TOKEN_SHA,control.tenants[0].existingSecret=s"
+must_fail "tenant with neither token" "/control/tenants/0.*oneOf" --set "control.tenants[0].name=a"
+printf 'control:\n  tenants:\n    - name: a\n      tokenSha265: x\n' >"$OUT/typo-tenant.yaml"
+must_fail "typo'd tenant key (tokenSha265)" "additional propert(y|ies).*tokenSha265|tokenSha265.*not allowed" --values "$OUT/typo-tenant.yaml"
+printf 'registry:\n  storOptions: {}\n' >"$OUT/typo-registry.yaml"
+must_fail "typo'd registry key (storOptions)" "additional propert(y|ies).*storOptions|storOptions.*not allowed" --values "$OUT/typo-registry.yaml"
+printf 'control:\n  service:\n    prot: 1\n' >"$OUT/typo-control.yaml"
+must_fail "typo'd control key (control.service.prot)" "additional propert(y|ies).*prot|prot.*not allowed" --values "$OUT/typo-control.yaml"
+must_fail "credential in registry.storeOptions" "/registry/storeOptions/aws_secret_access_key" \
+    --set registry.storeOptions.aws_secret_access_key=x
+cat >"$OUT/bad-tenant.yaml" <<YAML
+registry: {enabled: true, store: "s3://b/p"}
+control: {enabled: true, tenants: [{name: a, tokenSha256: $TOKEN_SHA}]}
+pipelines:
+  - {name: p, tenant: zzz, inputTopics: [i], component: a.wasm, outputTopics: [o], deadLetterTopic: d}
+YAML
+must_fail "pipeline tenant not among control.tenants" "tenant \"zzz\" is not one of control.tenants" --values "$OUT/bad-tenant.yaml"
+printf 'pipelines:\n  - {name: p, tenant: a, inputTopics: [i], outputTopics: [o], deadLetterTopic: d}\n' >"$OUT/no-component.yaml"
+must_fail "pipeline without component, registry off" "component is missing" --values "$OUT/no-component.yaml"
 must_fail "duplicate pipeline names" "duplicate pipeline name" \
     --set 'pipelines[0].name=a,pipelines[0].inputTopics={i},pipelines[0].component=a.wasm,pipelines[0].outputTopics={o},pipelines[0].deadLetterTopic=d' \
     --set 'pipelines[1].name=a,pipelines[1].inputTopics={i2},pipelines[1].component=a.wasm,pipelines[1].outputTopics={o2},pipelines[1].deadLetterTopic=d2'
@@ -589,8 +932,8 @@ rm -rf "$NOTES_CHART" && cp -r "$CHART" "$NOTES_CHART"
 { echo '{{- define "check-deploy.notes" -}}'; cat "$CHART/templates/NOTES.txt"; echo '{{- end -}}'; } >"$NOTES_CHART/templates/_check_deploy_notes.tpl"
 rm "$NOTES_CHART/templates/NOTES.txt"
 printf 'notes: |\n{{ include "check-deploy.notes" . | indent 2 }}\n' >"$NOTES_CHART/templates/check-deploy-notes.yaml"
-for v in default full keda; do
-    case "$v" in default) vf=();; *) vf=(--values "$CI_VALUES/$v-values.yaml");; esac
+for v in default full keda registry-pvc; do
+    case "$v" in default) vf=();; registry-pvc) vf=(--values "$OUT/registry-pvc-values.yaml");; *) vf=(--values "$CI_VALUES/$v-values.yaml");; esac
     if "$HELM" template pw "$NOTES_CHART" --namespace streaming --kube-version "$KUBE_VERSION" "${vf[@]}" \
         --show-only templates/check-deploy-notes.yaml >"$OUT/notes-$v.yaml" 2>"$OUT/notes-$v.err" \
         && grep -q 'Replicas above the partition count' "$OUT/notes-$v.yaml"; then
@@ -600,13 +943,19 @@ for v in default full keda; do
     fi
 done
 grep -q 'KEDA scales the Deployment' "$OUT/notes-keda.yaml" 2>/dev/null || fail "NOTES.txt (keda) does not describe KEDA scaling"
+for want in 'Control API: service/pw-pipeline-worker-control' 'pipeline-worker functions upload NAME function.wasm --activate PIPELINE' \
+            'functions rollback PIPELINE' 'functions status' 'no component: idle until tenant globex' 'store s3://pipeline-functions/prod'; do
+    grep -qF -- "$want" "$OUT/notes-full.yaml" 2>/dev/null || fail "NOTES.txt (full) lacks: $want"
+done
+grep -qF 'store file:///var/lib/pipeline-worker/registry' "$OUT/notes-registry-pvc.yaml" 2>/dev/null || fail "NOTES.txt (registry-pvc) lacks the file store"
+if grep -q 'Control API' "$OUT/notes-default.yaml" 2>/dev/null; then fail "NOTES.txt (default) mentions the control API"; else ok "NOTES.txt: control API and functions CLI only when control.enabled"; fi
 rm -rf "$NOTES_CHART"
 
 pycheck "chart README lists every value; schema is strict" readme "$CHART"
 
 # The worker refuses unknown keys (serde deny_unknown_fields): every key the
 # chart renders must be a field of worker/src/config.rs.
-for v in default full keda; do
+for v in default full keda registry-pvc; do
     if [ -s "$OUT/$v.yaml" ] && "$PYTHON" "$OUT/checks.py" toml-of-configmap "$OUT/$v.yaml" "$OUT/$v-worker.toml" >/dev/null 2>&1; then
         pycheck "rendered worker.toml ($v) uses only keys worker/src/config.rs knows" config-keys "$OUT/$v-worker.toml" "$ROOT/worker/src/config.rs" "helm $v"
     fi
@@ -642,7 +991,7 @@ else
     compose_validate() { "$CC_BIN" -f "$1"; }
 fi
 if [ "$compose_ok" = 1 ]; then
-    pycheck "compose model (services, read_only, tmpfs, cache volume, ordering, otel config, worker.toml)" compose "$COMPOSE_JSON" "$ROOT"
+    pycheck "compose model (services, read_only, tmpfs, cache volume, ordering, otel config, worker.toml; control shares the store volume)" compose "$COMPOSE_JSON" "$ROOT"
     pycheck "compose/worker.toml uses only keys worker/src/config.rs knows" config-keys "$ROOT/compose/worker.toml" "$ROOT/worker/src/config.rs" "compose/worker.toml"
     # The validator must reject a typo, or the check above proves nothing.
     sed 's/^\(    \)read_only: true/\1read_onyl: true/' "$COMPOSE_FILE" >"$ROOT/compose/.check-deploy-typo.yml"
@@ -671,7 +1020,9 @@ BIN="${PIPELINE_WORKER_BIN:-$ROOT/target/release/pipeline-worker}"
 GUEST="$ROOT/target/guests/wasm32-wasip2/release/enrich_rs.wasm"
 if [ -x "$BIN" ] && [ -f "$GUEST" ]; then
     "$PYTHON" "$OUT/checks.py" toml-of-configmap "$OUT/default.yaml" "$OUT/helm-worker.toml" >/dev/null 2>&1
-    for cfg in "$ROOT/compose/worker.toml" "$OUT/helm-worker.toml"; do
+    # With [registry] and [control] (validate reads the config; it opens neither store nor Kafka).
+    "$PYTHON" "$OUT/checks.py" toml-of-configmap "$OUT/registry-pvc.yaml" "$OUT/helm-registry-worker.toml" >/dev/null 2>&1
+    for cfg in "$ROOT/compose/worker.toml" "$OUT/helm-worker.toml" "$OUT/helm-registry-worker.toml"; do
         [ -s "$cfg" ] || continue
         if env PIPELINE_WORKER__PIPELINES__0__COMPONENT="$GUEST" \
                PIPELINE_WORKER__RUNTIME__CACHE_DIR="$OUT/cache" \

@@ -84,6 +84,36 @@ fn config_errors_name_the_key() {
             "PIPELINE_WORKER__PIPELINES__3__NAME",
         ),
         (
+            base.replace(&format!("component = \"{c}\"\n"), ""),
+            vec![],
+            "pipelines[0].component",
+        ),
+        (
+            base.replace("[[pipelines]]", "[control]\nlisten = \"127.0.0.1:0\"\ntenants = [{ name = \"a\", token_env = \"T\" }]\n\n[[pipelines]]"),
+            vec![],
+            "`control`",
+        ),
+        (
+            base.replace("[[pipelines]]", "[registry]\nstore = \"s\"\n[control]\nlisten = \"127.0.0.1:0\"\ntenants = [{ name = \"a\", token_sha256 = \"abc\" }]\n\n[[pipelines]]"),
+            vec![],
+            "control.tenants[0].token_sha256",
+        ),
+        (
+            base.replace("[[pipelines]]", "[registry]\nstore = \"s\"\nactivations_topic = \"no good\"\n\n[[pipelines]]"),
+            vec![],
+            "registry.activations_topic",
+        ),
+        (
+            base.replace("\nname = \"p\"\n", "\nname = \"p\"\ntenant = \"Not Valid\"\n"),
+            vec![],
+            "pipelines[0].tenant",
+        ),
+        (
+            base.replace("[[pipelines]]", "[telemetry]\notlp_endpoint = \"https://collector:4318\"\n\n[[pipelines]]"),
+            vec![],
+            "telemetry.otlp_endpoint",
+        ),
+        (
             base.replace(&c, "/nonexistent/f.wasm"),
             vec![],
             "pipelines[0].component",

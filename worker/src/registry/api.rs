@@ -372,8 +372,18 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<VersionManifest>)> {
-    let tenant = api.auth(&headers)?;
-    check_function_name(&name)?;
+    let checked = api
+        .auth(&headers)
+        .and_then(|t| check_function_name(&name).map(|()| t));
+    let tenant = match checked {
+        Ok(t) => t,
+        Err(e) => {
+            // Read the body anyway: answering before it is sent resets the
+            // connection and the client never sees the 401.
+            let _ = read_limited(body, api.max_bytes).await;
+            return Err(e);
+        }
+    };
     let too_large = |size: String| {
         err(
             StatusCode::PAYLOAD_TOO_LARGE,

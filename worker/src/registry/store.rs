@@ -120,8 +120,23 @@ impl FunctionStore {
                 .map_err(|()| cerr("not an absolute file path".into()))?;
             return Self::local(&dir).map_err(|e| cerr(e.to_string()));
         }
-        let (store, prefix) = object_store::parse_url_opts(&parsed, cfg.store_options.iter())
-            .map_err(|e| cerr(e.to_string()))?;
+        let (store, prefix): (Box<dyn ObjectStore>, ObjPath) = if parsed.scheme() == "s3" {
+            // From the environment first (AWS_ACCESS_KEY_ID, AWS_REGION,
+            // AWS_ENDPOINT, ...), then `store_options` on top.
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+            for (k, v) in &cfg.store_options {
+                let key: object_store::aws::AmazonS3ConfigKey = k
+                    .parse()
+                    .map_err(|e| cerr(format!("store_options.{k}: {e}")))?;
+                b = b.with_config(key, v);
+            }
+            let store = b.build().map_err(|e| cerr(e.to_string()))?;
+            let prefix = ObjPath::from_url_path(parsed.path()).map_err(|e| cerr(e.to_string()))?;
+            (Box::new(store), prefix)
+        } else {
+            object_store::parse_url_opts(&parsed, cfg.store_options.iter())
+                .map_err(|e| cerr(e.to_string()))?
+        };
         let inner: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
             Arc::from(store)
         } else {
@@ -335,5 +350,49 @@ fn ignore_not_found(r: Result<(), object_store::Error>) -> Result<(), StoreError
     match r {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(store: &str, opts: &[(&str, &str)]) -> RegistryConfig {
+        RegistryConfig {
+            store: store.into(),
+            store_options: opts
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            activations_topic: "a".into(),
+            worker_id: None,
+        }
+    }
+
+    #[test]
+    fn s3_urls_take_options_and_name_a_bad_one() {
+        let ok = FunctionStore::open(
+            &cfg(
+                "s3://bucket/some/prefix",
+                &[
+                    ("aws_region", "eu-west-1"),
+                    ("aws_endpoint", "http://127.0.0.1:9000"),
+                    ("aws_allow_http", "true"),
+                ],
+            ),
+            Path::new("."),
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        let bad = FunctionStore::open(&cfg("s3://bucket", &[("aws_regoin", "x")]), Path::new("."));
+        let msg = bad.err().expect("refused").to_string();
+        assert!(msg.contains("store_options.aws_regoin"), "{msg}");
+    }
+
+    #[test]
+    fn relative_directories_resolve_against_the_config() {
+        let base = std::env::temp_dir().join(format!("pw-store-test-{}", std::process::id()));
+        let s = FunctionStore::open(&cfg("store", &[]), &base).unwrap();
+        assert!(base.join("store").is_dir(), "{}", s.describe());
+        let _ = std::fs::remove_dir_all(&base);
     }
 }
