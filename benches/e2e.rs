@@ -19,7 +19,9 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use pipeline_worker::app;
-use pipeline_worker::config::{Config, KafkaConfig, Limits, PipelineConfig, RuntimeConfig};
+use pipeline_worker::config::{
+    Config, KafkaConfig, Limits, PipelineConfig, RuntimeConfig, TelemetryConfig,
+};
 
 const PARTITIONS: i32 = 4;
 
@@ -218,6 +220,9 @@ impl Candidate for Passthrough {
 struct WorkerCandidate {
     component: PathBuf,
     worker: Option<app::Worker>,
+    /// OTLP receiver: spans for every record (the exporter is process-wide,
+    /// so this candidate runs last).
+    otlp: Option<String>,
 }
 
 impl Candidate for WorkerCandidate {
@@ -233,7 +238,11 @@ impl Candidate for WorkerCandidate {
                 cache_dir: root().join(".cache/pipeline-worker-bench"),
                 ..RuntimeConfig::default()
             },
-            telemetry: Default::default(),
+            telemetry: TelemetryConfig {
+                otlp_endpoint: self.otlp.clone(),
+                otlp_interval_ms: 1000,
+                ..Default::default()
+            },
             registry: None,
             control: None,
             base_dir: Default::default(),
@@ -323,9 +332,11 @@ fn main() {
     );
     let rust = root().join("target/guests/wasm32-wasip2/release/enrich_rs.wasm");
     let python = root().join("target/components/enrich_event.wasm");
-    for (name, path) in [
-        ("worker + Rust enrich", rust),
-        ("worker + Python enrich", python),
+    let collector = sink_collector();
+    for (name, path, otlp) in [
+        ("worker + Rust enrich", rust.clone(), None),
+        ("worker + Python enrich", python, None),
+        ("  ... Rust, OTLP spans", rust, Some(collector)),
     ] {
         if !path.exists() {
             println!(
@@ -339,6 +350,7 @@ fn main() {
             &mut WorkerCandidate {
                 component: path,
                 worker: None,
+                otlp,
             },
             n,
             latency_n,
@@ -350,4 +362,46 @@ fn main() {
             f.throughput / pass.throughput
         );
     }
+}
+
+/// An OTLP/HTTP receiver that answers 200 and discards what it gets.
+fn sink_collector() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut w = stream.try_clone().unwrap();
+                let mut r = BufReader::new(stream);
+                loop {
+                    let mut len = 0usize;
+                    let mut first = true;
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if !first && h.trim().is_empty() {
+                            break;
+                        }
+                        first = false;
+                        if let Some((k, v)) = h.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err()
+                        || w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
 }

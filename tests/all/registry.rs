@@ -524,9 +524,18 @@ fn rejected_uploads_store_nothing() {
         !plane
             .stored_files()
             .iter()
-            .any(|f| f.contains("functions/enrich/")),
+            .any(|f| f.contains("functions/enrich/") && f.ends_with(".json")),
         "{:?}",
         plane.stored_files()
+    );
+    let enrich_digest = plane.stored_files();
+    assert_eq!(
+        enrich_digest
+            .iter()
+            .filter(|f| f.starts_with("blobs/"))
+            .count(),
+        1,
+        "only echo's blob is left: {enrich_digest:?}"
     );
     // The rollback target was deleted: nothing to roll back to.
     let r = plane.call("POST", "/v1/pipelines/p/rollback", Some(TOKEN_A), None);
@@ -538,6 +547,31 @@ fn rejected_uploads_store_nothing() {
     );
     let _ = &plane.control;
     let _ = &plane.topics;
+    // A deleted version's number is never reused.
+    assert_eq!(plane.upload_ok("enrich", &guest("enrich_rs")), 2);
+    // Malformed requests get JSON errors too.
+    let r = plane.call(
+        "GET",
+        "/v1/functions/enrich/versions/abc",
+        Some(TOKEN_A),
+        None,
+    );
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (400, Some("invalid-version"))
+    );
+    let r = plane.call("DELETE", "/v1/functions", Some(TOKEN_A), None);
+    assert_eq!(r.status, 405, "{}", r.body);
+    let r = plane.call(
+        "POST",
+        "/v1/pipelines/p/activate",
+        Some(TOKEN_A),
+        Some(b"{".to_vec()),
+    );
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (400, Some("invalid-body"))
+    );
 }
 
 /// Upload → activate → both workers of the group run it; then a hot swap to
@@ -565,6 +599,21 @@ fn hot_swap_and_rollback_under_load_on_two_workers() {
     let v_echo = plane.upload_ok("echo", &guest("hostile"));
     assert_eq!(plane.activate("enrich", v_enrich).status, 202);
     plane.wait_workers_on(2, "enrich@1", Duration::from_secs(60));
+    // Both members own partitions before the load starts, so no rebalance
+    // overlaps the swap.
+    let owns = |w: &WorkerProcess| {
+        w.log_text()
+            .lines()
+            .any(|l| l.contains("partitions assigned") && l.contains("reg-swap-in"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(owns(&a) && owns(&b)) {
+        assert!(
+            Instant::now() < deadline,
+            "both workers never got partitions"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Phase 1: enrich → echo under load.
     let producer = produce_over(&plane.topics.input, 0..N, Duration::from_secs(6));
@@ -642,13 +691,49 @@ fn restart_resumes_latest_and_bad_version_keeps_previous() {
     for (f, v) in [("enrich", 1), ("echo", 1), ("enrich", 2)] {
         assert_eq!(plane.activate(f, v).status, 202);
     }
+    // The artifact in the store is native code: tamper with it. A worker
+    // with an empty cache must refuse it (its hash is not the manifest's)
+    // and compile the verified blob itself.
+    let m2 = plane
+        .call(
+            "GET",
+            "/v1/functions/enrich/versions/2",
+            Some(TOKEN_A),
+            None,
+        )
+        .body;
+    let artifact = m2["artifacts"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    std::fs::write(
+        plane.store.join("artifacts").join(&artifact),
+        b"not an artifact",
+    )
+    .unwrap();
+    let cache = std::env::temp_dir().join(unique("pw-empty-cache"));
     // Started after three activations: runs enrich@2 from the start.
-    let w = WorkerProcess::start(&plane.config);
+    let w = WorkerProcess::start_env(
+        "run",
+        &plane.config,
+        &[(
+            "PIPELINE_WORKER__RUNTIME__CACHE_DIR",
+            cache.to_str().unwrap(),
+        )],
+    );
     plane.wait_workers_on(1, "enrich@2", Duration::from_secs(60));
     assert!(
         !w.log_text()
             .lines()
             .any(|l| l.contains("waiting before joining") && l.trim_end().ends_with("\"p\"")),
+        "{}",
+        w.log_text()
+    );
+    assert!(
+        w.log_text().contains("does not match its manifest"),
         "{}",
         w.log_text()
     );

@@ -309,11 +309,17 @@ impl WorkerProcess {
 
     /// `pipeline-worker <verb> --config <config>` (`run`, `control`).
     pub fn start_verb(verb: &str, config: &Path) -> Self {
+        Self::start_env(verb, config, &[])
+    }
+
+    /// With extra environment variables (e.g. `PIPELINE_WORKER__*` overrides).
+    pub fn start_env(verb: &str, config: &Path, env: &[(&str, &str)]) -> Self {
         let log = config.with_file_name(format!("{verb}-{}.log", unique("w")));
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
             .args([verb, "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(Stdio::null())
             .stderr(f)

@@ -102,6 +102,7 @@ impl Worker {
                 &endpoint,
                 telemetry.clone(),
                 Duration::from_millis(config.telemetry.otlp_interval_ms),
+                config.telemetry.trace_sample_ratio,
             )?;
         }
         let mut pipelines = Vec::new();
@@ -213,7 +214,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         slots.push((p.clone(), slot));
     }
     let worker = Worker::start_slots(&config, slots.clone())?;
+    let mut retry = Vec::new();
     for ((p, slot), (active, error)) in slots.iter().zip(errors) {
+        if let (Some(a), Some(_)) = (&active, &error) {
+            retry.push(a.clone());
+        }
         registry::watcher::report(&reg, p, slot, active.as_ref(), error);
     }
     let watcher = registry::watcher::spawn(
@@ -222,6 +227,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         slots,
         opts.clone(),
         worker.control.clone(),
+        retry,
     );
     tracing::info!(pipelines = worker.pipelines.len(), brokers = %config.kafka.brokers, worker_id = %reg.worker_id, "worker running");
     let result = finish(worker, &config);

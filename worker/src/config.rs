@@ -203,6 +203,14 @@ pub struct TelemetryConfig {
     /// How often metrics (and batches of spans) are exported.
     #[serde(default = "default_otlp_interval_ms")]
     pub otlp_interval_ms: u64,
+    /// Share of traces started here that are recorded and exported (records
+    /// with a sampled parent follow the parent). 1.0 = every record.
+    #[serde(default = "default_sample_ratio")]
+    pub trace_sample_ratio: f64,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
 }
 
 fn default_otlp_interval_ms() -> u64 {
@@ -216,6 +224,7 @@ impl Default for TelemetryConfig {
             log_format: None,
             otlp_endpoint: None,
             otlp_interval_ms: default_otlp_interval_ms(),
+            trace_sample_ratio: default_sample_ratio(),
         }
     }
 }
@@ -429,6 +438,12 @@ impl Config {
                     format!("{e:?} must be an http:// URL of an OTLP/HTTP receiver (e.g. http://otel-collector:4318)"),
                 ));
             }
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.trace_sample_ratio) {
+            return Err(invalid(
+                "telemetry.trace_sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
         }
         if self.telemetry.otlp_interval_ms < 100 {
             return Err(invalid(

@@ -77,11 +77,14 @@ impl PipelineStats {
 /// once there is a function.
 #[derive(Default)]
 pub struct FunctionSlot {
-    current: std::sync::RwLock<Option<Arc<Function>>>,
+    /// The function and the generation it was installed as, together: a lane
+    /// never pairs one with the other's.
+    current: std::sync::RwLock<(u64, Option<Arc<Function>>)>,
+    /// Copy of the generation for the per-batch check without the lock.
     generation: AtomicU64,
     /// Loads of an activated version that failed on this worker.
     pub load_failures: AtomicU64,
-    /// The last failure, shown in `/status` and the store's status object.
+    /// The last failure, shown in the status object.
     pub last_error: std::sync::Mutex<Option<String>>,
 }
 
@@ -98,6 +101,15 @@ impl FunctionSlot {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// The function with its generation.
+    pub fn get_with_generation(&self) -> (u64, Option<Arc<Function>>) {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
@@ -107,8 +119,15 @@ impl FunctionSlot {
 
     /// Takes effect at each sandbox thread's next batch.
     pub fn swap(&self, f: Arc<Function>) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(f);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let g = cur.0 + 1;
+        *cur = (g, Some(f));
+        self.generation.store(g, Ordering::Release);
+        drop(cur);
+        self.clear_error();
+    }
+
+    pub fn clear_error(&self) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
@@ -371,7 +390,16 @@ fn consume_loop(
             None => {}
             Some(Err(e)) => tracing::warn!(pipeline = name, error = %e, "consumer error"),
             Some(Ok(msg)) => {
-                let tracker = cache.get(trackers, msg.topic(), msg.partition());
+                let Some(tracker) = cache.get(trackers, msg.topic(), msg.partition()) else {
+                    tracing::debug!(
+                        pipeline = name,
+                        topic = msg.topic(),
+                        partition = msg.partition(),
+                        offset = msg.offset(),
+                        "skipping a record of a revoked partition"
+                    );
+                    continue;
+                };
                 tracker.register(msg.offset());
                 stats.consumed.fetch_add(1, Ordering::Relaxed);
                 let lane = lane_for(msg.topic(), msg.partition(), senders.len());
@@ -459,9 +487,8 @@ fn sandbox_lane(
             }
         }
         // The batch boundary: the only place a lane changes function.
-        let generation = slot.generation();
-        if runner.as_ref().is_none_or(|(g, _)| *g != generation) {
-            if let Some(f) = slot.get() {
+        if runner.as_ref().is_none_or(|(g, _)| *g != slot.generation()) {
+            if let (generation, Some(f)) = slot.get_with_generation() {
                 if let Some((_, old)) = &runner {
                     tracing::info!(pipeline = %target.pipeline, from = %old.function().version, to = %f.version, "switching function version");
                 }

@@ -164,6 +164,15 @@ impl Trackers {
         t
     }
 
+    /// The tracker of a partition this consumer owns now.
+    pub fn get(&self, topic: &str, partition: i32) -> Option<Arc<PartitionTracker>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
     fn remove(&self, topic: &str, partition: i32) -> Option<Arc<PartitionTracker>> {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.map
@@ -306,12 +315,15 @@ impl TrackerCache {
         }
     }
 
+    /// `None` for a partition this consumer no longer owns: librdkafka can
+    /// still hand out a message fetched before the revoke, and processing it
+    /// would duplicate what the new owner reads from the committed offset.
     pub fn get(
         &mut self,
         trackers: &Trackers,
         topic: &str,
         partition: i32,
-    ) -> Arc<PartitionTracker> {
+    ) -> Option<Arc<PartitionTracker>> {
         let generation = trackers.generation();
         if generation != self.generation {
             self.entries.clear();
@@ -322,11 +334,11 @@ impl TrackerCache {
             .iter()
             .find(|t| t.partition == partition && t.topic == topic)
         {
-            return t.clone();
+            return Some(t.clone());
         }
-        let t = trackers.get_or_create(topic, partition);
+        let t = trackers.get(topic, partition)?;
         self.entries.push(t.clone());
-        t
+        Some(t)
     }
 }
 
@@ -372,18 +384,20 @@ mod tests {
     }
 
     #[test]
-    fn cache_drops_trackers_after_a_removal() {
+    fn cache_serves_only_owned_partitions() {
         let trackers = Trackers::default();
         let mut cache = TrackerCache::new();
-        let a = cache.get(&trackers, "t", 0);
-        assert!(Arc::ptr_eq(&a, &cache.get(&trackers, "t", 0)));
+        assert!(cache.get(&trackers, "t", 0).is_none(), "not assigned yet");
+        let a = trackers.get_or_create("t", 0);
+        assert!(Arc::ptr_eq(&a, &cache.get(&trackers, "t", 0).unwrap()));
         assert!(trackers.remove("t", 0).is_some());
-        let b = cache.get(&trackers, "t", 0);
         assert!(
-            !Arc::ptr_eq(&a, &b),
-            "a removed tracker must not be served again"
+            cache.get(&trackers, "t", 0).is_none(),
+            "a revoked partition's records must be skipped"
         );
-        assert!(Arc::ptr_eq(&b, &trackers.get_or_create("t", 0)));
+        let b = trackers.get_or_create("t", 0);
+        let c = cache.get(&trackers, "t", 0).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c) && Arc::ptr_eq(&b, &c));
     }
 
     #[test]

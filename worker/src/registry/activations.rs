@@ -47,6 +47,10 @@ pub struct Activation {
     /// Earlier deployments, most recent first.
     #[serde(default)]
     pub history: Vec<Deployed>,
+    /// The precompiled artifacts of `current` (name → `sha256:`), from its
+    /// manifest: the only remote artifacts a worker will run.
+    #[serde(default)]
+    pub artifacts: BTreeMap<String, String>,
     /// Offset in the log (not serialized: it is where the record sits).
     #[serde(skip)]
     pub offset: i64,
@@ -107,6 +111,7 @@ impl LogWriter {
     pub async fn append(&self, a: &Activation) -> Result<i64, LogError> {
         let body = serde_json::to_vec(a).expect("activation serializes");
         let rec = FutureRecord::to(&self.topic)
+            .partition(0)
             .key(a.pipeline.as_bytes())
             .payload(&body);
         let delivery = self
@@ -138,6 +143,21 @@ impl LogReader {
             .set("fetch.wait.max.ms", "50")
             .create()
             .map_err(|e| kerr(topic, e))?;
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| kerr(topic, e))?;
+        let partitions = md
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        if partitions != 1 {
+            // Order across pipelines and "read everything" both rely on it.
+            return Err(kerr(
+                topic,
+                format!("has {partitions} partitions; the activation log must have exactly 1 (compacted)"),
+            ));
+        }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, 0, Offset::Beginning)
             .map_err(|e| kerr(topic, e))?;

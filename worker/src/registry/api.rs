@@ -101,7 +101,7 @@ struct Api {
     writer: LogWriter,
     reader: Mutex<LogReader>,
     /// Compiling is CPU-bound: one upload compiles at a time.
-    compile: tokio::sync::Semaphore,
+    compile: Arc<tokio::sync::Semaphore>,
     /// Activations are read-modify-write of the log: one at a time.
     mutate: tokio::sync::Mutex<()>,
 }
@@ -151,7 +151,7 @@ pub fn serve(
         opts,
         writer,
         reader: Mutex::new(reader),
-        compile: tokio::sync::Semaphore::new(1),
+        compile: Arc::new(tokio::sync::Semaphore::new(1)),
         mutate: tokio::sync::Mutex::new(()),
     });
     let listener = std::net::TcpListener::bind(control.listen)?;
@@ -177,7 +177,12 @@ fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/v1/functions", get(list_functions))
         .route("/v1/functions/{name}", get(show_function))
-        .route("/v1/functions/{name}/versions", post(upload))
+        // The upload enforces its own (configurable) limit, with a JSON error;
+        // every other body is a small JSON document.
+        .route(
+            "/v1/functions/{name}/versions",
+            post(upload).layer(DefaultBodyLimit::disable()),
+        )
         .route(
             "/v1/functions/{name}/versions/{version}",
             get(show_version).delete(delete_version),
@@ -193,8 +198,14 @@ fn router(api: Arc<Api>) -> Router {
                 "no such API route; see /v1/functions and /v1/pipelines",
             )
         })
-        // The upload handler enforces its own (configurable) limit, with a JSON error.
-        .layer(DefaultBodyLimit::disable())
+        .method_not_allowed_fallback(|| async {
+            err(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(api)
 }
 
@@ -323,6 +334,22 @@ impl Api {
             })
     }
 
+    /// A failed upload leaves nothing behind that no version references.
+    async fn abandon(
+        &self,
+        digest: &str,
+        artifacts: &std::collections::BTreeMap<String, String>,
+        e: ApiError,
+    ) -> ApiError {
+        if let Ok(false) = self.reg.store.digest_in_use(digest).await {
+            for a in artifacts.keys() {
+                let _ = self.reg.store.delete_artifact(a).await;
+            }
+            let _ = self.reg.store.delete_blob(digest).await;
+        }
+        e
+    }
+
     fn active_in(
         &self,
         state: &ActivationState,
@@ -338,6 +365,25 @@ impl Api {
             .map(|a| a.pipeline.clone())
             .collect()
     }
+}
+
+/// Stops the progress logger when the upload ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn parse_version(v: &str) -> ApiResult<u64> {
+    v.parse().map_err(|_| {
+        err(
+            StatusCode::BAD_REQUEST,
+            "invalid-version",
+            format!("version {v:?} must be a positive integer"),
+        )
+    })
 }
 
 fn check_function_name(name: &str) -> ApiResult<()> {
@@ -378,9 +424,10 @@ async fn upload(
     let tenant = match checked {
         Ok(t) => t,
         Err(e) => {
-            // Read the body anyway: answering before it is sent resets the
-            // connection and the client never sees the 401.
-            let _ = read_limited(body, api.max_bytes).await;
+            // Read the body anyway (discarding it, up to the size limit):
+            // answering before it is sent resets the connection and the
+            // client never sees the 401.
+            discard(body, api.max_bytes).await;
             return Err(e);
         }
     };
@@ -423,7 +470,14 @@ async fn upload(
             "this is a core WebAssembly module; upload a component (WASI 0.2: cargo --target wasm32-wasip2, componentize-py, jco componentize)",
         ));
     }
-    let _permit = api.compile.acquire().await.map_err(internal)?;
+    // Held by the compile itself: a client that disconnects does not free
+    // the slot while its compile still runs.
+    let permit = api
+        .compile
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(internal)?;
     let origin = format!("upload {tenant}/{name}");
     let limits = api.limits_for(&tenant);
     let started = Instant::now();
@@ -437,6 +491,7 @@ async fn upload(
             origin.clone(),
         );
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             limits
                 .iter()
                 .map(|l| Function::load_versioned(&name, None, &origin, &bytes, l, &opts))
@@ -445,53 +500,49 @@ async fn upload(
     };
     let progress = {
         let (tenant, name) = (tenant.clone(), name.clone());
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             tick.tick().await;
             loop {
                 tick.tick().await;
                 tracing::info!(tenant = %tenant, function = %name, elapsed_s = started.elapsed().as_secs(), "still precompiling");
             }
-        })
+        }))
     };
     let loaded = compile.await;
-    progress.abort();
+    drop(progress);
     let functions = loaded.map_err(internal)?.map_err(load_error)?;
     let compile_ms = started.elapsed().as_millis() as u64;
     let first = &functions[0];
     let digest = first.digest.clone();
 
     // Blob, then artifacts, then the manifest: a version exists only once
-    // everything it needs does.
-    api.reg
-        .store
-        .put_blob(&digest, bytes.to_vec())
-        .await
-        .map_err(internal)?;
-    let mut artifacts = Vec::new();
+    // everything it needs does. Under the lock, so a concurrent delete of
+    // another version with the same digest cannot remove the blob meanwhile.
+    let _g = api.mutate.lock().await;
+    let mut artifacts = std::collections::BTreeMap::new();
     for f in &functions {
         let path = api.opts.cache.dir().join(&f.artifact_name);
         let art = tokio::fs::read(&path)
             .await
             .map_err(|e| internal(format!("{}: {e}", path.display())))?;
-        api.reg
-            .store
-            .put_artifact(&f.artifact_name, art)
-            .await
-            .map_err(internal)?;
-        artifacts.push(f.artifact_name.clone());
+        artifacts.insert(f.artifact_name.clone(), crate::sandbox::digest(&art));
+        if let Err(e) = api.reg.store.put_artifact(&f.artifact_name, art).await {
+            return Err(api.abandon(&digest, &artifacts, internal(e)).await);
+        }
+    }
+    if let Err(e) = api.reg.store.put_blob(&digest, bytes.to_vec()).await {
+        return Err(api.abandon(&digest, &artifacts, internal(e)).await);
     }
     for _attempt in 0..8 {
-        let existing = api
-            .reg
-            .store
-            .list_versions(&tenant, &name)
-            .await
-            .map_err(internal)?;
+        let next = match api.reg.store.next_version(&tenant, &name).await {
+            Ok(n) => n,
+            Err(e) => return Err(api.abandon(&digest, &artifacts, internal(e)).await),
+        };
         let m = VersionManifest {
             tenant: tenant.clone(),
             function: name.clone(),
-            version: existing.last().map_or(1, |m| m.version + 1),
+            version: next,
             digest: digest.clone(),
             size_bytes: size as u64,
             world: first.world.clone(),
@@ -500,16 +551,33 @@ async fn upload(
             compile_ms,
             artifacts: artifacts.clone(),
         };
-        if api.reg.store.create_manifest(&m).await.map_err(internal)? {
-            tracing::info!(tenant = %tenant, function = %name, version = m.version, digest = %digest, compile_ms, "function version stored");
-            return Ok((StatusCode::CREATED, Json(m)));
+        match api.reg.store.create_manifest(&m).await {
+            Ok(true) => {
+                tracing::info!(tenant = %tenant, function = %name, version = m.version, digest = %digest, compile_ms, "function version stored");
+                return Ok((StatusCode::CREATED, Json(m)));
+            }
+            Ok(false) => continue,
+            Err(e) => return Err(api.abandon(&digest, &artifacts, internal(e)).await),
         }
     }
-    Err(err(
+    let e = err(
         StatusCode::CONFLICT,
         "version-race",
         "concurrent uploads kept taking the next version number; retry",
-    ))
+    );
+    Err(api.abandon(&digest, &artifacts, e).await)
+}
+
+async fn discard(body: Body, max: usize) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len();
+        if seen > max {
+            break;
+        }
+    }
 }
 
 /// The body if it fits in `max` bytes; else how much was seen. An oversized
@@ -525,7 +593,7 @@ async fn read_limited(body: Body, max: usize) -> Result<Bytes, usize> {
         seen += chunk.len();
         if seen <= max {
             buf.extend_from_slice(&chunk);
-        } else if seen > max.saturating_mul(16) {
+        } else if seen > max.saturating_mul(2) {
             break;
         }
     }
@@ -609,11 +677,12 @@ async fn show_function(
 
 async fn show_version(
     State(api): State<Arc<Api>>,
-    Path((name, version)): Path<(String, u64)>,
+    Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let tenant = api.auth(&headers)?;
     check_function_name(&name)?;
+    let version = parse_version(&version)?;
     let m = api.manifest(&tenant, &name, version).await?;
     let state = api.state().await?;
     let mut v = serde_json::to_value(&m).expect("manifest serializes");
@@ -623,11 +692,12 @@ async fn show_version(
 
 async fn delete_version(
     State(api): State<Arc<Api>>,
-    Path((name, version)): Path<(String, u64)>,
+    Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let tenant = api.auth(&headers)?;
     check_function_name(&name)?;
+    let version = parse_version(&version)?;
     let _g = api.mutate.lock().await;
     let m = api.manifest(&tenant, &name, version).await?;
     let state = api.state().await?;
@@ -646,7 +716,7 @@ async fn delete_version(
         .map_err(internal)?;
     let mut blob_deleted = false;
     if !store.digest_in_use(&m.digest).await.map_err(internal)? {
-        for a in &m.artifacts {
+        for a in m.artifacts.keys() {
             store.delete_artifact(a).await.map_err(internal)?;
         }
         store.delete_blob(&m.digest).await.map_err(internal)?;
@@ -724,6 +794,9 @@ async fn activate(
         )
     })?;
     check_function_name(&req.function)?;
+    // Under the lock: a delete cannot remove the version between the lookup
+    // and the log write.
+    let _g = api.mutate.lock().await;
     let m = match req.version {
         Some(v) => api.manifest(&tenant, &req.function, v).await?,
         None => api
@@ -741,7 +814,6 @@ async fn activate(
                 )
             })?,
     };
-    let _g = api.mutate.lock().await;
     let state = api.state().await?;
     let prev = state.get(&p.name).filter(|a| a.tenant == tenant);
     let current = Deployed {
@@ -763,7 +835,7 @@ async fn activate(
         })
         .unwrap_or_default();
     history.truncate(HISTORY_DEPTH);
-    write_activation(&api, &tenant, &p, current, history, "activate").await
+    write_activation(&api, &tenant, &p, current, history, m.artifacts, "activate").await
 }
 
 async fn rollback(
@@ -784,16 +856,25 @@ async fn rollback(
     };
     // The most recent earlier deployment whose version still exists.
     for (i, d) in prev.history.iter().enumerate() {
-        let exists = api
+        let manifest = api
             .reg
             .store
             .get_manifest(&tenant, &d.function, d.version)
             .await
             .map_err(internal)?
-            .is_some_and(|m| m.digest == d.digest);
-        if exists {
+            .filter(|m| m.digest == d.digest);
+        if let Some(m) = manifest {
             let history = prev.history[i + 1..].to_vec();
-            return write_activation(&api, &tenant, &p, d.clone(), history, "rollback").await;
+            return write_activation(
+                &api,
+                &tenant,
+                &p,
+                d.clone(),
+                history,
+                m.artifacts,
+                "rollback",
+            )
+            .await;
         }
     }
     Err(err(
@@ -812,9 +893,11 @@ async fn write_activation(
     p: &PipelineConfig,
     current: Deployed,
     history: Vec<Deployed>,
+    artifacts: std::collections::BTreeMap<String, String>,
     action: &str,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let mut a = Activation {
+        artifacts,
         pipeline: p.name.clone(),
         tenant: tenant.to_string(),
         current,

@@ -37,6 +37,8 @@ pub struct Registry {
     pub kafka: KafkaConfig,
     pub worker_id: String,
     rt: tokio::runtime::Runtime,
+    /// Artifact name → `sha256:` from activation records; see [`Registry::trust`].
+    trusted: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Registry {
@@ -62,6 +64,7 @@ impl Registry {
             kafka: config.kafka.clone(),
             worker_id,
             rt,
+            trusted: Default::default(),
         });
         reg.block_on(activations::ensure_topic(
             &reg.kafka,
@@ -85,6 +88,17 @@ impl Registry {
         Arc::new(SharedArtifacts(self.clone()))
     }
 
+    /// Remote artifacts are native code: a worker runs one only if an
+    /// activation (written by the control plane from the upload's manifest)
+    /// names its hash. Anything else is compiled locally from the blob, whose
+    /// digest is checked.
+    pub fn trust(&self, artifacts: &std::collections::BTreeMap<String, String>) {
+        let mut t = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in artifacts {
+            t.insert(k.clone(), v.clone());
+        }
+    }
+
     pub fn activations_topic(&self) -> &str {
         &self.config.activations_topic
     }
@@ -104,8 +118,24 @@ struct SharedArtifacts(Arc<Registry>);
 
 impl RemoteArtifacts for SharedArtifacts {
     fn fetch(&self, name: &str) -> Option<Vec<u8>> {
+        let expected = self
+            .0
+            .trusted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()?;
         match self.0.block_on(self.0.store.get_artifact(name)) {
-            Ok(a) => a,
+            Ok(Some(bytes)) => {
+                let actual = crate::sandbox::digest(&bytes);
+                if actual == expected {
+                    Some(bytes)
+                } else {
+                    tracing::error!(artifact = name, %expected, %actual, "precompiled artifact in the store does not match its manifest; compiling locally instead");
+                    None
+                }
+            }
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(artifact = name, error = %e, "cannot fetch a precompiled artifact; compiling locally");
                 None
@@ -113,12 +143,7 @@ impl RemoteArtifacts for SharedArtifacts {
         }
     }
 
-    fn store(&self, name: &str, bytes: &[u8]) {
-        if let Err(e) = self
-            .0
-            .block_on(self.0.store.put_artifact(name, bytes.to_vec()))
-        {
-            tracing::warn!(artifact = name, error = %e, "cannot share a precompiled artifact");
-        }
-    }
+    /// Workers keep what they compile to themselves: only the control
+    /// plane's artifacts are recorded in manifests, so only those are shared.
+    fn store(&self, _name: &str, _bytes: &[u8]) {}
 }

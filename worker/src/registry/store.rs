@@ -7,6 +7,7 @@
 //! blobs/sha256/<hex>.wasm                               the component, as uploaded
 //! artifacts/<hex>-<engine>.cwasm                        precompiled for one engine config
 //! tenants/<tenant>/functions/<name>/<version>.json      manifest (written last: the commit point)
+//! tenants/<tenant>/functions/<name>/<version>.deleted   tombstone: a number is never reused
 //! status/<pipeline>/<worker>.json                       what each worker runs
 //! ```
 
@@ -46,8 +47,10 @@ pub struct VersionManifest {
     /// RFC 3339.
     pub created_at: String,
     pub compile_ms: u64,
-    /// Artifact names precompiled at upload (one per engine configuration).
-    pub artifacts: Vec<String>,
+    /// Artifacts precompiled at upload (one per engine configuration):
+    /// file name → `sha256:` of its bytes. Workers run a fetched artifact
+    /// only if it hashes to this (it is native code, outside the sandbox).
+    pub artifacts: std::collections::BTreeMap<String, String>,
 }
 
 /// What one worker runs for one pipeline, written after every load attempt.
@@ -239,17 +242,40 @@ impl FunctionStore {
             .await
     }
 
+    /// Removes the manifest and leaves a tombstone, so the version number is
+    /// never given to other code.
     pub async fn delete_manifest(
         &self,
         tenant: &str,
         function: &str,
         version: u64,
     ) -> Result<(), StoreError> {
+        let tomb = ObjPath::from(format!(
+            "tenants/{tenant}/functions/{function}/{version:010}.deleted"
+        ));
+        self.inner.put(&tomb, PutPayload::from_static(b"")).await?;
         ignore_not_found(
             self.inner
                 .delete(&manifest_path(tenant, function, version))
                 .await,
         )
+    }
+
+    /// One more than the highest version ever used (deleted ones included).
+    pub async fn next_version(&self, tenant: &str, function: &str) -> Result<u64, StoreError> {
+        let metas: Vec<_> = self
+            .inner
+            .list(Some(&function_prefix(tenant, function)))
+            .try_collect()
+            .await?;
+        let max = metas
+            .iter()
+            .filter_map(|m| m.location.filename())
+            .filter_map(|f| f.split('.').next())
+            .filter_map(|n| n.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        Ok(max + 1)
     }
 
     /// Every version of a function, oldest first.
@@ -296,6 +322,9 @@ impl FunctionStore {
             .try_collect()
             .await?;
         for m in metas {
+            if m.location.extension() != Some("json") {
+                continue;
+            }
             if let Some(v) = self.get_json::<VersionManifest>(&m.location).await? {
                 if v.digest == digest {
                     return Ok(true);
@@ -310,6 +339,11 @@ impl FunctionStore {
         let body = serde_json::to_vec_pretty(s).expect("status serializes");
         self.inner.put(&path, PutPayload::from(body)).await?;
         Ok(())
+    }
+
+    pub async fn delete_status(&self, pipeline: &str, worker: &str) -> Result<(), StoreError> {
+        let path = ObjPath::from(format!("status/{pipeline}/{worker}.json"));
+        ignore_not_found(self.inner.delete(&path).await)
     }
 
     pub async fn list_status(&self, pipeline: &str) -> Result<Vec<WorkerStatus>, StoreError> {

@@ -25,6 +25,7 @@ pub fn load(
     opts: &SandboxOptions,
 ) -> Result<Arc<Function>, String> {
     let started = Instant::now();
+    reg.trust(&a.artifacts);
     let bytes = reg
         .block_on(reg.store.get_blob(&a.current.digest))
         .map_err(|e| e.to_string())?;
@@ -92,13 +93,16 @@ pub fn report(
     }
 }
 
-/// Follows the log until the worker stops.
+/// Follows the log until the worker stops. `retry` are activations that
+/// failed to load at start-up. A failed load is retried with backoff (1 s,
+/// doubling to 60 s) until it succeeds or a newer activation replaces it.
 pub fn spawn(
     reg: Arc<Registry>,
     mut reader: LogReader,
     pipelines: Vec<(PipelineConfig, Arc<FunctionSlot>)>,
     opts: SandboxOptions,
     control: Arc<Control>,
+    retry: Vec<Activation>,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("activation-watcher".into())
@@ -107,41 +111,75 @@ pub fn spawn(
                 .into_iter()
                 .map(|(p, s)| (p.name.clone(), (p, s)))
                 .collect();
+            // pipeline → (activation, when to try, backoff)
+            let mut pending: HashMap<String, (Activation, Instant, Duration)> = HashMap::new();
+            for a in retry {
+                let at = Instant::now() + RETRY_FIRST;
+                pending.insert(a.pipeline.clone(), (a, at, RETRY_FIRST));
+            }
             while !control.stopping() {
-                let a = match reader.poll(Duration::from_millis(200)) {
-                    Ok(Some(a)) => a,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "activation log");
+                match reader.poll(Duration::from_millis(200)) {
+                    Ok(Some(a)) => match by_name.get(&a.pipeline) {
+                        Some((p, _)) if applies(&a, p) => {
+                            tracing::info!(pipeline = %p.name, function = %a.current.function, version = a.current.version, action = %a.action, "activation received; loading in the background");
+                            pending.insert(a.pipeline.clone(), (a, Instant::now(), Duration::ZERO));
+                        }
+                        Some((p, _)) => {
+                            tracing::warn!(pipeline = %p.name, tenant = %a.tenant, "ignoring an activation by a tenant that does not own the pipeline");
+                        }
+                        None => {}
+                    },
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "activation log"),
+                }
+                let now = Instant::now();
+                let due: Vec<String> = pending
+                    .iter()
+                    .filter(|(_, (_, at, _))| *at <= now)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for name in due {
+                    let Some((a, _, backoff)) = pending.remove(&name) else {
+                        continue;
+                    };
+                    let Some((p, slot)) = by_name.get(&name) else {
+                        continue;
+                    };
+                    let running = slot.get();
+                    if running
+                        .as_ref()
+                        .is_some_and(|f| f.digest == a.current.digest && f.version == label(&a))
+                    {
+                        // e.g. a rollback to the version still running after
+                        // a failed load: nothing to load, the failure is over.
+                        slot.clear_error();
+                        report(&reg, p, slot, Some(&a), None);
                         continue;
                     }
-                };
-                let Some((p, slot)) = by_name.get(&a.pipeline) else {
-                    continue;
-                };
-                if !applies(&a, p) {
-                    tracing::warn!(pipeline = %p.name, tenant = %a.tenant, "ignoring an activation by a tenant that does not own the pipeline");
-                    continue;
-                }
-                if slot
-                    .get()
-                    .is_some_and(|f| f.digest == a.current.digest && f.version == label(&a))
-                {
-                    continue;
-                }
-                tracing::info!(pipeline = %p.name, function = %a.current.function, version = a.current.version, action = %a.action, "activation received; loading in the background");
-                match load(&reg, &a, p, &opts) {
-                    Ok(f) => {
-                        slot.swap(f);
-                        report(&reg, p, slot, Some(&a), None);
+                    match load(&reg, &a, p, &opts) {
+                        Ok(f) => {
+                            slot.swap(f);
+                            report(&reg, p, slot, Some(&a), None);
+                        }
+                        Err(e) => {
+                            let next = (backoff * 2).clamp(RETRY_FIRST, RETRY_MAX);
+                            tracing::error!(pipeline = %p.name, function = %a.current.function, version = a.current.version, error = %e, retry_in_s = next.as_secs(), "activated version failed to load; keeping the previous one");
+                            slot.record_failure(e.clone());
+                            report(&reg, p, slot, Some(&a), Some(e));
+                            pending.insert(name, (a, Instant::now() + next, next));
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(pipeline = %p.name, function = %a.current.function, version = a.current.version, error = %e, "activated version failed to load; keeping the previous one");
-                        slot.record_failure(e.clone());
-                        report(&reg, p, slot, Some(&a), Some(e));
-                    }
+                }
+            }
+            // A stopped worker is not one the status API should list.
+            for (p, _) in by_name.values() {
+                if let Err(e) = reg.block_on(reg.store.delete_status(&p.name, &reg.worker_id)) {
+                    tracing::debug!(pipeline = %p.name, error = %e, "cannot remove worker status");
                 }
             }
         })
         .expect("spawn activation watcher")
 }
+
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);

@@ -306,7 +306,7 @@ pub fn render(s: &TelemetryState) -> String {
         ),
         (
             "pipeline_wasm_execution_seconds",
-            "Time inside the function per call (a batch call is one observation).",
+            "Time inside the function per batch of records (one observation per batch).",
             |p: &PipelineView| &p.stats.wasm_duration,
         ),
     ] {

@@ -20,7 +20,7 @@ use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfi
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
 };
 use opentelemetry_sdk::Resource;
 
@@ -67,6 +67,7 @@ pub fn init(
     endpoint: &str,
     state: Arc<TelemetryState>,
     export_interval: Duration,
+    sample_ratio: f64,
 ) -> Result<&'static Otel, OtelError> {
     if let Some(o) = OTEL.get() {
         return Ok(o);
@@ -95,7 +96,11 @@ pub fn init(
                 .build(),
         )
         .build();
+    // A sampled-out record still gets a (non-recording) span and passes a
+    // `traceparent` on; a parent's decision is followed.
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(sample_ratio)));
     let tracer_provider = SdkTracerProvider::builder()
+        .with_sampler(sampler)
         .with_span_processor(processor)
         .with_resource(resource.clone())
         .build();
@@ -127,7 +132,7 @@ pub fn init(
         wasm_duration: meter
             .f64_histogram("pipeline.wasm.execution.duration")
             .with_unit("s")
-            .with_description("Time inside the function per call (a batch call counts once).")
+            .with_description("Time inside the function per batch of records.")
             .build(),
         tracer_provider,
         meter_provider,
