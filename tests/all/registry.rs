@@ -582,8 +582,18 @@ fn rejected_uploads_store_nothing() {
 fn hot_swap_and_rollback_under_load_on_two_workers() {
     const N: usize = 6_000;
     let plane = Plane::start("reg-swap", 4, "");
-    let a = WorkerProcess::start(&plane.config);
-    let b = WorkerProcess::start(&plane.config);
+    let ports = [free_port(), free_port()];
+    let listen = ports.map(|p| format!("127.0.0.1:{p}"));
+    let a = WorkerProcess::start_env(
+        "run",
+        &plane.config,
+        &[("PIPELINE_WORKER__TELEMETRY__HTTP_LISTEN", &listen[0])],
+    );
+    let b = WorkerProcess::start_env(
+        "run",
+        &plane.config,
+        &[("PIPELINE_WORKER__TELEMETRY__HTTP_LISTEN", &listen[1])],
+    );
     wait_for_log(
         &a,
         "waiting before joining the group",
@@ -632,6 +642,42 @@ fn hot_swap_and_rollback_under_load_on_two_workers() {
         .iter()
         .filter(|o| o.header("pw.function.version") == "enrich@1")
         .count();
+    // Per-version counters: summed over both workers, each version's
+    // sent-messages counter is exactly the outputs stamped with it.
+    let mut sent: HashMap<String, u64> = HashMap::new();
+    for l in &listen {
+        let text = plane
+            .http
+            .get(format!("http://{l}/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("messaging_client_sent_messages_total{"))
+        {
+            let v = line
+                .split("function_version=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            *sent.entry(v.to_string()).or_default() += n;
+        }
+    }
+    assert_eq!(
+        sent.get("enrich@1").copied(),
+        Some(enriched as u64),
+        "{sent:?}"
+    );
+    assert_eq!(
+        sent.get("echo@1").copied(),
+        Some((N - enriched) as u64),
+        "{sent:?}"
+    );
     assert!(
         enriched > 0 && enriched < N,
         "the swap happened mid-stream: {enriched} of {N} by enrich"

@@ -33,6 +33,8 @@ use crate::source::{PartitionTracker, SourceContext, TrackerCache, Trackers};
 use crate::telemetry::{otel, Histogram};
 
 /// Counters of one pipeline (exported as metrics by the telemetry module).
+/// What a function did is counted per function version ([`VersionStats`]),
+/// so a counter labelled with a version counts only that version's records.
 #[derive(Default, Debug)]
 pub struct PipelineStats {
     /// Set once the consumer received its first assignment.
@@ -41,9 +43,17 @@ pub struct PipelineStats {
     pub broker_up: AtomicBool,
     /// Consumer lag per assigned partition, from librdkafka statistics.
     pub lag: std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>,
+    pub consumed: AtomicU64,
+    versions: std::sync::RwLock<Vec<Arc<VersionStats>>>,
+}
+
+/// What one function version did in one pipeline on this worker.
+#[derive(Default, Debug)]
+pub struct VersionStats {
+    pub function: String,
+    pub version: String,
     /// Dead letters by error kind (index into `crate::sandbox::ERROR_KINDS`).
     pub errors_by_kind: [AtomicU64; crate::sandbox::ERROR_KINDS.len()],
-    pub consumed: AtomicU64,
     pub produced: AtomicU64,
     pub filtered: AtomicU64,
     pub dead_lettered: AtomicU64,
@@ -57,17 +67,54 @@ pub struct PipelineStats {
 }
 
 impl PipelineStats {
+    /// The counters of `f`'s version (created on first use, kept after a
+    /// swap so a rollback continues them).
+    pub fn version(&self, f: &Function) -> Arc<VersionStats> {
+        let find = |vs: &[Arc<VersionStats>]| {
+            vs.iter()
+                .find(|v| v.function == f.name && v.version == f.version)
+                .cloned()
+        };
+        if let Some(v) = find(&self.versions.read().unwrap_or_else(|p| p.into_inner())) {
+            return v;
+        }
+        let mut vs = self.versions.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = find(&vs) {
+            return v;
+        }
+        let v = Arc::new(VersionStats {
+            function: f.name.clone(),
+            version: f.version.clone(),
+            ..Default::default()
+        });
+        vs.push(v.clone());
+        v
+    }
+
+    pub fn versions(&self) -> Vec<Arc<VersionStats>> {
+        self.versions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Totals over every version, for the shutdown log line.
     pub fn snapshot(&self) -> [(&'static str, u64); 8] {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let vs = self.versions();
+        let sum = |pick: fn(&VersionStats) -> &AtomicU64| {
+            vs.iter()
+                .map(|v| pick(v).load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
         [
-            ("consumed", l(&self.consumed)),
-            ("produced", l(&self.produced)),
-            ("filtered", l(&self.filtered)),
-            ("dead_lettered", l(&self.dead_lettered)),
-            ("traps", l(&self.traps)),
-            ("fuel_consumed", l(&self.fuel_consumed)),
-            ("wasm_nanos", l(&self.wasm_nanos)),
-            ("instantiations", l(&self.instantiations)),
+            ("consumed", self.consumed.load(Ordering::Relaxed)),
+            ("produced", sum(|v| &v.produced)),
+            ("filtered", sum(|v| &v.filtered)),
+            ("dead_lettered", sum(|v| &v.dead_lettered)),
+            ("traps", sum(|v| &v.traps)),
+            ("fuel_consumed", sum(|v| &v.fuel_consumed)),
+            ("wasm_nanos", sum(|v| &v.wasm_nanos)),
+            ("instantiations", sum(|v| &v.instantiations)),
         ]
     }
 }
@@ -468,12 +515,12 @@ fn sandbox_lane(
     slot: &FunctionSlot,
     sink: &Sink,
     target: &SinkTarget,
-    stats: &PipelineStats,
+    pipeline_stats: &PipelineStats,
     batch_size: usize,
 ) {
     let mut inputs = Vec::with_capacity(batch_size);
     let mut trackers = Vec::with_capacity(batch_size);
-    let mut runner: Option<(u64, Runner)> = None;
+    let mut runner: Option<(u64, Runner, Arc<VersionStats>)> = None;
     while let Ok(first) = rx.recv() {
         inputs.push(first.record);
         trackers.push(first.tracker);
@@ -487,15 +534,19 @@ fn sandbox_lane(
             }
         }
         // The batch boundary: the only place a lane changes function.
-        if runner.as_ref().is_none_or(|(g, _)| *g != slot.generation()) {
+        if runner
+            .as_ref()
+            .is_none_or(|(g, _, _)| *g != slot.generation())
+        {
             if let (generation, Some(f)) = slot.get_with_generation() {
-                if let Some((_, old)) = &runner {
+                if let Some((_, old, _)) = &runner {
                     tracing::info!(pipeline = %target.pipeline, from = %old.function().version, to = %f.version, "switching function version");
                 }
-                runner = Some((generation, Runner::new(f)));
+                let vstats = pipeline_stats.version(&f);
+                runner = Some((generation, Runner::new(f), vstats));
             }
         }
-        let Some((_, runner)) = runner.as_mut() else {
+        let Some((_, runner, stats)) = runner.as_mut() else {
             // Unreachable: records arrive only after the slot is filled.
             continue;
         };

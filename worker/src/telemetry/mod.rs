@@ -19,7 +19,7 @@ use axum::Router;
 
 pub mod otel;
 
-use crate::pipeline::{FunctionSlot, PipelineStats};
+use crate::pipeline::{FunctionSlot, PipelineStats, VersionStats};
 use crate::sandbox::ERROR_KINDS;
 use crate::source::Trackers;
 
@@ -161,27 +161,46 @@ async fn metrics(State(s): State<Arc<TelemetryState>>) -> impl IntoResponse {
     )
 }
 
-/// Prometheus text exposition of every pipeline's counters.
+/// Prometheus text exposition of every pipeline's counters. Pipeline-level
+/// series (consumed, lag, in flight, load failures) carry the pipeline
+/// labels; what a function did carries `function` and `function_version` too,
+/// one series per version that ran here.
 pub fn render(s: &TelemetryState) -> String {
     let ps = s.pipelines.read().unwrap_or_else(|p| p.into_inner());
     let mut out = String::new();
     let l = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    let base = |p: &PipelineView| {
+        format!(
+            "messaging_system=\"kafka\",messaging_consumer_group_name=\"{}\",pipeline=\"{}\"",
+            p.group, p.name
+        )
+    };
+    let versions: Vec<(String, Arc<VersionStats>)> = ps
+        .iter()
+        .flat_map(|p| {
+            let b = base(p);
+            p.stats.versions().into_iter().map(move |v| {
+                (
+                    format!(
+                        "{b},function=\"{}\",function_version=\"{}\"",
+                        v.function, v.version
+                    ),
+                    v,
+                )
+            })
+        })
+        .collect();
     let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, v) in rows {
             let _ = writeln!(out, "{name}{{{labels}}} {v}");
         }
     };
-    let base = |p: &PipelineView| {
-        let (function, version) = p
-            .slot
-            .get()
-            .map(|f| (f.name.clone(), f.version.clone()))
-            .unwrap_or_default();
-        format!(
-            "messaging_system=\"kafka\",messaging_consumer_group_name=\"{}\",pipeline=\"{}\",function=\"{function}\",function_version=\"{version}\"",
-            p.group, p.name
-        )
+    let per_version = |pick: fn(&VersionStats) -> &std::sync::atomic::AtomicU64| {
+        versions
+            .iter()
+            .map(|(labels, v)| (labels.clone(), pick(v).load(Ordering::Relaxed)))
+            .collect::<Vec<_>>()
     };
     family(
         "messaging_client_consumed_messages_total",
@@ -193,24 +212,25 @@ pub fn render(s: &TelemetryState) -> String {
         "messaging_client_sent_messages_total",
         "counter",
         "Output records handed to the producer (dead letters not included).",
-        ps.iter().map(|p| (base(p), l(&p.stats.produced))).collect(),
+        per_version(|v| &v.produced),
     );
     family(
         "pipeline_records_filtered_total",
         "counter",
         "Input records for which the function returned no output.",
-        ps.iter().map(|p| (base(p), l(&p.stats.filtered))).collect(),
+        per_version(|v| &v.filtered),
     );
     family(
         "pipeline_records_dead_lettered_total",
         "counter",
         "Input records sent to the dead-letter topic, by error kind.",
-        ps.iter()
-            .flat_map(|p| {
+        versions
+            .iter()
+            .flat_map(|(labels, v)| {
                 ERROR_KINDS.iter().enumerate().map(move |(i, k)| {
                     (
-                        format!("{},error_kind=\"{k}\"", base(p)),
-                        l(&p.stats.errors_by_kind[i]),
+                        format!("{labels},error_kind=\"{k}\""),
+                        v.errors_by_kind[i].load(Ordering::Relaxed),
                     )
                 })
             })
@@ -220,31 +240,31 @@ pub fn render(s: &TelemetryState) -> String {
         "pipeline_traps_total",
         "counter",
         "Records whose function trapped or hit a limit (fuel, deadline, memory, stack, output size, instantiation).",
-        ps.iter().map(|p| (base(p), l(&p.stats.traps))).collect(),
+        per_version(|v| &v.traps),
     );
     family(
         "pipeline_fuel_consumed_total",
         "counter",
         "Wasm fuel consumed (only when limits.fuel is set).",
-        ps.iter()
-            .map(|p| (base(p), l(&p.stats.fuel_consumed)))
-            .collect(),
+        per_version(|v| &v.fuel_consumed),
     );
     family(
         "pipeline_wasm_execution_nanoseconds_total",
         "counter",
         "Time spent inside the function.",
-        ps.iter()
-            .map(|p| (base(p), l(&p.stats.wasm_nanos)))
-            .collect(),
+        per_version(|v| &v.wasm_nanos),
     );
     family(
         "pipeline_instantiations_total",
         "counter",
         "Fresh instances created (one per batch, plus one after each trap).",
-        ps.iter()
-            .map(|p| (base(p), l(&p.stats.instantiations)))
-            .collect(),
+        per_version(|v| &v.instantiations),
+    );
+    family(
+        "pipeline_instantiation_nanoseconds_total",
+        "counter",
+        "Time spent creating instances (divide by pipeline_instantiations_total for the mean).",
+        per_version(|v| &v.instantiate_nanos),
     );
     family(
         "pipeline_in_flight_records",
@@ -265,21 +285,22 @@ pub fn render(s: &TelemetryState) -> String {
     family(
         "pipeline_function_info",
         "gauge",
-        "The function version each pipeline runs on this worker (value 1; digest as a label).",
+        "The function version each pipeline runs on this worker now (value 1).",
         ps.iter()
             .filter_map(|p| {
-                p.slot
-                    .get()
-                    .map(|f| (format!("{},function_digest=\"{}\"", base(p), f.digest), 1))
+                p.slot.get().map(|f| {
+                    (
+                        format!(
+                            "{},function=\"{}\",function_version=\"{}\",function_digest=\"{}\"",
+                            base(p),
+                            f.name,
+                            f.version,
+                            f.digest
+                        ),
+                        1,
+                    )
+                })
             })
-            .collect(),
-    );
-    family(
-        "pipeline_instantiation_nanoseconds_total",
-        "counter",
-        "Time spent creating instances (divide by pipeline_instantiations_total for the mean).",
-        ps.iter()
-            .map(|p| (base(p), l(&p.stats.instantiate_nanos)))
             .collect(),
     );
     let mut lag_rows = Vec::new();
@@ -302,17 +323,17 @@ pub fn render(s: &TelemetryState) -> String {
         (
             "messaging_process_duration_seconds",
             "Per record: from its batch entering the sandbox to its outputs being handed to the producer.",
-            (|p: &PipelineView| &p.stats.process_duration) as fn(&PipelineView) -> &Histogram,
+            (|v: &VersionStats| &v.process_duration) as fn(&VersionStats) -> &Histogram,
         ),
         (
             "pipeline_wasm_execution_seconds",
             "Time inside the function per batch of records (one observation per batch).",
-            |p: &PipelineView| &p.stats.wasm_duration,
+            |v: &VersionStats| &v.wasm_duration,
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for p in ps.iter() {
-            pick(p).render(&mut out, name, &base(p));
+        for (labels, v) in &versions {
+            pick(v).render(&mut out, name, labels);
         }
     }
     out

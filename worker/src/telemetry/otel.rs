@@ -25,6 +25,7 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 
 use super::TelemetryState;
+use crate::pipeline::VersionStats;
 use crate::sandbox::{Header, InputRecord, ERROR_KINDS};
 
 pub const TRACEPARENT: &str = "traceparent";
@@ -230,62 +231,44 @@ impl Otel {
 }
 
 fn register_observables(meter: &Meter, state: Arc<TelemetryState>) {
-    type Read = fn(&super::PipelineView) -> u64;
-    let counters: [(&'static str, &'static str, Read); 8] = [
-        (
-            "messaging.client.consumed.messages",
-            "Records consumed from the input topics.",
-            |p| p.stats.consumed.load(std::sync::atomic::Ordering::Relaxed),
-        ),
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    type Pick = fn(&VersionStats) -> &AtomicU64;
+    let per_version: [(&'static str, &'static str, Pick); 7] = [
         (
             "messaging.client.sent.messages",
             "Output records handed to the producer.",
-            |p| p.stats.produced.load(std::sync::atomic::Ordering::Relaxed),
+            |v| &v.produced,
         ),
         (
             "pipeline.records.filtered",
             "Input records for which the function returned no output.",
-            |p| p.stats.filtered.load(std::sync::atomic::Ordering::Relaxed),
+            |v| &v.filtered,
         ),
         (
             "pipeline.records.dead_lettered",
             "Input records sent to the dead-letter topic.",
-            |p| {
-                p.stats
-                    .dead_lettered
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            },
+            |v| &v.dead_lettered,
         ),
         (
             "pipeline.traps",
             "Records whose function trapped or hit a limit.",
-            |p| p.stats.traps.load(std::sync::atomic::Ordering::Relaxed),
+            |v| &v.traps,
         ),
         (
             "pipeline.fuel.consumed",
             "Wasm fuel consumed (only with limits.fuel).",
-            |p| {
-                p.stats
-                    .fuel_consumed
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            },
+            |v| &v.fuel_consumed,
         ),
-        ("pipeline.instantiations", "Fresh instances created.", |p| {
-            p.stats
-                .instantiations
-                .load(std::sync::atomic::Ordering::Relaxed)
+        ("pipeline.instantiations", "Fresh instances created.", |v| {
+            &v.instantiations
         }),
         (
-            "pipeline.function.load_failures",
-            "Activated versions this worker could not load.",
-            |p| {
-                p.slot
-                    .load_failures
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            },
+            "pipeline.wasm.execution.time",
+            "Nanoseconds inside the function.",
+            |v| &v.wasm_nanos,
         ),
     ];
-    for (name, description, read) in counters {
+    for (name, description, pick) in per_version {
         let state = state.clone();
         meter
             .u64_observable_counter(name)
@@ -297,7 +280,9 @@ fn register_observables(meter: &Meter, state: Arc<TelemetryState>) {
                     .unwrap_or_else(|e| e.into_inner())
                     .iter()
                 {
-                    obs.observe(read(p), &attributes(p));
+                    for v in p.stats.versions() {
+                        obs.observe(pick(&v).load(Relaxed), &version_attributes(p, &v));
+                    }
                 }
             })
             .build();
@@ -308,14 +293,33 @@ fn register_observables(meter: &Meter, state: Arc<TelemetryState>) {
         .with_description("Dead-lettered records by error kind.")
         .with_callback(move |obs| {
             for p in s.pipelines.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                for (i, kind) in ERROR_KINDS.iter().enumerate() {
-                    let mut attrs = attributes(p);
-                    attrs.push(KeyValue::new("error.type", *kind));
-                    obs.observe(
-                        p.stats.errors_by_kind[i].load(std::sync::atomic::Ordering::Relaxed),
-                        &attrs,
-                    );
+                for v in p.stats.versions() {
+                    for (i, kind) in ERROR_KINDS.iter().enumerate() {
+                        let mut attrs = version_attributes(p, &v);
+                        attrs.push(KeyValue::new("error.type", *kind));
+                        obs.observe(v.errors_by_kind[i].load(Relaxed), &attrs);
+                    }
                 }
+            }
+        })
+        .build();
+    let s = state.clone();
+    meter
+        .u64_observable_counter("messaging.client.consumed.messages")
+        .with_description("Records consumed from the input topics.")
+        .with_callback(move |obs| {
+            for p in s.pipelines.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                obs.observe(p.stats.consumed.load(Relaxed), &attributes(p));
+            }
+        })
+        .build();
+    let s = state.clone();
+    meter
+        .u64_observable_counter("pipeline.function.load_failures")
+        .with_description("Activated versions this worker could not load.")
+        .with_callback(move |obs| {
+            for p in s.pipelines.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                obs.observe(p.slot.load_failures.load(Relaxed), &attributes(p));
             }
         })
         .build();
@@ -354,17 +358,21 @@ fn register_observables(meter: &Meter, state: Arc<TelemetryState>) {
         .build();
 }
 
+/// Pipeline-level attributes.
 pub fn attributes(p: &super::PipelineView) -> Vec<KeyValue> {
-    let (function, version) = p
-        .slot
-        .get()
-        .map(|f| (f.name.clone(), f.version.clone()))
-        .unwrap_or_default();
     vec![
         KeyValue::new("messaging.system", "kafka"),
         KeyValue::new("messaging.consumer.group.name", p.group.clone()),
         KeyValue::new("pipeline", p.name.clone()),
-        KeyValue::new("pipeline.function", function),
-        KeyValue::new("pipeline.function.version", version),
     ]
+}
+
+fn version_attributes(p: &super::PipelineView, v: &VersionStats) -> Vec<KeyValue> {
+    let mut a = attributes(p);
+    a.push(KeyValue::new("pipeline.function", v.function.clone()));
+    a.push(KeyValue::new(
+        "pipeline.function.version",
+        v.version.clone(),
+    ));
+    a
 }
