@@ -883,6 +883,40 @@ fn functions_cli() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(json(&out)["function"], "echo");
 
+    // A refusal found while compiling reaches the CLI through the progress
+    // stream, with the API's code.
+    let bad = std::env::temp_dir()
+        .join(unique("http-import"))
+        .with_extension("wasm");
+    std::fs::write(
+        &bad,
+        wat::parse_str(r#"(component (import "wasi:http/outgoing-handler@0.2.0" (instance)))"#)
+            .unwrap(),
+    )
+    .unwrap();
+    let (code, _, err) = cli(&["upload", "bad", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("422 forbidden-import") && err.contains("wasi:http/outgoing-handler"),
+        "{err}"
+    );
+    // The stream itself: NDJSON, ending in a result event with the manifest.
+    let r = plane
+        .http
+        .post(format!("{}/v1/functions/streamed/versions", plane.api))
+        .bearer_auth(TOKEN_A)
+        .header("accept", "application/x-ndjson")
+        .body(std::fs::read(&enrich).unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let text = r.text().unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "result", "{text}");
+    assert_eq!(last["status"], 201, "{text}");
+    assert_eq!(last["manifest"]["function"], "streamed", "{text}");
+
     let (code, out, _) = cli(&["list"]);
     assert_eq!(code, Some(0));
     let names: Vec<String> = json(&out)["functions"]
@@ -891,7 +925,7 @@ fn functions_cli() {
         .iter()
         .map(|f| f["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(names, ["echo", "enrich"]);
+    assert_eq!(names, ["echo", "enrich", "streamed"]);
     let (_, out, _) = cli(&["show", "enrich"]);
     assert_eq!(json(&out)["versions"][0]["active_in"], json!(["p"]));
 

@@ -412,15 +412,71 @@ fn load_error(e: LoadError) -> ApiError {
     err(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
 }
 
+/// With `Accept: application/x-ndjson`, the answer to an upload that passed
+/// the checks needing no compilation is a stream: `{"event":"progress",...}`
+/// every second while it compiles, then `{"event":"result","status":...}`
+/// with the manifest (201) or the error (4xx/5xx) a plain request would get.
 async fn upload(
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<(StatusCode, Json<VersionManifest>)> {
+) -> Response {
+    let ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    let (tenant, bytes) = match precheck(&api, &name, &headers, body).await {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let job = tokio::spawn(compile_and_store(api.clone(), tenant, name, bytes));
+    if !ndjson {
+        return match job.await {
+            Ok(Ok(m)) => (StatusCode::CREATED, Json(m)).into_response(),
+            Ok(Err(e)) => e.into_response(),
+            Err(e) => internal(e).into_response(),
+        };
+    }
+    let started = Instant::now();
+    let stream = futures::stream::unfold(Some(job), move |job| async move {
+        let mut job = job?;
+        let line = tokio::select! {
+            r = &mut job => {
+                let (status, body) = match r {
+                    Ok(Ok(m)) => (201, json!({"manifest": m})),
+                    Ok(Err(e)) => (e.status.as_u16(), json!({"error": {"code": e.code, "message": e.message}})),
+                    Err(e) => (500, json!({"error": {"code": "internal", "message": e.to_string()}})),
+                };
+                let mut v = json!({"event": "result", "status": status});
+                v.as_object_mut().expect("object").extend(body.as_object().expect("object").clone());
+                return Some((Ok::<_, std::io::Error>(format!("{v}\n")), None));
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                json!({"event": "progress", "stage": "validating and precompiling", "elapsed_ms": started.elapsed().as_millis() as u64})
+            }
+        };
+        Some((Ok(format!("{line}\n")), Some(job)))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Everything that needs no compilation: token, name, size, magic number,
+/// component layer. Returns the tenant and the bytes.
+async fn precheck(
+    api: &Api,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<(String, Bytes)> {
     let checked = api
-        .auth(&headers)
-        .and_then(|t| check_function_name(&name).map(|()| t));
+        .auth(headers)
+        .and_then(|t| check_function_name(name).map(|()| t));
     let tenant = match checked {
         Ok(t) => t,
         Err(e) => {
@@ -470,8 +526,20 @@ async fn upload(
             "this is a core WebAssembly module; upload a component (WASI 0.2: cargo --target wasm32-wasip2, componentize-py, jco componentize)",
         ));
     }
-    // Held by the compile itself: a client that disconnects does not free
-    // the slot while its compile still runs.
+    Ok((tenant, bytes))
+}
+
+/// Validates by compiling and test-instantiating under every engine
+/// configuration the tenant's pipelines use, then stores blob, artifacts and
+/// manifest. Runs as its own task: a client that disconnects does not cut
+/// it short halfway through storing.
+async fn compile_and_store(
+    api: Arc<Api>,
+    tenant: String,
+    name: String,
+    bytes: Bytes,
+) -> ApiResult<VersionManifest> {
+    // Held by the compile itself.
     let permit = api
         .compile
         .clone()
@@ -554,7 +622,7 @@ async fn upload(
         match api.reg.store.create_manifest(&m).await {
             Ok(true) => {
                 tracing::info!(tenant = %tenant, function = %name, version = m.version, digest = %digest, compile_ms, "function version stored");
-                return Ok((StatusCode::CREATED, Json(m)));
+                return Ok(m);
             }
             Ok(false) => continue,
             Err(e) => return Err(api.abandon(&digest, &artifacts, internal(e)).await),

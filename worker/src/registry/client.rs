@@ -154,10 +154,12 @@ fn upload(c: &Client, name: &str, path: &PathBuf) -> Result<Value, ClientError> 
         .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))?;
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
     let sent = Arc::new(AtomicU64::new(0));
+    // Compile time the server last reported (ms).
+    let server = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let progress = {
-        let (sent, done) = (sent.clone(), done.clone());
+        let (sent, done, server) = (sent.clone(), done.clone(), server.clone());
         std::thread::spawn(move || {
             let mut err = std::io::stderr();
             while !done.load(Ordering::Relaxed) {
@@ -168,10 +170,16 @@ fn upload(c: &Client, name: &str, path: &PathBuf) -> Result<Value, ClientError> 
                         100.0 * s as f64 / total.max(1) as f64
                     )
                 } else {
-                    format!(
-                        "uploaded {total} bytes; validating and precompiling on the server… {}s",
-                        started.elapsed().as_secs()
-                    )
+                    match server.load(Ordering::Relaxed) {
+                        0 => format!(
+                            "uploaded {total} bytes; waiting for the server… {}s",
+                            started.elapsed().as_secs()
+                        ),
+                        ms => format!(
+                            "uploaded {total} bytes; server validating and precompiling… {}s",
+                            ms / 1000
+                        ),
+                    }
                 };
                 let _ = write!(err, "\r{line:<80}");
                 let _ = err.flush();
@@ -196,16 +204,93 @@ fn upload(c: &Client, name: &str, path: &PathBuf) -> Result<Value, ClientError> 
         },
         total,
     );
-    let result = c.send(
-        c.http
-            .post(&url)
-            .header("content-type", "application/wasm")
-            .body(body),
-        &url,
-    );
+    let result = upload_stream(c, &url, body, &server);
     done.store(true, Ordering::Relaxed);
     let _ = progress.join();
     result
+}
+
+/// Sends the upload asking for a progress stream; returns the manifest or
+/// the API's error from the final event.
+fn upload_stream(
+    c: &Client,
+    url: &str,
+    body: reqwest::blocking::Body,
+    server: &AtomicU64,
+) -> Result<Value, ClientError> {
+    let mut req = c
+        .http
+        .post(url)
+        .header("content-type", "application/wasm")
+        .header("accept", "application/x-ndjson")
+        .body(body);
+    if let Some(t) = &c.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().map_err(|e| ClientError::Connect {
+        url: url.to_string(),
+        message: e.to_string(),
+    })?;
+    let streamed = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    if !streamed {
+        // Rejected before compiling (an ordinary JSON error), or a server
+        // that does not stream.
+        let status = resp.status();
+        let body: Value =
+            serde_json::from_str(&resp.text().unwrap_or_default()).unwrap_or(Value::Null);
+        return if status.is_success() {
+            Ok(body)
+        } else {
+            Err(api_error(status.as_u16(), &body))
+        };
+    }
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(resp).lines() {
+        let line = line.map_err(|e| ClientError::Connect {
+            url: url.to_string(),
+            message: format!("progress stream cut: {e}"),
+        })?;
+        let Ok(event) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        match event["event"].as_str() {
+            Some("progress") => server.store(
+                event["elapsed_ms"].as_u64().unwrap_or(0).max(1),
+                Ordering::Relaxed,
+            ),
+            Some("result") => {
+                let status = event["status"].as_u64().unwrap_or(500) as u16;
+                return if status == 201 {
+                    Ok(event["manifest"].clone())
+                } else {
+                    Err(api_error(status, &event))
+                };
+            }
+            _ => {}
+        }
+    }
+    Err(ClientError::Connect {
+        url: url.to_string(),
+        message: "the server closed the progress stream without a result".into(),
+    })
+}
+
+fn api_error(status: u16, body: &Value) -> ClientError {
+    ClientError::Api {
+        status,
+        code: body["error"]["code"]
+            .as_str()
+            .unwrap_or("error")
+            .to_string(),
+        message: body["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| body.to_string()),
+    }
 }
 
 pub fn run(args: FunctionsArgs) -> Result<(), ClientError> {
