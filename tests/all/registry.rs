@@ -528,14 +528,11 @@ fn rejected_uploads_store_nothing() {
         "{:?}",
         plane.stored_files()
     );
-    let enrich_digest = plane.stored_files();
+    let left = plane.stored_files();
     assert_eq!(
-        enrich_digest
-            .iter()
-            .filter(|f| f.starts_with("blobs/"))
-            .count(),
+        left.iter().filter(|f| f.starts_with("blobs/")).count(),
         1,
-        "only echo's blob is left: {enrich_digest:?}"
+        "only echo's blob is left: {left:?}"
     );
     // The rollback target was deleted: nothing to roll back to.
     let r = plane.call("POST", "/v1/pipelines/p/rollback", Some(TOKEN_A), None);
@@ -545,8 +542,6 @@ fn rejected_uploads_store_nothing() {
         "{}",
         r.body
     );
-    let _ = &plane.control;
-    let _ = &plane.topics;
     // A deleted version's number is never reused.
     assert_eq!(plane.upload_ok("enrich", &guest("enrich_rs")), 2);
     // Malformed requests get JSON errors too.
@@ -696,8 +691,7 @@ fn hot_swap_and_rollback_under_load_on_two_workers() {
     let all = read_until(&[&plane.topics.output], 2 * N, Duration::from_secs(120));
     let dlq = read_until(&[&plane.topics.dlq], 1, Duration::from_secs(2));
     assert_eq!(all.len(), 2 * N, "output count after rollback");
-    let ids: Vec<Out> = all.clone();
-    check_swap(&ids, &dlq, 2 * N, &["enrich@1", "echo@1", "enrich@1"]);
+    check_swap(&all, &dlq, 2 * N, &["enrich@1", "echo@1", "enrich@1"]);
     check_content(&all);
     let log = format!("{}\n{}", a.log_text(), b.log_text());
     assert!(

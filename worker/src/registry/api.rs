@@ -283,10 +283,7 @@ impl Api {
             .iter()
             .filter(|p| p.tenant.as_deref() == Some(tenant))
         {
-            if !out
-                .iter()
-                .any(|l| format!("{l:?}") == format!("{:?}", p.limits))
-            {
+            if !out.contains(&p.limits) {
                 out.push(p.limits.clone());
             }
         }

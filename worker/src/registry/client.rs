@@ -105,17 +105,7 @@ impl Client {
         if status.is_success() {
             return Ok(body);
         }
-        Err(ClientError::Api {
-            status: status.as_u16(),
-            code: body["error"]["code"]
-                .as_str()
-                .unwrap_or("error")
-                .to_string(),
-            message: body["error"]["message"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or(text),
-        })
+        Err(api_error(status.as_u16(), &body))
     }
 
     fn get(&self, path: &str) -> Result<Value, ClientError> {

@@ -303,26 +303,31 @@ fn register_observables(meter: &Meter, state: Arc<TelemetryState>) {
             }
         })
         .build();
-    let s = state.clone();
-    meter
-        .u64_observable_counter("messaging.client.consumed.messages")
-        .with_description("Records consumed from the input topics.")
-        .with_callback(move |obs| {
-            for p in s.pipelines.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                obs.observe(p.stats.consumed.load(Relaxed), &attributes(p));
-            }
-        })
-        .build();
-    let s = state.clone();
-    meter
-        .u64_observable_counter("pipeline.function.load_failures")
-        .with_description("Activated versions this worker could not load.")
-        .with_callback(move |obs| {
-            for p in s.pipelines.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                obs.observe(p.slot.load_failures.load(Relaxed), &attributes(p));
-            }
-        })
-        .build();
+    type Read = fn(&super::PipelineView) -> u64;
+    let per_pipeline: [(&'static str, &'static str, Read); 2] = [
+        (
+            "messaging.client.consumed.messages",
+            "Records consumed from the input topics.",
+            |p| p.stats.consumed.load(Relaxed),
+        ),
+        (
+            "pipeline.function.load_failures",
+            "Activated versions this worker could not load.",
+            |p| p.slot.load_failures.load(Relaxed),
+        ),
+    ];
+    for (name, description, read) in per_pipeline {
+        let s = state.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |obs| {
+                for p in s.pipelines.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                    obs.observe(read(p), &attributes(p));
+                }
+            })
+            .build();
+    }
     let s = state.clone();
     meter
         .i64_observable_gauge("pipeline.in_flight")
