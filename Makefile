@@ -43,3 +43,10 @@ lint:
 
 bench: examples kafka-start
 	$(CARGO) bench -p pipeline-worker
+
+# Fuzz the Kafka record decoding (nightly + cargo-fuzz), bounded in time.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	$(CARGO) +nightly fuzz run decode_record -- -max_total_time=$(FUZZ_SECONDS)

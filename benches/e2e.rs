@@ -255,6 +255,7 @@ impl Candidate for WorkerCandidate {
                 dead_letter_topic: dlq.into(),
                 batch_size: 64,
                 concurrency: 2,
+                tombstones: Default::default(),
                 limits: Limits::default(),
             }],
         };

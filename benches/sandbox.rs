@@ -22,13 +22,13 @@ fn root() -> PathBuf {
 fn record(i: usize) -> InputRecord {
     InputRecord {
         key: Some(format!("user-{}", i % 100).into_bytes()),
-        value: format!(
+        value: Some(format!(
             r#"{{"id":{i},"user":"u{}","event_type":"click","session_start":1700000000,"session_end":{},"page":"/products/{}"}}"#,
             i % 1000,
             1700000000 + (i % 120) * 60,
             i % 50
         )
-        .into_bytes(),
+        .into_bytes()),
         headers: vec![],
         topic: "bench".into(),
         partition: 0,

@@ -5,7 +5,7 @@
 #
 # SRC.py is the customer's module: it imports pipeline_sdk and defines exactly
 # one @transform function. The component targets the WIT world
-# `pipeline:transform/transform-batch@0.1.0` (sdk-wit/wit/transform.wit), so
+# `pipeline:transform/transform-batch@0.2.0` (sdk-wit/wit/transform.wit), so
 # it exports both `transformer` and `batch-transformer`, and imports `host`
 # plus the WASI 0.2 interfaces componentize-py's CPython needs.
 #

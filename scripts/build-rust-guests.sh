@@ -16,7 +16,7 @@ cd "$ROOT"
 
 TARGET=wasm32-wasip2
 export CARGO_TARGET_DIR="${GUESTS_TARGET_DIR:-$ROOT/target/guests}"
-ALL_CRATES=(enrich-rs hostile price-calculator router)
+ALL_CRATES=(enrich-rs hostile price-calculator router v01-echo)
 
 if [ "$#" -gt 0 ]; then
     CRATES=("$@")

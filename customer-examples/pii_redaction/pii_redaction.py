@@ -5,7 +5,9 @@ optionally grouped with spaces or dashes, and passing the Luhn check, so that
 order numbers and timestamps are left alone) keep their last 4 digits:
 "4111 1111 1111 1111" becomes "**** **** **** 1111". Strings are searched
 at any depth (nested objects and lists); keys and numbers are not changed.
-A record with nothing to mask is passed through byte for byte.
+A record with nothing to mask is passed through byte for byte. A tombstone
+(null value; seen only with the pipeline's `tombstones = "function"`) holds no
+PII and is passed on unchanged, so the redacted copy is deleted too.
 """
 
 import re
@@ -65,6 +67,8 @@ def redact(value):
 
 @transform
 def pii_redaction(record: Record) -> Record:
+    if record.value is None:
+        return record
     fields = record.fields
     for key in list(fields):
         new = redact(fields[key])

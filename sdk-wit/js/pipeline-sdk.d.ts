@@ -13,7 +13,7 @@ export type Json = null | boolean | number | string | Json[] | { [key: string]: 
 export type Fields = { [key: string]: any };
 
 export const VERSION: string;
-/** The WIT package this SDK targets: "pipeline:transform@0.1.0". */
+/** The WIT package this SDK targets: "pipeline:transform@0.2.0". */
 export const WIT_PACKAGE: string;
 /** Longest error message handed to the host (2000). */
 export const MAX_MESSAGE: number;
@@ -73,12 +73,14 @@ export interface RecordOptions {
 
 /** One Kafka record, as consumed and as it will be produced. */
 export class Record {
-  /** A new record, e.g. an extra output for fan-out (empty key and headers unless given). */
-  constructor(value?: BytesLike, opts?: RecordOptions);
+  /** A new record, e.g. an extra output for fan-out (empty key and headers unless given); `null` value = a tombstone. */
+  constructor(value?: BytesLike | null, opts?: RecordOptions);
   /** A new record whose value is `fields` encoded as JSON. */
   static fromFields(fields: Fields, opts?: Omit<RecordOptions, "fields">): Record;
+  /** A new tombstone (null value), e.g. `Record.tombstone({ key: record.key })`. */
+  static tombstone(opts?: Omit<RecordOptions, "fields">): Record;
 
-  /** The value as a JSON object, parsed on first access (InvalidInput if it is not one). */
+  /** The value as a JSON object, parsed on first access (InvalidInput if it is not one, or is a tombstone). */
   get fields(): Fields;
   set fields(f: Fields);
   /**
@@ -92,11 +94,17 @@ export class Record {
   require(path: string, type: "object"): { [key: string]: Json };
   require(path: string): any;
 
-  /** The payload bytes (the JSON encoding of `fields` if they changed); assigning replaces the payload. */
-  get value(): Uint8Array;
-  set value(v: BytesLike);
-  /** The payload decoded as UTF-8. */
-  readonly text: string;
+  /**
+   * The payload bytes (the JSON encoding of `fields` if they changed); `null`
+   * for a tombstone (a Kafka null value, distinct from empty bytes).
+   * Assigning replaces the payload; assigning `null` emits a tombstone.
+   */
+  get value(): Uint8Array | null;
+  set value(v: BytesLike | null);
+  /** True if the value is null (a tombstone). */
+  readonly isTombstone: boolean;
+  /** The payload decoded as UTF-8; null for a tombstone. */
+  readonly text: string | null;
 
   get key(): Uint8Array | null;
   set key(k: BytesLike | null);

@@ -8,16 +8,16 @@
 //
 // `scripts/build-js.sh SRC.js OUT.wasm` turns the customer module into a
 // WebAssembly component (componentize-js / StarlingMonkey) for the WIT world
-// `pipeline:transform/transform-batch@0.1.0` (sdk-wit/wit/transform.wit).
+// `pipeline:transform/transform-batch@0.2.0` (sdk-wit/wit/transform.wit).
 // See sdk-wit/js/README.md.
 //
 // This module has no imports, so it also runs on plain Node (unit tests,
 // tools/run_local.mjs). The WIT `host.log` import is handed in by the entry
 // module that the build script generates (see `_component`).
 
-export const VERSION = "0.1.0";
+export const VERSION = "0.2.0";
 /** The WIT package this SDK targets. */
-export const WIT_PACKAGE = "pipeline:transform@0.1.0";
+export const WIT_PACKAGE = "pipeline:transform@0.2.0";
 
 /** Longest error message handed to the host (it goes into dead-letter headers). */
 export const MAX_MESSAGE = 2000;
@@ -104,9 +104,14 @@ function jsonKind(v) {
 }
 
 function parseObject(bytes) {
+  if (bytes === null) {
+    throw new InvalidInput(
+      "record value is null (a tombstone), not a JSON object; check `record.value === null` before reading record.fields",
+    );
+  }
   if (bytes.length === 0) {
     throw new InvalidInput(
-      "record value is empty (a tombstone?), not a JSON object; use record.value for non-JSON payloads",
+      "record value is empty, not a JSON object; use record.value for non-JSON payloads",
     );
   }
   const text = decodeUtf8("record value", bytes, true);
@@ -302,16 +307,19 @@ function int64(v) {
  * (Headers), `timestamp` (ms since the epoch, or null).
  * Payload: `fields` (the value as a JSON object, parsed lazily) or `value`
  * (the bytes; assigning it replaces the payload and discards `fields`).
+ * A tombstone (a Kafka null value, WIT 0.2 `option<list<u8>>` none) has
+ * `value === null`, distinct from an empty Uint8Array; `fields` of a
+ * tombstone throws InvalidInput (never `{}`); `record.value = null` emits one.
  * Routing: `record.to("topic")` sets the output topic and returns the record.
  */
 export class Record {
   /**
    * A new record (e.g. an extra output for fan-out).
-   * @param value string | Uint8Array (default empty)
+   * @param value string | Uint8Array (default empty) | null (a tombstone)
    * @param opts {key, headers, timestamp, fields, topic, partition, offset}
    */
   constructor(value = new Uint8Array(0), opts = {}) {
-    this._value = toBytes("record value", value);
+    this._value = value === null ? null : toBytes("record value", value);
     this._fields = NOT_PARSED;
     this._fieldsReplaced = false;
     this._outputTopic = null;
@@ -329,10 +337,15 @@ export class Record {
     return new Record(undefined, { ...opts, fields });
   }
 
-  /** @internal from a WIT input-record */
+  /** A new tombstone (null value), e.g. `Record.tombstone({ key: record.key })`. */
+  static tombstone(opts = {}) {
+    return new Record(null, opts);
+  }
+
+  /** @internal from a WIT input-record (jco gives an absent option as undefined) */
   static _fromInput(input) {
     const r = Object.create(Record.prototype);
-    r._value = input.value;
+    r._value = input.value === undefined || input.value === null ? null : input.value;
     r._fields = NOT_PARSED;
     r._fieldsReplaced = false;
     r._outputTopic = null;
@@ -377,7 +390,7 @@ export class Record {
   /**
    * The value as a JSON object, parsed on first access. Throws InvalidInput
    * (the record goes to the dead-letter topic as `invalid-input`) if the value
-   * is not a JSON object. A field that is not there reads as `undefined`; use
+   * is not a JSON object, or is null (a tombstone). A field that is not there reads as `undefined`; use
    * `record.require("x")` to refuse the record instead.
    */
   get fields() {
@@ -416,25 +429,31 @@ export class Record {
     return v;
   }
 
-  /** The payload bytes; if `fields` was changed, its JSON encoding. */
+  /** The payload bytes; if `fields` was changed, its JSON encoding; null for a tombstone. */
   get value() {
     return this._outputValue();
   }
+  /** A string (UTF-8), bytes, or null to emit a tombstone (undefined is refused: likely a bug). */
   set value(v) {
-    this._value = toBytes("record value", v);
+    this._value = v === null ? null : toBytes("record value", v);
     this._fields = NOT_PARSED;
     this._fieldsReplaced = false;
   }
-  /** The payload decoded as UTF-8 (invalid bytes become U+FFFD). */
+  /** True if the value is null (a Kafka tombstone). */
+  get isTombstone() {
+    return this._fields === NOT_PARSED && this._value === null;
+  }
+  /** The payload decoded as UTF-8 (invalid bytes become U+FFFD); null for a tombstone. */
   get text() {
-    return new TextDecoder().decode(this._outputValue());
+    const v = this._outputValue();
+    return v === null ? null : new TextDecoder().decode(v);
   }
 
   _outputValue() {
     const f = this._fields;
     if (f === NOT_PARSED) return this._value;
     const encoded = encodeFields(f);
-    if (this._fieldsReplaced) return encoded;
+    if (this._fieldsReplaced || this._value === null) return encoded;
     // Only read? Then keep the original bytes (whitespace, key order, escapes,
     // `1.50`), after checking that nothing was changed in place.
     const original = ENCODER.encode(JSON.stringify(JSON.parse(new TextDecoder().decode(this._value))));
@@ -479,7 +498,7 @@ export class Record {
   _toOutput() {
     return {
       key: this._key === null ? undefined : this._key,
-      value: this._outputValue(),
+      value: this._outputValue() ?? undefined, // none: a tombstone
       headers: this._headers._items.map(([key, value]) => ({ key, value })),
       topic: this._outputTopic === null ? undefined : this._outputTopic,
       timestamp: this._timestamp === null ? undefined : BigInt(this._timestamp),
@@ -695,7 +714,7 @@ export function _run(fn, input, customerFile, fnName) {
  * The component's exports, built by the entry module that scripts/build-js.sh
  * generates:
  *
- *     import { log as hostLog } from "pipeline:transform/host@0.1.0";
+ *     import { log as hostLog } from "pipeline:transform/host@0.2.0";
  *     import { _component } from "pipeline-sdk";
  *     import * as customer from "./enrich.js";
  *     const c = _component(customer, { hostLog, file: "enrich.js" });

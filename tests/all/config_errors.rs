@@ -123,6 +123,21 @@ fn config_errors_name_the_key() {
             vec![],
             "not a WebAssembly component",
         ),
+        (
+            base.clone() + "tombstones = \"keep\"\n",
+            vec![],
+            "tombstones",
+        ),
+        (
+            base.clone() + "[pipelines.limits]\nmax_output_bytes = 999000\n",
+            vec![],
+            "message.max.bytes",
+        ),
+        (
+            base.clone() + "[pipelines.limits]\nmax_output_bytes = 999000\n",
+            vec![],
+            "pipelines[0].limits.max_output_bytes",
+        ),
     ];
     for (toml, env, key) in cases {
         let (ok, text) = validate(&toml, &env);

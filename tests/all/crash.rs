@@ -74,3 +74,55 @@ fn kill_9_mid_stream_loses_nothing() {
     );
     assert_eq!(second.terminate(Duration::from_secs(30)), Some(0));
 }
+
+/// A pipeline thread that panics (fault injection) is logged as one line
+/// naming the thread, the message and the location, and `run` exits with
+/// the dead-thread code (4), distinct from start-up (1) and data-path (3)
+/// errors, within seconds.
+#[test]
+fn a_panicking_thread_is_logged_once_and_exits_with_its_code() {
+    let topics = TestTopics::create("panic", 1);
+    let config = topics.config("doomed", &guest("enrich_rs"), "", "");
+    let mut worker = WorkerProcess::start_env(
+        "run",
+        &config,
+        &[("PIPELINE_WORKER_FAULT_PANIC_AT_OFFSET", "2")],
+    );
+    produce_all(
+        &topics.input,
+        &(0..5)
+            .map(|i| {
+                In::new(
+                    format!("k{i}"),
+                    format!(r#"{{"id":{i},"session_start":0,"session_end":1}}"#),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(st) = worker.child.try_wait().unwrap() {
+            break st.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker kept running:\n{}",
+            worker.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = worker.log_text();
+    assert_eq!(code, Some(4), "dead-thread exit code; log:\n{log}");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("thread panicked"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one panic line; log:\n{log}");
+    let line = lines[0];
+    assert!(
+        line.contains("sandbox-doomed")
+            && line.contains("fault injection")
+            && line.contains("pipeline.rs:"),
+        "thread, message and location in one line: {line}"
+    );
+}

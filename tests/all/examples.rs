@@ -133,11 +133,18 @@ fn python_enrich_event_through_kafka() {
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
 }
 
-fn run_python(name: &str, value: &str) -> Result<Vec<serde_json::Value>, (String, String)> {
+/// One record's result: its outputs, or the error's (kind, message).
+type Outcome = Result<Vec<pipeline_worker::sandbox::OutputRecord>, (String, String)>;
+
+/// Runs `inputs` through `component` in the production sandbox, in-process
+/// (no Kafka, no pipeline `tombstones` mode): what the SDK inside returns.
+fn run_component(
+    name: &str,
+    component: &Path,
+    inputs: &[pipeline_worker::sandbox::InputRecord],
+) -> Vec<Outcome> {
     use pipeline_worker::config::Limits;
-    use pipeline_worker::sandbox::{
-        ArtifactCache, EpochTicker, Function, InputRecord, Runner, SandboxOptions,
-    };
+    use pipeline_worker::sandbox::{ArtifactCache, EpochTicker, Function, Runner, SandboxOptions};
     let opts = SandboxOptions {
         cache: ArtifactCache::new(repo_root().join(".cache/pipeline-worker-tests")),
         ticker: EpochTicker::start(Duration::from_millis(10)),
@@ -149,26 +156,90 @@ fn run_python(name: &str, value: &str) -> Result<Vec<serde_json::Value>, (String
         deadline_ms: 5_000,
         ..Limits::default()
     };
-    let f = Function::load_file(name, &python_component(name), &limits, &opts).expect("load");
-    let rec = InputRecord {
-        key: None,
-        value: value.as_bytes().to_vec(),
+    let f = Function::load_file(name, component, &limits, &opts).expect("load");
+    Runner::new(f)
+        .run_batch(inputs)
+        .into_iter()
+        .map(|r| r.map_err(|e| (e.kind().to_string(), e.to_string())))
+        .collect()
+}
+
+fn input_record(key: Option<&str>, value: Option<&[u8]>) -> pipeline_worker::sandbox::InputRecord {
+    pipeline_worker::sandbox::InputRecord {
+        key: key.map(|k| k.as_bytes().to_vec()),
+        value: value.map(<[u8]>::to_vec),
         headers: vec![],
         topic: "t".into(),
         partition: 0,
         offset: 0,
         timestamp: None,
-    };
-    Runner::new(f)
-        .run_batch(&[rec])
+    }
+}
+
+fn run_python(name: &str, value: &str) -> Result<Vec<serde_json::Value>, (String, String)> {
+    let rec = input_record(None, Some(value.as_bytes()));
+    run_component(name, &python_component(name), &[rec])
         .pop()
         .unwrap()
         .map(|outs| {
             outs.iter()
-                .map(|o| serde_json::from_slice(&o.value).unwrap())
+                .map(|o| serde_json::from_slice(o.value.as_deref().unwrap()).unwrap())
                 .collect()
         })
-        .map_err(|e| (e.kind().to_string(), e.to_string()))
+}
+
+/// WIT 0.2 tombstones through each SDK inside a real component: a null input
+/// value is seen as null (Python `None`, Rust `None`, JS `null`), distinct
+/// from an empty one, and a null the function returns comes out as a
+/// tombstone with its key. Each pass-through example returns its input
+/// unchanged only after testing for null; had an SDK turned null into empty,
+/// it would read `fields` and refuse the record instead, and had it turned a
+/// null output into empty bytes, `value` would be `Some(b"")`.
+#[test]
+fn every_sdk_sees_a_tombstone_as_null_and_returns_null_as_a_tombstone() {
+    let pass_through = [
+        ("pii_redaction", python_component("pii_redaction")),
+        ("price_calculator", guest("price_calculator")),
+        ("js_enrich", python_component("js_enrich")),
+    ];
+    for (name, component) in &pass_through {
+        let got = run_component(
+            name,
+            component,
+            &[
+                input_record(Some("gone"), None),
+                input_record(Some("empty"), Some(b"")),
+            ],
+        );
+        let outs = got[0]
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{name}: tombstone refused: {e:?}"));
+        assert_eq!(outs.len(), 1, "{name}: {outs:?}");
+        assert_eq!(
+            outs[0].value, None,
+            "{name}: a tombstone must come out as a tombstone"
+        );
+        assert_eq!(outs[0].key.as_deref(), Some(&b"gone"[..]), "{name}");
+        // Empty is not null: it reaches `fields` and is refused as not JSON.
+        let (kind, msg) = got[1].as_ref().expect_err(name);
+        assert_eq!(kind, "invalid-input", "{name}: {msg}");
+        assert!(
+            msg.contains("empty") || msg.contains("EOF"),
+            "{name}: {msg}"
+        );
+        assert!(!msg.contains("tombstone"), "{name}: {msg}");
+    }
+    // Functions that do not test for null: `fields` of a tombstone is a
+    // clear invalid-input naming it, never `{}`.
+    for (name, component) in [
+        ("enrich_event", python_component("enrich_event")),
+        ("enrich_rs", guest("enrich_rs")),
+    ] {
+        let got = run_component(name, &component, &[input_record(Some("k"), None)]);
+        let (kind, msg) = got[0].as_ref().expect_err(name);
+        assert_eq!(kind, "invalid-input", "{name}: {msg}");
+        assert!(msg.contains("null (a tombstone)"), "{name}: {msg}");
+    }
 }
 
 #[test]

@@ -13,5 +13,7 @@ mod examples;
 mod group;
 mod hostile;
 mod pipeline_e2e;
+mod poison;
+mod produce_errors;
 mod registry;
 mod telemetry;

@@ -102,6 +102,11 @@ dead_letter_topic = "{dlq}-unused"
             output = topics.output,
             dlq = topics.dlq,
         );
+        // Workers refuse to start while a declared output topic is missing.
+        create_topics(&[
+            (&format!("{}-unused", topics.output), 1),
+            (&format!("{}-unused", topics.dlq), 1),
+        ]);
         let config = dir.join("worker.toml");
         std::fs::write(&config, text).unwrap();
         std::env::set_var("GLOBEX_TOKEN", TOKEN_B);

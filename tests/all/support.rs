@@ -10,7 +10,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 pub fn brokers() -> String {
@@ -164,6 +164,10 @@ pub struct Out {
     pub value: String,
     pub headers: HashMap<String, String>,
     pub timestamp: Option<i64>,
+    /// A null value (tombstone), as opposed to an empty one.
+    pub value_is_null: bool,
+    /// Header keys in order, lossy (a key that is not UTF-8 shows U+FFFD).
+    pub header_keys: Vec<Vec<u8>>,
 }
 
 impl Out {
@@ -197,13 +201,21 @@ pub fn read_until(topics: &[&str], want: usize, timeout: Duration) -> Vec<Out> {
         if let Some(m) = c.poll(Duration::from_millis(200)) {
             let m = m.expect("read");
             let mut headers = HashMap::new();
-            if let Some(hs) = m.headers() {
-                for h in hs.iter() {
-                    headers.insert(
-                        h.key.to_string(),
-                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                    );
-                }
+            // Through the worker's own byte-level reader: rdkafka's `Headers`
+            // panics on a key that is not UTF-8, and dead letters keep those.
+            let raw = pipeline_worker::record::message_parts(&m)
+                .map(|p| {
+                    p.headers
+                        .iter()
+                        .map(|h| (h.key.to_vec(), h.value.map(<[u8]>::to_vec)))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            for (k, v) in &raw {
+                headers.insert(
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned(),
+                );
             }
             out.push(Out {
                 topic: m.topic().into(),
@@ -213,6 +225,8 @@ pub fn read_until(topics: &[&str], want: usize, timeout: Duration) -> Vec<Out> {
                 value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
                 headers,
                 timestamp: m.timestamp().to_millis(),
+                value_is_null: m.payload().is_none(),
+                header_keys: raw.into_iter().map(|(k, _)| k).collect(),
             });
         }
     }
@@ -364,4 +378,164 @@ impl Drop for WorkerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A free TCP port on 127.0.0.1 (for `telemetry.http_listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// (status code, body) of a GET on 127.0.0.1:port.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// Creates a topic with topic-level configs (e.g. `compression.type`).
+pub fn create_topic_with(topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        t = t.set(k, v);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let res = rt
+        .block_on(admin.create_topics(
+            [&t],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .expect("create topic");
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    }
+}
+
+/// One record exactly as bytes, for what rdkafka's typed API cannot send
+/// (header keys that are not UTF-8, null header values, null values).
+pub struct RawIn<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// Produces `records` to partition 0 of `topic` in order through librdkafka's
+/// C API (`rd_kafka_produceva`), with `extra` producer settings.
+pub fn produce_raw(topic: &str, records: &[RawIn<'_>], extra: &[(&str, &str)]) {
+    use rdkafka::bindings as rd;
+    use rdkafka::producer::BaseProducer;
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true");
+    for (k, v) in extra {
+        cc.set(*k, *v);
+    }
+    let p: BaseProducer = cc.create().expect("raw producer");
+    let topic_c = std::ffi::CString::new(topic).unwrap();
+    for r in records {
+        let names: Vec<std::ffi::CString> = r
+            .headers
+            .iter()
+            .map(|(k, _)| std::ffi::CString::new(k.clone()).expect("no NUL in header keys"))
+            .collect();
+        let mut vus: Vec<rd::rd_kafka_vu_t> = Vec::new();
+        let vu = |vtype, u| rd::rd_kafka_vu_t { vtype, u };
+        use rd::rd_kafka_vtype_t as V;
+        vus.push(vu(
+            V::RD_KAFKA_VTYPE_TOPIC,
+            rd::rd_kafka_vu_s__bindgen_ty_1 {
+                cstr: topic_c.as_ptr(),
+            },
+        ));
+        vus.push(vu(
+            V::RD_KAFKA_VTYPE_PARTITION,
+            rd::rd_kafka_vu_s__bindgen_ty_1 { i32_: 0 },
+        ));
+        // RD_KAFKA_MSG_F_COPY: librdkafka copies key and value.
+        vus.push(vu(
+            V::RD_KAFKA_VTYPE_MSGFLAGS,
+            rd::rd_kafka_vu_s__bindgen_ty_1 { i: 2 },
+        ));
+        if let Some(v) = r.value {
+            vus.push(vu(
+                V::RD_KAFKA_VTYPE_VALUE,
+                rd::rd_kafka_vu_s__bindgen_ty_1 {
+                    mem: rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 {
+                        ptr: v.as_ptr() as *mut _,
+                        size: v.len(),
+                    },
+                },
+            ));
+        }
+        if let Some(k) = r.key {
+            vus.push(vu(
+                V::RD_KAFKA_VTYPE_KEY,
+                rd::rd_kafka_vu_s__bindgen_ty_1 {
+                    mem: rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 {
+                        ptr: k.as_ptr() as *mut _,
+                        size: k.len(),
+                    },
+                },
+            ));
+        }
+        for (name, (_, v)) in names.iter().zip(&r.headers) {
+            let (val, size) = match v {
+                Some(v) => (v.as_ptr() as *const std::ffi::c_void, v.len() as isize),
+                None => (std::ptr::null(), 0),
+            };
+            vus.push(vu(
+                V::RD_KAFKA_VTYPE_HEADER,
+                rd::rd_kafka_vu_s__bindgen_ty_1 {
+                    header: rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_2 {
+                        name: name.as_ptr(),
+                        val,
+                        size,
+                    },
+                },
+            ));
+        }
+        loop {
+            // SAFETY: every pointer in `vus` outlives the call; librdkafka
+            // copies the value, key and headers (F_COPY).
+            let err =
+                unsafe { rd::rd_kafka_produceva(p.client().native_ptr(), vus.as_ptr(), vus.len()) };
+            if err.is_null() {
+                break;
+            }
+            // SAFETY: a non-null error is ours to read and destroy.
+            let code = unsafe { rd::rd_kafka_error_code(err) };
+            unsafe { rd::rd_kafka_error_destroy(err) };
+            assert_eq!(
+                code,
+                rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__QUEUE_FULL,
+                "produce to {topic} refused"
+            );
+            p.poll(Duration::from_millis(10));
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60)).expect("flush raw records");
 }

@@ -2,37 +2,11 @@
 //! (librdkafka's mock cluster takes its broker down) and a drain.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// (status code, body) of a GET on 127.0.0.1:port.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
-}
+use crate::support::http_get as get;
 
 fn wait_for(port: u16, path: &str, code: u16, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
@@ -372,6 +346,7 @@ fn readiness_follows_broker_outage_and_drain() {
             dead_letter_topic: "dlq".into(),
             batch_size: 8,
             concurrency: 1,
+            tombstones: Default::default(),
             limits: Limits::default(),
         }],
     };

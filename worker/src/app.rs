@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rdkafka::producer::ThreadedProducer;
+use rdkafka::producer::Producer as _;
 
 use crate::config::{Config, PipelineConfig};
 use crate::pipeline::{self, Control, FunctionSlot, PipelineHandle};
 use crate::registry::{self, activations::LogReader, Registry};
 use crate::sandbox::{ArtifactCache, EpochTicker, Function, SandboxOptions};
-use crate::sink::{Sink, SinkContext};
+use crate::sink::{FatalError, FatalKind, Sink};
 use crate::telemetry::{self, otel, PipelineView, TelemetryState};
 
 pub fn sandbox_options(config: &Config) -> SandboxOptions {
@@ -86,12 +86,15 @@ impl Worker {
         functions: Vec<(PipelineConfig, Arc<FunctionSlot>)>,
     ) -> anyhow::Result<Self> {
         let control = Arc::new(Control::default());
-        let producer: ThreadedProducer<SinkContext> = pipeline::producer_config(&config.kafka)
-            .create_with_context(SinkContext {
-                fatal: control.fatal.clone(),
-            })
-            .context("creating the Kafka producer")?;
-        let sink = Arc::new(Sink::new(producer, control.fatal.clone()));
+        let sink = Arc::new(
+            Sink::create(
+                &pipeline::producer_config(&config.kafka),
+                control.fatal.clone(),
+                config.message_max_bytes()?,
+            )
+            .context("creating the Kafka producer")?,
+        );
+        check_output_topics(config, &functions, &sink)?;
         let telemetry = Arc::new(TelemetryState::default());
         if let Some(addr) = config.telemetry.http_listen {
             telemetry::serve(addr, telemetry.clone())
@@ -251,10 +254,110 @@ pub fn control(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Until SIGTERM/SIGINT or a fatal error; a fatal error comes back as a
+/// [`FatalError`], which `main` maps to its exit code.
 fn finish(worker: Worker, config: &Config) -> anyhow::Result<()> {
     wait_for_stop(&worker.control);
-    if let Some(e) = worker.shutdown(Duration::from_millis(config.runtime.drain_timeout_ms)) {
-        anyhow::bail!("stopped on a fatal error: {e}");
+    let fatal = worker.control.fatal.clone();
+    let stats: Vec<_> = worker
+        .pipelines
+        .iter()
+        .map(|p| (p.name.clone(), p.stats.clone()))
+        .collect();
+    worker.shutdown(Duration::from_millis(config.runtime.drain_timeout_ms));
+    // A dead thread is its own exit code, whichever error was set first.
+    let dead = stats.iter().find_map(|(name, s)| {
+        s.dead_thread()
+            .map(|why| format!("pipeline {name}: a thread died: {why}"))
+    });
+    match (dead, fatal.error()) {
+        (Some(message), _) => Err(anyhow::Error::new(FatalError {
+            kind: FatalKind::ThreadDied,
+            message,
+        })),
+        (None, Some(e)) => Err(anyhow::Error::new(e)),
+        (None, None) => Ok(()),
+    }
+}
+
+/// How long start-up waits for the cluster's metadata.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Refuses to start when a declared output or dead-letter topic does not
+/// exist: producing to it would either fail every record or, with broker
+/// auto-creation, create a topic nobody configured. Skipped only when the
+/// operator turned `allow.auto.create.topics` on for the worker.
+fn check_output_topics(
+    config: &Config,
+    pipelines: &[(PipelineConfig, Arc<FunctionSlot>)],
+    sink: &Sink,
+) -> anyhow::Result<()> {
+    if pipelines.is_empty() {
+        return Ok(());
+    }
+    let auto_create = config
+        .kafka
+        .librdkafka
+        .get("allow.auto.create.topics")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if auto_create {
+        tracing::info!("allow.auto.create.topics is on; not checking that output topics exist");
+        return Ok(());
+    }
+    // All topics, not one by one: a metadata request naming a topic can make
+    // a broker with auto.create.topics.enable create it.
+    let metadata = sink
+        .producer()
+        .client()
+        .fetch_metadata(None, METADATA_TIMEOUT)
+        .with_context(|| {
+            format!(
+                "kafka.brokers ({}): cannot fetch cluster metadata to check the output topics",
+                config.kafka.brokers
+            )
+        })?;
+    let exists = |t: &str| {
+        metadata
+            .topics()
+            .iter()
+            .any(|m| m.name() == t && m.error().is_none())
+    };
+    for (p, slot) in pipelines {
+        if slot.get().is_none() {
+            // A managed pipeline with nothing activated does not start (it
+            // joins no group) until its first activation; its topics may be
+            // created before that.
+            let missing: Vec<&String> = p
+                .output_topics
+                .iter()
+                .chain(std::iter::once(&p.dead_letter_topic))
+                .filter(|t| !exists(t))
+                .collect();
+            if !missing.is_empty() {
+                tracing::warn!(pipeline = %p.name, topics = ?missing, "declared topics do not exist; records this pipeline refuses or cannot deliver will stop the worker once it is activated");
+            }
+            continue;
+        }
+        let i = config
+            .pipelines
+            .iter()
+            .position(|c| c.name == p.name)
+            .unwrap_or_default();
+        for (j, t) in p.output_topics.iter().enumerate() {
+            if !exists(t) {
+                anyhow::bail!(
+                    "pipelines[{i}].output_topics[{j}]: topic {t:?} does not exist on {}; create it first (the worker does not create topics)",
+                    config.kafka.brokers
+                );
+            }
+        }
+        let t = &p.dead_letter_topic;
+        if !exists(t) {
+            anyhow::bail!(
+                "pipelines[{i}].dead_letter_topic: topic {t:?} does not exist on {}; create it first (the worker does not create topics)",
+                config.kafka.brokers
+            );
+        }
     }
     Ok(())
 }

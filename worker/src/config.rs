@@ -253,8 +253,29 @@ pub struct PipelineConfig {
     /// partition always stays on one thread, which keeps its order.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// What a record with a null value (a tombstone) does; see [`TombstoneMode`].
+    #[serde(default)]
+    pub tombstones: TombstoneMode,
     #[serde(default)]
     pub limits: Limits,
+}
+
+/// Per pipeline: what happens to a record whose value is null (a Kafka
+/// tombstone, a delete in a compacted topic). Null is distinct from empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TombstoneMode {
+    /// Forwarded unchanged (key, headers, timestamp) to the first output
+    /// topic without calling the function, so compacted topics keep deletes.
+    #[default]
+    Pass,
+    /// Delivered to the function as a null value; needs a component built
+    /// against `pipeline:transform@0.2` or later.
+    Function,
+    /// Skipped: committed, nothing produced.
+    Drop,
+    /// Sent to the dead-letter topic with kind `tombstone`.
+    DeadLetter,
 }
 
 fn default_batch_size() -> usize {
@@ -266,9 +287,10 @@ fn default_concurrency() -> usize {
         .unwrap_or(1)
 }
 
-/// Per-function caps. Every cap is per record: batch calls get `n` times the
-/// per-record fuel and deadline, and a batch that trips a cap is re-run one
-/// record at a time so only the offending record is dead-lettered.
+/// Per-function caps, per record. A batch call gets `n` times the per-record
+/// fuel but one deadline in total (so a stuck record costs at most one extra
+/// deadline), and a batch that trips a cap is re-run one record at a time so
+/// only the offending record is dead-lettered.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -276,10 +298,12 @@ pub struct Limits {
     /// per-call cost of a Python component; the deadline still applies).
     #[serde(default)]
     pub fuel: Option<u64>,
-    /// Wall-clock deadline per record, enforced by epoch interruption.
+    /// Wall-clock deadline per record: epoch interruption for running wasm, a
+    /// timer around the call for time blocked in WASI (sleep, poll, reads).
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
-    /// Cap on each linear memory of an instance; growth past it traps.
+    /// Cap on the whole instance: all its linear memories plus its tables
+    /// (8 bytes per element) together; growth past it traps.
     #[serde(default = "default_memory_bytes")]
     pub memory_bytes: u64,
     /// Maximum wasm stack.
@@ -291,9 +315,16 @@ pub struct Limits {
     /// Resources (streams, handles) one instance may hold.
     #[serde(default = "default_max_resources")]
     pub max_resources: usize,
-    /// Total key + value + header bytes of the outputs of one record.
+    /// Total key + value + header bytes of the outputs of one record. Must
+    /// leave [`RECORD_OVERHEAD_BYTES`] under the producer's
+    /// `message.max.bytes`, so the sandbox never admits what the producer
+    /// would refuse.
     #[serde(default = "default_max_output_bytes")]
     pub max_output_bytes: usize,
+    /// Outputs one record may fan out to; more dead-letters the record with
+    /// kind `output-count`.
+    #[serde(default = "default_max_outputs")]
+    pub max_outputs: usize,
     /// Table elements per table.
     #[serde(default = "default_table_elements")]
     pub max_table_elements: usize,
@@ -314,6 +345,7 @@ impl Default for Limits {
             hostcall_fuel: default_hostcall_fuel(),
             max_resources: default_max_resources(),
             max_output_bytes: default_max_output_bytes(),
+            max_outputs: default_max_outputs(),
             max_table_elements: default_table_elements(),
             instance_max_records: default_instance_max_records(),
         }
@@ -335,8 +367,20 @@ fn default_hostcall_fuel() -> usize {
 fn default_max_resources() -> usize {
     1_000
 }
+/// librdkafka's default `message.max.bytes`.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Room kept under the producer's `message.max.bytes` for what the worker adds
+/// to an output (`pw.function.version`, `traceparent`) and the record framing.
+pub const RECORD_OVERHEAD_BYTES: usize = 1_024;
+/// Largest `max_stack_bytes`: the sandbox reserves this much (plus host
+/// headroom) per execution stack.
+pub const MAX_STACK_BYTES: usize = 16 << 20;
+
 fn default_max_output_bytes() -> usize {
-    1 << 20
+    DEFAULT_MESSAGE_MAX_BYTES - RECORD_OVERHEAD_BYTES
+}
+fn default_max_outputs() -> usize {
+    1_000
 }
 fn default_table_elements() -> usize {
     100_000
@@ -549,11 +593,28 @@ impl Config {
                     "must be at least one wasm page (65536)",
                 ));
             }
-            if l.max_stack_bytes < 4096 {
-                return Err(invalid(lk("max_stack_bytes"), "must be at least 4096"));
+            if l.max_stack_bytes < 4096 || l.max_stack_bytes > MAX_STACK_BYTES {
+                return Err(invalid(
+                    lk("max_stack_bytes"),
+                    format!("must be between 4096 and {MAX_STACK_BYTES}"),
+                ));
             }
             if l.max_output_bytes == 0 {
                 return Err(invalid(lk("max_output_bytes"), "must be positive"));
+            }
+            let producer_max = self.message_max_bytes()?;
+            if l.max_output_bytes.saturating_add(RECORD_OVERHEAD_BYTES) > producer_max {
+                return Err(invalid(
+                    lk("max_output_bytes"),
+                    format!(
+                        "{} plus {RECORD_OVERHEAD_BYTES} bytes of record overhead exceeds the producer's kafka.librdkafka.\"message.max.bytes\" ({producer_max}); the producer would refuse such outputs. Lower max_output_bytes to at most {} or raise message.max.bytes",
+                        l.max_output_bytes,
+                        producer_max.saturating_sub(RECORD_OVERHEAD_BYTES)
+                    ),
+                ));
+            }
+            if l.max_outputs == 0 {
+                return Err(invalid(lk("max_outputs"), "must be at least 1"));
             }
             if l.instance_max_records == 0 {
                 return Err(invalid(lk("instance_max_records"), "must be at least 1"));
@@ -563,6 +624,21 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The producer's `message.max.bytes`: the operator's override or librdkafka's default.
+    pub fn message_max_bytes(&self) -> Result<usize, ConfigError> {
+        match self.kafka.librdkafka.get("message.max.bytes") {
+            None => Ok(DEFAULT_MESSAGE_MAX_BYTES),
+            Some(v) => v.trim().parse().map_err(|_| {
+                invalid(
+                    "kafka.librdkafka.\"message.max.bytes\"",
+                    format!("{v:?} is not a whole number of bytes"),
+                )
+            }),
+        }
     }
 }
 

@@ -20,6 +20,8 @@ use crate::config::{Config, KafkaConfig, Limits, PipelineConfig, RuntimeConfig};
 const INPUT: &str = "events";
 const OUTPUT: &str = "events-enriched";
 const DLQ: &str = "events-dlq";
+/// Ctrl-C must be done within 2 s: nothing in dev mode is worth waiting longer.
+const DEV_DRAIN: Duration = Duration::from_millis(1_000);
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
@@ -107,7 +109,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             auto_offset_reset: "earliest".into(),
             librdkafka: Default::default(),
         },
-        runtime: RuntimeConfig::default(),
+        runtime: RuntimeConfig {
+            drain_timeout_ms: DEV_DRAIN.as_millis() as u64,
+            ..RuntimeConfig::default()
+        },
         telemetry: Default::default(),
         registry: None,
         control: None,
@@ -121,6 +126,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             dead_letter_topic: DLQ.into(),
             batch_size: 16,
             concurrency: 2,
+            tombstones: Default::default(),
             limits: Limits::default(),
         }],
     };
@@ -189,14 +195,21 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("\nall {seen} records processed.");
     }
     let ok = seen == values.len();
+    // Our own clients go first: once the cluster is gone they would only log
+    // connection errors and block on leaving the group.
+    drop(reader);
+    drop(producer);
     if !args.once {
         println!("cluster still serving on {brokers}: point any Kafka client at it (produce to {INPUT}, read {OUTPUT}); Ctrl-C to stop");
         app::wait_for_stop(&worker.control);
     }
-    if let Some(e) = worker.shutdown(Duration::from_secs(10)) {
+    // The worker before the cluster it talks to, so it leaves its group and
+    // commits while the cluster still answers.
+    let stopped = worker.shutdown(DEV_DRAIN);
+    drop(cluster);
+    if let Some(e) = stopped {
         anyhow::bail!("worker stopped on an error: {e}");
     }
-    drop(cluster);
     anyhow::ensure!(ok, "not every sample record came back");
     Ok(())
 }

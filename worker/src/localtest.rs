@@ -85,8 +85,11 @@ fn read_expected(path: &Path) -> anyhow::Result<Expected> {
 
 /// An output as the golden files write it.
 fn render(o: &OutputRecord) -> Value {
-    let value = serde_json::from_slice::<Value>(&o.value)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&o.value).into_owned()));
+    let value = match &o.value {
+        None => Value::Null,
+        Some(v) => serde_json::from_slice::<Value>(v)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(v).into_owned())),
+    };
     match &o.topic {
         Some(t) => serde_json::json!({"topic": t, "value": value}),
         None => value,
@@ -165,7 +168,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     for (idx, (line_no, line)) in inputs.iter().enumerate() {
         let record = InputRecord {
             key: None,
-            value: line.as_bytes().to_vec(),
+            value: Some(line.as_bytes().to_vec()),
             headers: vec![],
             topic: "test".into(),
             partition: 0,

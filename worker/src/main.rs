@@ -1,8 +1,21 @@
+//! Exit codes (also in the README):
+//! - 0: stopped cleanly (SIGTERM/SIGINT, or the command succeeded);
+//! - 1: configuration, start-up or command error (nothing was processed past it);
+//! - 2: command-line usage error (from clap);
+//! - 3: fatal data-path error: continuing could have lost or reordered
+//!   records (producer fenced or out of order, dead-letter topic not writable
+//!   after bounded retries); nothing past it was committed;
+//! - 4: a pipeline thread (consumer, sandbox or sink) died.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pipeline_worker::sink::FatalError;
 use pipeline_worker::{app, config::Config, dev, localtest, registry, scaffold};
+
+/// Configuration, start-up or command error.
+const EXIT_ERROR: u8 = 1;
 
 /// Kafka consumer-group worker that runs every record through a sandboxed
 /// WebAssembly component.
@@ -70,6 +83,7 @@ fn main() -> ExitCode {
         Some("json") => LogFormat::Json,
         _ => LogFormat::Text,
     }));
+    install_panic_hook();
     let result = match cli.command {
         Command::Run { .. } => run_config
             .take()
@@ -114,9 +128,35 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<FatalError>() {
+                Some(f) => ExitCode::from(f.kind.exit_code()),
+                None => ExitCode::from(EXIT_ERROR),
+            }
         }
     }
+}
+
+/// Every panic, on any thread, becomes one log line (thread, message,
+/// location) in the configured format before the default report, so a dead
+/// thread is visible in the logs a collector keeps.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("<unnamed>");
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "<non-string panic payload>".into());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        tracing::error!(thread, panic = %message, location = %location, "thread panicked");
+        default(info);
+    }));
 }
 
 fn init_logging(format: LogFormat) {

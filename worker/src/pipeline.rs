@@ -10,114 +10,55 @@
 //! records in order and enqueues their outputs in order; the idempotent
 //! producer keeps that order per output partition.
 //!
+//! Back-pressure: when a sandbox thread's queue is full, the consumer holds
+//! the record that did not fit, pauses that record's partition and keeps
+//! calling `poll`, so rebalances, heartbeats and statistics are served however
+//! slow the function is (no `max.poll.interval.ms` expiry). The partitions
+//! resume when the queue drains below half. Records of a revoked partition
+//! that are still queued are skipped, so a revoke only waits for the batch
+//! being processed.
+//!
+//! Stop: the lanes stop taking queued records; records never started are
+//! given up ([`PartitionTracker::abandon`]) and read again by the next owner.
+//! The consumer waits for lanes and acks against one deadline
+//! (`drain_timeout_ms`), then commits the contiguous watermark.
+//!
+//! A thread that dies (panic) sets the process-wide fatal error, so the
+//! process exits non-zero, and marks its pipeline, so `/readyz` names it.
+//!
 //! Hot swap: the pipeline's function sits in a [`FunctionSlot`]. A sandbox
 //! thread checks the slot's generation before each batch and switches
 //! between batches, so every partition moves to the new version exactly once,
 //! at a batch boundary, without losing or reordering a record.
 
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::config::{KafkaConfig, PipelineConfig, RuntimeConfig};
-use crate::sandbox::{Function, Header, InputRecord, Runner};
+use crate::config::{KafkaConfig, PipelineConfig, RuntimeConfig, TombstoneMode};
+use crate::record::{self, Poison};
+use crate::sandbox::{Function, InputRecord, RecordError, RecordResult, Runner};
 use crate::sink::{Disposition, Fatal, Sink, SinkTarget};
 use crate::source::{PartitionTracker, SourceContext, TrackerCache, Trackers};
-use crate::telemetry::{otel, Histogram};
+use crate::telemetry::otel;
 
-/// Counters of one pipeline (exported as metrics by the telemetry module).
-/// What a function did is counted per function version ([`VersionStats`]),
-/// so a counter labelled with a version counts only that version's records.
-#[derive(Default, Debug)]
-pub struct PipelineStats {
-    /// Set once the consumer received its first assignment.
-    pub joined: AtomicBool,
-    /// Whether librdkafka's last statistics saw at least one broker up.
-    pub broker_up: AtomicBool,
-    /// Consumer lag per assigned partition, from librdkafka statistics.
-    pub lag: std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>,
-    pub consumed: AtomicU64,
-    versions: std::sync::RwLock<Vec<Arc<VersionStats>>>,
-}
+/// Kept for `app.rs` until it imports [`crate::kafka`] directly.
+pub use crate::kafka::{base_client_config, producer_config};
+/// Kept for callers that still import the stats from here.
+pub use crate::stats::{PipelineStats, VersionStats};
 
-/// What one function version did in one pipeline on this worker.
-#[derive(Default, Debug)]
-pub struct VersionStats {
-    pub function: String,
-    pub version: String,
-    /// Dead letters by error kind (index into `crate::sandbox::ERROR_KINDS`).
-    pub errors_by_kind: [AtomicU64; crate::sandbox::ERROR_KINDS.len()],
-    pub produced: AtomicU64,
-    pub filtered: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub traps: AtomicU64,
-    pub fuel_consumed: AtomicU64,
-    pub wasm_nanos: AtomicU64,
-    pub instantiations: AtomicU64,
-    pub instantiate_nanos: AtomicU64,
-    pub process_duration: Histogram,
-    pub wasm_duration: Histogram,
-}
-
-impl PipelineStats {
-    /// The counters of `f`'s version (created on first use, kept after a
-    /// swap so a rollback continues them).
-    pub fn version(&self, f: &Function) -> Arc<VersionStats> {
-        let find = |vs: &[Arc<VersionStats>]| {
-            vs.iter()
-                .find(|v| v.function == f.name && v.version == f.version)
-                .cloned()
-        };
-        if let Some(v) = find(&self.versions.read().unwrap_or_else(|p| p.into_inner())) {
-            return v;
-        }
-        let mut vs = self.versions.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = find(&vs) {
-            return v;
-        }
-        let v = Arc::new(VersionStats {
-            function: f.name.clone(),
-            version: f.version.clone(),
-            ..Default::default()
-        });
-        vs.push(v.clone());
-        v
-    }
-
-    pub fn versions(&self) -> Vec<Arc<VersionStats>> {
-        self.versions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Totals over every version, for the shutdown log line.
-    pub fn snapshot(&self) -> [(&'static str, u64); 8] {
-        let vs = self.versions();
-        let sum = |pick: fn(&VersionStats) -> &AtomicU64| {
-            vs.iter()
-                .map(|v| pick(v).load(Ordering::Relaxed))
-                .sum::<u64>()
-        };
-        [
-            ("consumed", self.consumed.load(Ordering::Relaxed)),
-            ("produced", sum(|v| &v.produced)),
-            ("filtered", sum(|v| &v.filtered)),
-            ("dead_lettered", sum(|v| &v.dead_lettered)),
-            ("traps", sum(|v| &v.traps)),
-            ("fuel_consumed", sum(|v| &v.fuel_consumed)),
-            ("wasm_nanos", sum(|v| &v.wasm_nanos)),
-            ("instantiations", sum(|v| &v.instantiations)),
-        ]
-    }
-}
+/// Hidden fault injection for the dead-thread test: the sandbox thread that
+/// gets the record at this offset panics. Read once per pipeline start.
+pub const FAULT_PANIC_AT_OFFSET: &str = "PIPELINE_WORKER_FAULT_PANIC_AT_OFFSET";
 
 /// The function a pipeline runs now. Empty until the first activation of a
 /// pipeline that has no component file; the consumer joins its group only
@@ -133,6 +74,9 @@ pub struct FunctionSlot {
     pub load_failures: AtomicU64,
     /// The last failure, shown in the status object.
     pub last_error: std::sync::Mutex<Option<String>>,
+    /// Set by [`spawn`] for `tombstones = "function"`: the pipeline's name;
+    /// a function that cannot receive a null value is refused.
+    needs_null_values: std::sync::Mutex<Option<String>>,
 }
 
 impl FunctionSlot {
@@ -164,14 +108,29 @@ impl FunctionSlot {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Takes effect at each sandbox thread's next batch.
-    pub fn swap(&self, f: Arc<Function>) {
+    /// Takes effect at each sandbox thread's next batch. Returns false (and
+    /// records the failure, keeping the current function) when the pipeline
+    /// sends tombstones to its function and `f` cannot receive them.
+    pub fn swap(&self, f: Arc<Function>) -> bool {
+        let needs = self
+            .needs_null_values
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(pipeline) = needs {
+            if let Err(e) = check_tombstones(&pipeline, None, &f) {
+                tracing::error!(error = %e, "function version refused");
+                self.record_failure(e.to_string());
+                return false;
+            }
+        }
         let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
         let g = cur.0 + 1;
         *cur = (g, Some(f));
         self.generation.store(g, Ordering::Release);
         drop(cur);
         self.clear_error();
+        true
     }
 
     pub fn clear_error(&self) {
@@ -184,18 +143,44 @@ impl FunctionSlot {
     }
 }
 
-/// Process-wide stop signal and fatal error.
+/// `tombstones = "function"` needs a function that can receive null values.
+/// `index` is the pipeline's position in the config, when the caller knows it.
+pub fn check_tombstones(
+    pipeline: &str,
+    index: Option<usize>,
+    f: &Function,
+) -> Result<(), PipelineError> {
+    if f.accepts_null_values() {
+        return Ok(());
+    }
+    Err(PipelineError::TombstonesNeedNullValues {
+        pipeline: pipeline.to_string(),
+        key: match index {
+            Some(i) => format!("pipelines[{i}].tombstones"),
+            None => format!("pipelines[name = {pipeline:?}].tombstones"),
+        },
+        function: f.name.clone(),
+        version: f.version.clone(),
+        world: f.world.clone(),
+    })
+}
+
+/// Process-wide stop signal and fatal error. (Not the control plane, which
+/// is `pipeline-worker control`.)
 #[derive(Default)]
-pub struct Control {
+pub struct Shutdown {
     pub stop: AtomicBool,
     pub fatal: Arc<Fatal>,
 }
 
-impl Control {
+impl Shutdown {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed) || self.fatal.get().is_some()
     }
 }
+
+/// The old name, kept while `app.rs` and `registry::watcher` still use it.
+pub type Control = Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -210,26 +195,19 @@ pub enum PipelineError {
         topics: Vec<String>,
         source: Box<rdkafka::error::KafkaError>,
     },
-}
-
-/// librdkafka settings shared by consumers and the producer: the operator's
-/// pass-through map first, then the keys correctness depends on.
-pub fn base_client_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in &kafka.librdkafka {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &kafka.brokers);
-    c
-}
-
-pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut c = base_client_config(kafka);
-    c.set("enable.idempotence", "true").set("acks", "all");
-    if !kafka.librdkafka.contains_key("linger.ms") {
-        c.set("linger.ms", "5");
-    }
-    c
+    #[error("pipeline {pipeline}: {key} = \"function\" sends tombstones (null values) to the function, but {function} version {version} exports {world}, which cannot receive a null value; rebuild it against pipeline:transform@0.2 or choose tombstones = \"pass\", \"drop\" or \"dead-letter\"")]
+    TombstonesNeedNullValues {
+        pipeline: String,
+        key: String,
+        function: String,
+        version: String,
+        world: String,
+    },
+    #[error("pipeline {pipeline}: cannot start a thread: {source}")]
+    Thread {
+        pipeline: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct PipelineHandle {
@@ -247,9 +225,25 @@ impl PipelineHandle {
     }
 }
 
+/// What a sandbox thread gets: a decoded record, or one that cannot reach
+/// the function and goes to the dead-letter topic in its partition's order.
+enum Work {
+    Record(InputRecord),
+    Poison(Box<Poison>),
+}
+
 struct Inbound {
-    record: InputRecord,
+    work: Work,
     tracker: Arc<PartitionTracker>,
+}
+
+impl Inbound {
+    fn offset(&self) -> i64 {
+        match &self.work {
+            Work::Record(r) => r.offset,
+            Work::Poison(p) => p.raw.offset,
+        }
+    }
 }
 
 /// Starts the pipeline's threads. Returns once the consumer has subscribed.
@@ -259,36 +253,34 @@ pub fn spawn(
     runtime: &RuntimeConfig,
     slot: Arc<FunctionSlot>,
     sink: Arc<Sink>,
-    control: Arc<Control>,
+    shutdown: Arc<Shutdown>,
 ) -> Result<PipelineHandle, PipelineError> {
+    if pipeline.tombstones == TombstoneMode::Function {
+        if let Some(f) = slot.get() {
+            check_tombstones(&pipeline.name, None, &f)?;
+        }
+        *slot
+            .needs_null_values
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(pipeline.name.clone());
+    }
     let trackers = Arc::new(Trackers::default());
     let stats = Arc::new(PipelineStats::default());
     let drain_timeout = Duration::from_millis(runtime.drain_timeout_ms);
+    let group = crate::kafka::group_id(kafka, pipeline);
     let context = SourceContext {
         pipeline: pipeline.name.clone(),
         trackers: trackers.clone(),
-        drain_timeout,
+        revoke_timeout: drain_timeout.min(crate::kafka::max_poll_interval(kafka) / 2),
         stats: stats.clone(),
+        shutdown_deadline: Default::default(),
     };
-    let mut cc = base_client_config(kafka);
-    cc.set("group.id", format!("{}.{}", kafka.group_id, pipeline.name))
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", &kafka.auto_offset_reset)
-        .set("partition.assignment.strategy", "cooperative-sticky");
-    if !kafka.librdkafka.contains_key("auto.commit.interval.ms") {
-        cc.set("auto.commit.interval.ms", "1000");
-    }
-    if !kafka.librdkafka.contains_key("statistics.interval.ms") {
-        // Feeds consumer lag and broker reachability (readiness, metrics).
-        cc.set("statistics.interval.ms", "2000");
-    }
-    let consumer: BaseConsumer<SourceContext> =
-        cc.create_with_context(context)
-            .map_err(|source| PipelineError::Consumer {
-                pipeline: pipeline.name.clone(),
-                source: Box::new(source),
-            })?;
+    let consumer: BaseConsumer<SourceContext> = crate::kafka::consumer_config(kafka, pipeline)
+        .create_with_context(context)
+        .map_err(|source| PipelineError::Consumer {
+            pipeline: pipeline.name.clone(),
+            source: Box::new(source),
+        })?;
     let topics: Vec<String> = pipeline.input_topics.clone();
     if slot.get().is_some() {
         subscribe(&consumer, &pipeline.name, &topics)?;
@@ -298,75 +290,152 @@ pub fn spawn(
         pipeline: pipeline.name.clone(),
         output_topics: pipeline.output_topics.clone(),
         dead_letter_topic: pipeline.dead_letter_topic.clone(),
-        group: format!("{}.{}", kafka.group_id, pipeline.name),
+        group: group.clone(),
     });
+    let panic_at: Option<i64> = std::env::var(FAULT_PANIC_AT_OFFSET)
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    if let Some(at) = panic_at {
+        tracing::warn!(pipeline = %pipeline.name, offset = at, "fault injection on: the sandbox thread panics at this offset");
+    }
 
     let lanes = pipeline.concurrency.max(1);
     let per_lane = (runtime.max_in_flight / lanes).max(pipeline.batch_size);
-    let mut senders = Vec::with_capacity(lanes);
+    let mut feeds = Vec::with_capacity(lanes);
     let mut workers = Vec::with_capacity(lanes);
     for lane in 0..lanes {
         let (tx, rx) = sync_channel::<Inbound>(per_lane);
-        senders.push(tx);
-        let slot = slot.clone();
-        let sink = sink.clone();
-        let target = target.clone();
-        let stats = stats.clone();
-        let batch_size = pipeline.batch_size;
-        workers.push(
-            std::thread::Builder::new()
-                .name(format!("sandbox-{}-{lane}", pipeline.name))
-                .spawn(move || sandbox_lane(rx, &slot, &sink, &target, &stats, batch_size))
-                .expect("spawn sandbox thread"),
-        );
+        let queued = Arc::new(AtomicUsize::new(0));
+        feeds.push(LaneFeed {
+            tx,
+            queued: queued.clone(),
+            resume_below: per_lane / 2,
+            held: VecDeque::new(),
+            paused: Vec::new(),
+        });
+        let ctx = LaneContext {
+            lane,
+            slot: slot.clone(),
+            sink: sink.clone(),
+            target: target.clone(),
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+            queued,
+            batch_size: pipeline.batch_size,
+            tombstones: pipeline.tombstones,
+            panic_at,
+        };
+        let w = std::thread::Builder::new()
+            .name(format!("sandbox-{}-{lane}", pipeline.name))
+            .spawn(move || sandbox_lane(rx, ctx))
+            .map_err(|source| PipelineError::Thread {
+                pipeline: pipeline.name.clone(),
+                source,
+            })?;
+        workers.push(w);
     }
 
     let name = pipeline.name.clone();
-    let stats2 = stats.clone();
-    let trackers2 = trackers.clone();
-    let slot2 = slot.clone();
+    let thread_stats = stats.clone();
+    let thread_trackers = trackers.clone();
+    let thread_slot = slot.clone();
     let thread = std::thread::Builder::new()
         .name(format!("consumer-{}", pipeline.name))
         .spawn(move || {
-            if !wait_for_function(&name, &consumer, &slot2, &topics, &control) {
-                drop(senders);
-                for w in workers {
-                    let _ = w.join();
-                }
-                return;
+            let run = AssertUnwindSafe(|| {
+                consumer_thread(
+                    &name,
+                    &consumer,
+                    &thread_slot,
+                    &topics,
+                    &thread_trackers,
+                    feeds,
+                    workers,
+                    &thread_stats,
+                    &shutdown,
+                    drain_timeout,
+                )
+            });
+            if let Err(p) = catch_unwind(run) {
+                let why = format!("consumer thread panicked: {}", panic_message(&*p));
+                thread_stats.thread_died(why.clone());
+                shutdown.fatal.set(format!("pipeline {name}: {why}"));
             }
-            consume_loop(&name, &consumer, &trackers2, senders, &stats2, &control);
-            for w in workers {
-                let _ = w.join();
-            }
-            // Every record handed to a sandbox thread has been enqueued to the
-            // producer; wait for their acks, then commit what is contiguous.
-            let deadline = Instant::now() + drain_timeout;
-            for t in trackers2.all() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if !t.wait_drained(left) {
-                    tracing::warn!(pipeline = %name, topic = %t.topic, partition = t.partition, in_flight = t.in_flight(), "records still unacknowledged at shutdown; they will be processed again");
-                }
-            }
-            trackers2.store_offsets(&consumer);
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) => tracing::info!(pipeline = %name, "final offsets committed"),
-                // NoOffset: auto-commit already sent every stored watermark.
-                Err(e) => tracing::debug!(pipeline = %name, error = %e, "final commit: nothing new"),
-            }
-            consumer.unsubscribe();
-            tracing::info!(pipeline = %name, stats = ?stats2.snapshot(), "pipeline stopped");
         })
-        .expect("spawn consumer thread");
+        .map_err(|source| PipelineError::Thread {
+            pipeline: pipeline.name.clone(),
+            source,
+        })?;
 
     Ok(PipelineHandle {
         name: pipeline.name.clone(),
-        group: format!("{}.{}", kafka.group_id, pipeline.name),
+        group,
         stats,
         trackers,
         slot,
         thread,
     })
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic payload)".into())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn consumer_thread(
+    name: &str,
+    consumer: &BaseConsumer<SourceContext>,
+    slot: &FunctionSlot,
+    topics: &[String],
+    trackers: &Trackers,
+    mut feeds: Vec<LaneFeed>,
+    workers: Vec<JoinHandle<()>>,
+    stats: &PipelineStats,
+    shutdown: &Shutdown,
+    drain_timeout: Duration,
+) {
+    if wait_for_function(name, consumer, slot, topics, shutdown) {
+        consume_loop(name, consumer, trackers, &mut feeds, stats, shutdown);
+    }
+    // One deadline for the whole stop: lanes finishing their batch, the
+    // producer's acks, and any revoke the consumer's close triggers.
+    let deadline = Instant::now() + drain_timeout;
+    *consumer
+        .context()
+        .shutdown_deadline
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+    // Dropping the senders lets the lanes see the end of their queues.
+    drop(feeds);
+    for w in workers {
+        while !w.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if w.is_finished() {
+            let _ = w.join();
+        } else {
+            tracing::warn!(
+                pipeline = name,
+                "a sandbox thread is still in a batch at the drain deadline; its records will be processed again"
+            );
+        }
+    }
+    for t in trackers.all() {
+        if !t.wait_drained(deadline.saturating_duration_since(Instant::now())) {
+            tracing::warn!(pipeline = %name, topic = %t.topic, partition = t.partition, in_flight = t.in_flight(), "records still unacknowledged at shutdown; they will be processed again");
+        }
+    }
+    trackers.store_offsets(consumer);
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!(pipeline = %name, "final offsets committed"),
+        // NoOffset: auto-commit already sent every stored watermark.
+        Err(e) => tracing::debug!(pipeline = %name, error = %e, "final commit: nothing new"),
+    }
+    consumer.unsubscribe();
+    tracing::info!(pipeline = %name, stats = ?stats.snapshot(), "pipeline stopped");
 }
 
 fn subscribe(
@@ -391,7 +460,7 @@ fn wait_for_function(
     consumer: &BaseConsumer<SourceContext>,
     slot: &FunctionSlot,
     topics: &[String],
-    control: &Control,
+    shutdown: &Shutdown,
 ) -> bool {
     if slot.get().is_some() && consumer.subscription().is_ok_and(|s| s.count() > 0) {
         return true;
@@ -401,7 +470,7 @@ fn wait_for_function(
         "no function activated yet; waiting before joining the group"
     );
     while slot.get().is_none() {
-        if control.stopping() {
+        if shutdown.stopping() {
             return false;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -409,7 +478,7 @@ fn wait_for_function(
     match subscribe(consumer, name, topics) {
         Ok(()) => true,
         Err(e) => {
-            control.fatal.set(e.to_string());
+            shutdown.fatal.set(e.to_string());
             false
         }
     }
@@ -422,18 +491,134 @@ fn lane_for(topic: &str, partition: i32, lanes: usize) -> usize {
     (h.finish() as usize) % lanes
 }
 
+/// The consumer's side of one sandbox thread's queue.
+struct LaneFeed {
+    tx: SyncSender<Inbound>,
+    /// Records in the queue (the lane decrements on receipt).
+    queued: Arc<AtomicUsize>,
+    /// Paused partitions resume once `queued` is at most this.
+    resume_below: usize,
+    /// Records polled while the queue was full, in poll order.
+    held: VecDeque<Inbound>,
+    /// Partitions paused because their records did not fit.
+    paused: Vec<(String, i32)>,
+}
+
+enum Sent {
+    Yes,
+    Full(Inbound),
+    Gone,
+}
+
+impl LaneFeed {
+    /// Registers the offset only while the record is in the queue, so a held
+    /// record never holds up a revoke's drain or the watermark.
+    fn try_send(&self, item: Inbound) -> Sent {
+        let offset = item.offset();
+        item.tracker.register(offset);
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        match self.tx.try_send(item) {
+            Ok(()) => Sent::Yes,
+            Err(TrySendError::Full(back)) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                back.tracker.abandon_last(offset);
+                Sent::Full(back)
+            }
+            Err(TrySendError::Disconnected(back)) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                back.tracker.abandon_last(offset);
+                Sent::Gone
+            }
+        }
+    }
+
+    fn hold(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        item: Inbound,
+        stats: &PipelineStats,
+    ) {
+        let (topic, partition) = (&item.tracker.topic, item.tracker.partition);
+        if !self
+            .paused
+            .iter()
+            .any(|(t, p)| t == topic && *p == partition)
+        {
+            let mut tpl = TopicPartitionList::with_capacity(1);
+            let paused = tpl
+                .add_partition_offset(topic, partition, Offset::Invalid)
+                .and_then(|()| consumer.pause(&tpl));
+            match paused {
+                Ok(()) => {
+                    tracing::debug!(topic = %topic, partition, "sandbox queue full: partition paused");
+                    stats.paused_partitions.fetch_add(1, Ordering::Relaxed);
+                    self.paused.push((topic.clone(), partition));
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %topic, partition, error = %e, "pause refused (partition revoked?)")
+                }
+            }
+        }
+        self.held.push_back(item);
+    }
+
+    /// Moves held records into the queue while there is room, then resumes
+    /// the paused partitions once the queue is below the low watermark.
+    /// False when the lane is gone.
+    fn feed(&mut self, consumer: &BaseConsumer<SourceContext>, stats: &PipelineStats) -> bool {
+        while let Some(item) = self.held.pop_front() {
+            if item.tracker.revoked() {
+                // The next owner reads it from the committed offset.
+                continue;
+            }
+            match self.try_send(item) {
+                Sent::Yes => {}
+                Sent::Full(back) => {
+                    self.held.push_front(back);
+                    return true;
+                }
+                Sent::Gone => return false,
+            }
+        }
+        if !self.paused.is_empty() && self.queued.load(Ordering::Acquire) <= self.resume_below {
+            let mut tpl = TopicPartitionList::with_capacity(self.paused.len());
+            for (t, p) in &self.paused {
+                let _ = tpl.add_partition_offset(t, *p, Offset::Invalid);
+            }
+            if let Err(e) = consumer.resume(&tpl) {
+                // Revoked partitions refuse; assigned ones resumed anyway.
+                tracing::debug!(error = %e, "resume: some partitions refused");
+            }
+            stats
+                .paused_partitions
+                .fetch_sub(self.paused.len() as u64, Ordering::Relaxed);
+            self.paused.clear();
+        }
+        true
+    }
+}
+
 fn consume_loop(
     name: &str,
     consumer: &BaseConsumer<SourceContext>,
     trackers: &Trackers,
-    senders: Vec<SyncSender<Inbound>>,
+    feeds: &mut [LaneFeed],
     stats: &PipelineStats,
-    control: &Control,
+    shutdown: &Shutdown,
 ) {
     let mut last_store = Instant::now();
     let mut cache = TrackerCache::new();
-    while !control.stopping() {
-        match consumer.poll(Duration::from_millis(100)) {
+    while !shutdown.stopping() {
+        let mut waiting = false;
+        for f in feeds.iter_mut() {
+            if !f.feed(consumer, stats) {
+                return;
+            }
+            waiting |= !f.paused.is_empty();
+        }
+        // Shorter polls while records wait, so a drained queue refills soon.
+        let timeout = Duration::from_millis(if waiting { 10 } else { 100 });
+        match consumer.poll(timeout) {
             None => {}
             Some(Err(e)) => tracing::warn!(pipeline = name, error = %e, "consumer error"),
             Some(Ok(msg)) => {
@@ -447,32 +632,27 @@ fn consume_loop(
                     );
                     continue;
                 };
-                tracker.register(msg.offset());
                 stats.consumed.fetch_add(1, Ordering::Relaxed);
-                let lane = lane_for(msg.topic(), msg.partition(), senders.len());
-                let mut item = Inbound {
-                    record: to_input(&msg),
-                    tracker,
+                let lane = lane_for(msg.topic(), msg.partition(), feeds.len());
+                let work = match record::from_message(&msg) {
+                    Ok(r) => Work::Record(r),
+                    Err(p) => {
+                        tracing::warn!(pipeline = name, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), error = %p.error, "record cannot reach the function; dead-lettering it");
+                        Work::Poison(p)
+                    }
                 };
                 drop(msg);
-                // Block (while still serving rebalances and offset stores)
-                // when the sandbox lane is full.
-                loop {
-                    match senders[lane].try_send(item) {
-                        Ok(()) => break,
-                        Err(TrySendError::Full(back)) => {
-                            item = back;
-                            trackers.store_offsets(consumer);
-                            if control.stopping() {
-                                // Not processed: it stays uncommitted and is
-                                // read again after a restart.
-                                item.tracker.abandon_last(item.record.offset);
-                                break;
-                            }
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err(TrySendError::Disconnected(_)) => return,
+                let item = Inbound { work, tracker };
+                let f = &mut feeds[lane];
+                if f.held.is_empty() {
+                    match f.try_send(item) {
+                        Sent::Yes => {}
+                        Sent::Full(back) => f.hold(consumer, back, stats),
+                        Sent::Gone => return,
                     }
+                } else {
+                    // Behind records already waiting: keep the partition's order.
+                    f.hold(consumer, item, stats);
                 }
             }
         }
@@ -487,80 +667,160 @@ fn consume_loop(
     );
 }
 
-fn to_input(msg: &BorrowedMessage<'_>) -> InputRecord {
-    let headers = msg
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| Header {
-                    key: h.key.to_string(),
-                    value: h.value.map(|v| v.to_vec()).unwrap_or_default(),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    InputRecord {
-        key: msg.key().map(|k| k.to_vec()),
-        value: msg.payload().map(|p| p.to_vec()).unwrap_or_default(),
-        headers,
-        topic: msg.topic().to_string(),
-        partition: msg.partition(),
-        offset: msg.offset(),
-        timestamp: msg.timestamp().to_millis(),
-    }
+/// What one sandbox thread works with.
+struct LaneContext {
+    lane: usize,
+    slot: Arc<FunctionSlot>,
+    sink: Arc<Sink>,
+    target: Arc<SinkTarget>,
+    stats: Arc<PipelineStats>,
+    shutdown: Arc<Shutdown>,
+    queued: Arc<AtomicUsize>,
+    batch_size: usize,
+    tombstones: TombstoneMode,
+    panic_at: Option<i64>,
 }
 
-fn sandbox_lane(
-    rx: Receiver<Inbound>,
-    slot: &FunctionSlot,
-    sink: &Sink,
-    target: &SinkTarget,
-    pipeline_stats: &PipelineStats,
-    batch_size: usize,
-) {
-    let mut inputs = Vec::with_capacity(batch_size);
-    let mut trackers = Vec::with_capacity(batch_size);
-    let mut runner: Option<(u64, Runner, Arc<VersionStats>)> = None;
+type LaneRunner = Option<(u64, Runner, Arc<VersionStats>)>;
+
+fn sandbox_lane(rx: Receiver<Inbound>, ctx: LaneContext) {
+    let mut batch: Vec<Inbound> = Vec::with_capacity(ctx.batch_size);
+    let mut runner: LaneRunner = None;
+    let recv = |m: Inbound| {
+        ctx.queued.fetch_sub(1, Ordering::AcqRel);
+        m
+    };
     while let Ok(first) = rx.recv() {
-        inputs.push(first.record);
-        trackers.push(first.tracker);
-        while inputs.len() < batch_size {
+        batch.push(recv(first));
+        while batch.len() < ctx.batch_size {
             match rx.try_recv() {
-                Ok(m) => {
-                    inputs.push(m.record);
-                    trackers.push(m.tracker);
-                }
+                Ok(m) => batch.push(recv(m)),
                 Err(_) => break,
             }
         }
-        // The batch boundary: the only place a lane changes function.
-        if runner
-            .as_ref()
-            .is_none_or(|(g, _, _)| *g != slot.generation())
-        {
-            if let (generation, Some(f)) = slot.get_with_generation() {
-                if let Some((_, old, _)) = &runner {
-                    tracing::info!(pipeline = %target.pipeline, from = %old.function().version, to = %f.version, "switching function version");
-                }
-                let vstats = pipeline_stats.version(&f);
-                runner = Some((generation, Runner::new(f), vstats));
-            }
+        if ctx.shutdown.stopping() {
+            break;
         }
-        let Some((_, runner, stats)) = runner.as_mut() else {
-            // Unreachable: records arrive only after the slot is filled.
+        // A revoked partition's queued records belong to its next owner.
+        batch.retain(|m| {
+            let keep = !m.tracker.revoked();
+            if !keep {
+                m.tracker.abandon(m.offset());
+            }
+            keep
+        });
+        if batch.is_empty() {
             continue;
+        }
+        let started: Vec<(Arc<PartitionTracker>, i64)> = batch
+            .iter()
+            .map(|m| (m.tracker.clone(), m.offset()))
+            .collect();
+        let run = AssertUnwindSafe(|| process_batch(&ctx, &mut runner, &mut batch));
+        if let Err(p) = catch_unwind(run) {
+            // Whatever of the batch was not acknowledged is read again.
+            for (t, o) in &started {
+                t.abandon(*o);
+            }
+            let why = format!(
+                "sandbox thread {} panicked: {}",
+                ctx.lane,
+                panic_message(&*p)
+            );
+            ctx.stats.thread_died(why.clone());
+            ctx.shutdown
+                .fatal
+                .set(format!("pipeline {}: {why}", ctx.target.pipeline));
+            batch.clear();
+            break;
+        }
+        batch.clear();
+    }
+    // Stopping (or dead): never start another record. Give up the batch and
+    // everything queued, until the consumer drops its sender.
+    for m in batch.drain(..) {
+        m.tracker.abandon(m.offset());
+    }
+    while let Ok(m) = rx.recv() {
+        let m = recv(m);
+        m.tracker.abandon(m.offset());
+    }
+}
+
+/// How one record of a batch is handled.
+enum Plan {
+    /// The next result of the function batch.
+    Function,
+    /// A tombstone handled by the pipeline's `tombstones` setting.
+    Tombstone(InputRecord),
+    Poison(Box<Poison>),
+}
+
+fn process_batch(ctx: &LaneContext, runner: &mut LaneRunner, batch: &mut Vec<Inbound>) {
+    if let Some(at) = ctx.panic_at {
+        if batch.iter().any(|m| m.offset() == at) {
+            panic!("fault injection: {FAULT_PANIC_AT_OFFSET}={at}");
+        }
+    }
+    // The batch boundary: the only place a lane changes function.
+    if runner
+        .as_ref()
+        .is_none_or(|(g, _, _)| *g != ctx.slot.generation())
+    {
+        if let (generation, Some(f)) = ctx.slot.get_with_generation() {
+            if let Some((_, old, _)) = &runner {
+                tracing::info!(pipeline = %ctx.target.pipeline, from = %old.function().version, to = %f.version, "switching function version");
+            }
+            let vstats = ctx.stats.version(&f);
+            *runner = Some((generation, Runner::new(f), vstats));
+        }
+    }
+    let Some((_, runner, stats)) = runner.as_mut() else {
+        // Records arrive only after the slot is filled; if not, give them up.
+        for m in batch.drain(..) {
+            m.tracker.abandon(m.offset());
+        }
+        return;
+    };
+    let function = runner.function().clone();
+    let mut inputs = Vec::with_capacity(batch.len());
+    let mut plans = Vec::with_capacity(batch.len());
+    for m in batch.drain(..) {
+        let offset = m.offset();
+        let plan = match m.work {
+            Work::Record(r) if r.value.is_none() && ctx.tombstones != TombstoneMode::Function => {
+                Plan::Tombstone(r)
+            }
+            Work::Record(r) => {
+                inputs.push(r);
+                Plan::Function
+            }
+            Work::Poison(p) => Plan::Poison(p),
         };
-        let function = runner.function().clone();
-        // Spans only when an OTLP exporter runs: otherwise this is one load.
-        let tracer = otel::get();
-        let mut spans: Vec<otel::RecordSpan> = match tracer {
-            Some(o) => inputs
-                .iter()
-                .map(|i| o.record_span(i, &target.pipeline, &target.group, &function.version))
-                .collect(),
-            None => Vec::new(),
-        };
-        let started = Instant::now();
+        plans.push((plan, m.tracker, offset));
+    }
+    // Spans only when an OTLP exporter runs: otherwise this is one load.
+    let tracer = otel::get();
+    let spans: Vec<otel::RecordSpan> = match tracer {
+        Some(o) => inputs
+            .iter()
+            .map(|i| {
+                o.record_span(
+                    i,
+                    &ctx.target.pipeline,
+                    &ctx.target.group,
+                    &function.version,
+                )
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let started = Instant::now();
+    let n_inputs = inputs.len();
+    let mut wasm = 0;
+    let results = if inputs.is_empty() {
+        Vec::new()
+    } else {
         let before = runner.stats;
         let results = runner.run_batch(&inputs);
         let after = runner.stats;
@@ -568,7 +828,7 @@ fn sandbox_lane(
             after.fuel_consumed - before.fuel_consumed,
             Ordering::Relaxed,
         );
-        let wasm = after.wasm_nanos - before.wasm_nanos;
+        wasm = after.wasm_nanos - before.wasm_nanos;
         stats.wasm_nanos.fetch_add(wasm, Ordering::Relaxed);
         stats.wasm_duration.observe(Duration::from_nanos(wasm), 1);
         stats.instantiations.fetch_add(
@@ -579,59 +839,178 @@ fn sandbox_lane(
             after.instantiate_nanos - before.instantiate_nanos,
             Ordering::Relaxed,
         );
-        let mut spans_iter = spans.drain(..);
-        for ((input, tracker), result) in inputs.iter().zip(&trackers).zip(results) {
-            let span = spans_iter.next();
-            let traceparent = span.as_ref().map(|s| s.traceparent.as_str());
-            let (disposition, err) =
-                sink.deliver(target, &function, input, tracker, result, traceparent);
-            if let Some(span) = span {
-                match (&disposition, &err) {
-                    (_, Some(e)) => span.end(Some(e.kind()), 0),
-                    (Disposition::Produced(n), None) => span.end(None, *n),
-                    _ => span.end(None, 0),
-                }
-            }
-            match disposition {
-                Disposition::Produced(n) => {
-                    stats.produced.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                Disposition::Filtered => {
-                    stats.filtered.fetch_add(1, Ordering::Relaxed);
-                }
-                Disposition::DeadLettered => {
-                    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    if let Some(e) = err {
-                        if !matches!(e.kind(), "invalid-input" | "failed" | "unknown-topic") {
-                            stats.traps.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if let Some(i) = crate::sandbox::ERROR_KINDS
-                            .iter()
-                            .position(|k| *k == e.kind())
-                        {
-                            stats.errors_by_kind[i].fetch_add(1, Ordering::Relaxed);
-                        }
-                        tracing::debug!(pipeline = %target.pipeline, topic = %input.topic, partition = input.partition, offset = input.offset, kind = e.kind(), error = %e, "record dead-lettered");
+        results
+    };
+    let mut done = inputs.into_iter().zip(results);
+    let mut spans = spans.into_iter();
+    for (plan, tracker, offset) in plans {
+        match plan {
+            Plan::Function => {
+                let Some((input, result)) = done.next() else {
+                    // The runner returns one result per input; if not, the
+                    // record is read again rather than lost.
+                    tracker.abandon(offset);
+                    continue;
+                };
+                let span = spans.next();
+                let traceparent = span.as_ref().map(|s| s.traceparent.clone());
+                let (disposition, err) = deliver(
+                    ctx,
+                    &function,
+                    input,
+                    &tracker,
+                    result,
+                    traceparent.as_deref(),
+                    stats,
+                );
+                if let Some(span) = span {
+                    match (&disposition, &err) {
+                        (_, Some(e)) => span.end(Some(e.kind()), 0),
+                        (Disposition::Produced(n), None) => span.end(None, *n),
+                        _ => span.end(None, 0),
                     }
                 }
             }
+            Plan::Tombstone(r) => tombstone(ctx, &function, r, &tracker, stats),
+            Plan::Poison(p) => dead_letter_poison(ctx, &function, *p, &tracker, stats),
         }
-        let elapsed = started.elapsed();
-        stats.process_duration.observe(elapsed, inputs.len() as u64);
-        if let Some(o) = tracer {
-            let attrs = [
-                opentelemetry::KeyValue::new("messaging.system", "kafka"),
-                opentelemetry::KeyValue::new("messaging.consumer.group.name", target.group.clone()),
-                opentelemetry::KeyValue::new("pipeline", target.pipeline.clone()),
-                opentelemetry::KeyValue::new("pipeline.function.version", function.version.clone()),
-            ];
-            let secs = elapsed.as_secs_f64();
-            for _ in 0..inputs.len() {
-                o.process_duration.record(secs, &attrs);
+    }
+    let elapsed = started.elapsed();
+    if n_inputs > 0 {
+        stats.process_duration.observe(elapsed, n_inputs as u64);
+    }
+    if let (Some(o), true) = (tracer, n_inputs > 0) {
+        let attrs = [
+            opentelemetry::KeyValue::new("messaging.system", "kafka"),
+            opentelemetry::KeyValue::new("messaging.consumer.group.name", ctx.target.group.clone()),
+            opentelemetry::KeyValue::new("pipeline", ctx.target.pipeline.clone()),
+            opentelemetry::KeyValue::new("pipeline.function.version", function.version.clone()),
+        ];
+        let secs = elapsed.as_secs_f64();
+        for _ in 0..n_inputs {
+            o.process_duration.record(secs, &attrs);
+        }
+        o.wasm_duration.record(wasm as f64 / 1e9, &attrs);
+    }
+}
+
+/// `tombstones` other than `"function"`: pass and dead-letter go through the
+/// sink (the offset is stored only after the broker's ack), drop completes.
+fn tombstone(
+    ctx: &LaneContext,
+    function: &Function,
+    r: InputRecord,
+    tracker: &Arc<PartitionTracker>,
+    stats: &VersionStats,
+) {
+    match ctx.tombstones {
+        TombstoneMode::Pass => {
+            // Unchanged and unstamped: no function produced it.
+            if let Disposition::Produced(n) =
+                ctx.sink.forward(&ctx.target, function, r, tracker, None)
+            {
+                stats.produced.fetch_add(n as u64, Ordering::Relaxed);
             }
-            o.wasm_duration.record(wasm as f64 / 1e9, &attrs);
         }
-        inputs.clear();
-        trackers.clear();
+        TombstoneMode::DeadLetter => {
+            deliver(
+                ctx,
+                function,
+                r,
+                tracker,
+                Err(RecordError::Tombstone),
+                None,
+                stats,
+            );
+        }
+        TombstoneMode::Drop => {
+            tracker.complete(r.offset);
+            stats.filtered.fetch_add(1, Ordering::Relaxed);
+        }
+        // Never planned as a tombstone: in this mode it goes to the function.
+        // Dead-lettering keeps it visible should that ever change.
+        TombstoneMode::Function => {
+            deliver(
+                ctx,
+                function,
+                r,
+                tracker,
+                Err(RecordError::Tombstone),
+                None,
+                stats,
+            );
+        }
+    }
+}
+
+/// Dead-letters a record that could not be decoded, its headers byte for byte.
+fn dead_letter_poison(
+    ctx: &LaneContext,
+    function: &Function,
+    p: Poison,
+    tracker: &Arc<PartitionTracker>,
+    stats: &VersionStats,
+) {
+    let r = p.raw;
+    // `sink::RawRecord` mirrors `record::RawRecord` field for field; the lead
+    // may make it a re-export of the latter.
+    let raw = crate::sink::RawRecord {
+        key: r.key,
+        value: r.value,
+        headers: r.headers,
+        topic: r.topic,
+        partition: r.partition,
+        offset: r.offset,
+        timestamp: r.timestamp,
+    };
+    ctx.sink
+        .dead_letter_raw(&ctx.target, Some(function), raw, tracker, &p.error);
+    count_dead_letter(stats, &p.error);
+}
+
+/// The one call into the sink, with the counting of what happened.
+fn deliver(
+    ctx: &LaneContext,
+    function: &Function,
+    input: InputRecord,
+    tracker: &Arc<PartitionTracker>,
+    result: RecordResult,
+    traceparent: Option<&str>,
+    stats: &VersionStats,
+) -> (Disposition, Option<RecordError>) {
+    let (topic, partition, offset) = (input.topic.clone(), input.partition, input.offset);
+    let (disposition, err) =
+        ctx.sink
+            .deliver(&ctx.target, function, input, tracker, result, traceparent);
+    match disposition {
+        Disposition::Produced(n) => {
+            stats.produced.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Disposition::Filtered => {
+            stats.filtered.fetch_add(1, Ordering::Relaxed);
+        }
+        Disposition::DeadLettered => {
+            if let Some(e) = &err {
+                count_dead_letter(stats, e);
+                tracing::debug!(pipeline = %ctx.target.pipeline, topic = %topic, partition, offset, kind = e.kind(), error = %e, "record dead-lettered");
+            }
+        }
+    }
+    (disposition, err)
+}
+
+fn count_dead_letter(stats: &VersionStats, e: &RecordError) {
+    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    if !matches!(
+        e.kind(),
+        "invalid-input" | "failed" | "unknown-topic" | "tombstone" | "produce-rejected"
+    ) {
+        stats.traps.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(i) = crate::sandbox::ERROR_KINDS
+        .iter()
+        .position(|k| *k == e.kind())
+    {
+        stats.errors_by_kind[i].fetch_add(1, Ordering::Relaxed);
     }
 }

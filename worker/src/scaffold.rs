@@ -64,12 +64,22 @@ pub fn sdk_home() -> anyhow::Result<PathBuf> {
     bail!("cannot find the pipeline SDK (sdk-wit/ and scripts/); set PIPELINE_SDK_HOME to the pipeline-worker checkout")
 }
 
+// The templates target `pipeline:transform@0.2.0` (through the SDKs) and
+// show the one 0.2 difference a new function must decide on: a tombstone
+// (null value) is distinct from an empty value. They pass tombstones on, so a
+// pipeline switched to `tombstones = "function"` keeps its deletes.
 const PY_TEMPLATE: &str = r#"from pipeline_sdk import transform, Record
+
+# pipeline:transform@0.2.0. A tombstone (null value) reaches the function only
+# with the pipeline's tombstones = "function": record.value is None then, and
+# record.fields would raise InvalidInput.
 
 
 @transform
 def NAME(record: Record) -> Record:
     """Add computed fields to each event record."""
+    if record.value is None:  # a tombstone: pass the delete on, keyed
+        return record
     record.fields["session_duration_minutes"] = (
         record.fields["session_end"] - record.fields["session_start"]
     ) / 60.0
@@ -78,7 +88,13 @@ def NAME(record: Record) -> Record:
 
 const RUST_TEMPLATE: &str = r#"use pipeline_sdk::{FieldsExt, Output, Record, TransformError};
 
+// pipeline:transform@0.2.0. A tombstone (null value) reaches the function only
+// with the pipeline's tombstones = "function": record.value() is None then,
+// and record.fields() is invalid-input.
 fn transform(record: Record) -> Result<Vec<Output>, TransformError> {
+    if record.is_tombstone() {
+        return Ok(vec![Output::from(record)]); // pass the delete on, keyed
+    }
     let mut fields = record.fields()?;
     let start = fields.require_f64("session_start")?;
     let end = fields.require_f64("session_end")?;
@@ -91,7 +107,11 @@ pipeline_sdk::export_transform!(transform);
 
 const JS_TEMPLATE: &str = r#"import { transform } from "pipeline-sdk";
 
+// pipeline:transform@0.2.0. A tombstone (null value) reaches the function only
+// with the pipeline's tombstones = "function": record.value === null then,
+// and record.fields throws InvalidInput.
 export default transform((record) => {
+  if (record.value === null) return record; // a tombstone: pass the delete on, keyed
   record.fields.session_duration_minutes =
     (record.fields.session_end - record.fields.session_start) / 60;
   return record;
@@ -141,7 +161,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     write(
         "README.md",
         &format!(
-            "# {name}\n\nA pipeline-worker function ({lang}).\n\n```sh\npipeline-worker build {name}\npipeline-worker test --component {name}/{name}.wasm --input {name}/sample.jsonl --expect {name}/expected.jsonl\n```\n"
+            "# {name}\n\nA pipeline-worker function ({lang}), WIT `pipeline:transform@0.2.0`. A tombstone (null value) reaches it only with the pipeline's `tombstones = \"function\"`; the template passes it on unchanged.\n\n```sh\npipeline-worker build {name}\npipeline-worker test --component {name}/{name}.wasm --input {name}/sample.jsonl --expect {name}/expected.jsonl\n```\n"
         ),
     )?;
     println!("created {}/ ({lang}); next:\n  pipeline-worker build {name}\n  pipeline-worker test --component {name}/{name}.wasm --input {name}/sample.jsonl --expect {name}/expected.jsonl", dir.display());

@@ -7,7 +7,7 @@
 //! once, offset N+1 finishing first must not commit past N.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,9 @@ pub struct PartitionTracker {
     pub partition: i32,
     state: Mutex<TrackerState>,
     drained: Condvar,
+    /// Set when the partition is revoked: its records still queued for a
+    /// sandbox are skipped (the next owner reads them from the commit).
+    revoked: AtomicBool,
 }
 
 #[derive(Default)]
@@ -31,6 +34,9 @@ struct TrackerState {
     watermark: Option<i64>,
     /// The watermark last handed to `store_offset`.
     stored: Option<i64>,
+    /// The lowest offset given up without being processed: the watermark
+    /// never passes it, so it and everything after it are read again.
+    cap: Option<i64>,
 }
 
 impl PartitionTracker {
@@ -40,6 +46,7 @@ impl PartitionTracker {
             partition,
             state: Mutex::new(TrackerState::default()),
             drained: Condvar::new(),
+            revoked: AtomicBool::new(false),
         }
     }
 
@@ -48,7 +55,12 @@ impl PartitionTracker {
     }
 
     pub fn register(&self, offset: i64) {
-        self.lock().pending.push_back((offset, false));
+        let mut s = self.lock();
+        if s.cap.is_some_and(|c| offset >= c) {
+            // Given up on: processing it may duplicate, never commit past it.
+            return;
+        }
+        s.pending.push_back((offset, false));
     }
 
     /// Marks an offset fully delivered and advances the watermark over every
@@ -59,6 +71,9 @@ impl PartitionTracker {
             s.pending[i].1 = true;
         }
         while let Some(&(o, true)) = s.pending.front() {
+            if s.cap.is_some_and(|c| o >= c) {
+                break;
+            }
             s.pending.pop_front();
             s.watermark = Some(o + 1);
         }
@@ -78,6 +93,24 @@ impl PartitionTracker {
         if s.pending.is_empty() {
             self.drained.notify_all();
         }
+    }
+
+    /// Gives up on `offset` and every later one of this partition (a lane
+    /// stopping, a revoked partition's queued records, a dead thread's
+    /// batch): they are never processed here, the watermark stays below
+    /// them and the next reader processes them.
+    pub fn abandon(&self, offset: i64) {
+        let mut s = self.lock();
+        let cap = s.cap.map_or(offset, |c| c.min(offset));
+        s.cap = Some(cap);
+        s.pending.retain(|(o, _)| *o < cap);
+        if s.pending.is_empty() {
+            self.drained.notify_all();
+        }
+    }
+
+    pub fn revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 
     pub fn in_flight(&self) -> usize {
@@ -175,10 +208,15 @@ impl Trackers {
 
     fn remove(&self, topic: &str, partition: i32) -> Option<Arc<PartitionTracker>> {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.map
+        let t = self
+            .map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(topic.to_string(), partition))
+            .remove(&(topic.to_string(), partition));
+        if let Some(t) = &t {
+            t.revoked.store(true, Ordering::Release);
+        }
+        t
     }
 
     pub fn generation(&self) -> u64 {
@@ -216,15 +254,22 @@ impl Trackers {
     }
 }
 
-/// Rebalance handling. On revoke: wait (bounded) for the revoked partitions'
-/// in-flight records, then commit their watermarks synchronously so the next
+/// Rebalance handling. On revoke: skip the revoked partitions' records still
+/// queued, wait for those being processed (all partitions against one
+/// deadline), then commit their watermarks synchronously so the next
 /// owner starts right after them. On a lost assignment: commit nothing, the
 /// partitions already belong to someone else.
 pub struct SourceContext {
     pub pipeline: String,
     pub trackers: Arc<Trackers>,
-    pub drain_timeout: Duration,
-    pub stats: Arc<crate::pipeline::PipelineStats>,
+    /// How long a revoke waits for in-flight records. The wait runs inside
+    /// `poll`, so it stays well under `max.poll.interval.ms`: a longer one would
+    /// lose the whole assignment (records left are processed by the next owner).
+    pub revoke_timeout: Duration,
+    pub stats: Arc<crate::stats::PipelineStats>,
+    /// Set when the pipeline stops: a revoke during the consumer's close
+    /// waits no longer than the stop's one deadline.
+    pub shutdown_deadline: Mutex<Option<Instant>>,
 }
 
 impl ClientContext for SourceContext {
@@ -250,22 +295,31 @@ impl ConsumerContext for SourceContext {
             Rebalance::Revoke(tpl) => {
                 let lost = consumer.assignment_lost();
                 let mut commit = TopicPartitionList::new();
-                for e in tpl.elements() {
-                    let Some(t) = self.trackers.remove(e.topic(), e.partition()) else {
-                        continue;
-                    };
+                // Removing first marks every revoked tracker, so the lanes skip
+                // all their queued records while we wait on the first one.
+                let revoked: Vec<_> = tpl
+                    .elements()
+                    .iter()
+                    .filter_map(|e| self.trackers.remove(e.topic(), e.partition()))
+                    .collect();
+                let mut deadline = Instant::now() + self.revoke_timeout;
+                if let Some(stop) = *self
+                    .shutdown_deadline
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                {
+                    deadline = deadline.min(stop);
+                }
+                for t in revoked {
                     if lost {
                         continue;
                     }
-                    if !t.wait_drained(self.drain_timeout) {
-                        tracing::warn!(pipeline = %self.pipeline, topic = e.topic(), partition = e.partition(), in_flight = t.in_flight(), "revoked partition did not drain in time; its unacknowledged records will be processed again by the next owner");
+                    let e = (&t.topic, t.partition);
+                    if !t.wait_drained(deadline.saturating_duration_since(Instant::now())) {
+                        tracing::warn!(pipeline = %self.pipeline, topic = %e.0, partition = e.1, in_flight = t.in_flight(), "revoked partition did not drain in time; its unacknowledged records will be processed again by the next owner");
                     }
                     if let Some(off) = t.watermark() {
-                        let _ = commit.add_partition_offset(
-                            e.topic(),
-                            e.partition(),
-                            Offset::Offset(off),
-                        );
+                        let _ = commit.add_partition_offset(e.0, e.1, Offset::Offset(off));
                     }
                 }
                 if lost {
@@ -398,6 +452,30 @@ mod tests {
         let b = trackers.get_or_create("t", 0);
         let c = cache.get(&trackers, "t", 0).unwrap();
         assert!(!Arc::ptr_eq(&a, &c) && Arc::ptr_eq(&b, &c));
+    }
+
+    #[test]
+    fn abandoned_offsets_cap_the_watermark() {
+        let t = PartitionTracker::new("t", 0);
+        for o in 0..5 {
+            t.register(o);
+        }
+        t.complete(0);
+        t.abandon(2);
+        assert_eq!(t.in_flight(), 1, "only 1 is left below the cap");
+        t.complete(1);
+        // A late ack of an abandoned offset must not move past the cap.
+        t.complete(3);
+        assert_eq!(t.watermark(), Some(2));
+        assert!(t.wait_drained(Duration::from_millis(1)));
+        t.register(5);
+        t.complete(5);
+        assert_eq!(
+            t.watermark(),
+            Some(2),
+            "never past the first abandoned offset"
+        );
+        assert_eq!(t.in_flight(), 0, "nothing at or past the cap is tracked");
     }
 
     #[test]

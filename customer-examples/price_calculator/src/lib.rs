@@ -6,6 +6,10 @@
 //! Output: the same object plus `discount_rate`, `unit_price` and
 //! `total_price`, to the pipeline's default output topic, with the input's
 //! key, headers and timestamp.
+//!
+//! A tombstone (null value: the item was deleted upstream; seen only with
+//! the pipeline's `tombstones = "function"`) is passed on as a tombstone with
+//! its key, so the priced copy is deleted too.
 
 use pipeline_sdk::{FieldsExt, Output, Record, TransformError};
 
@@ -25,6 +29,9 @@ fn cents(amount: f64) -> f64 {
 }
 
 pub fn price(record: Record) -> Result<Vec<Output>, TransformError> {
+    if record.is_tombstone() {
+        return Ok(vec![Output::from(record)]);
+    }
     let mut fields = record.fields()?;
 
     let base_price = fields.require_f64("base_price")?;
@@ -115,6 +122,19 @@ mod tests {
         assert_eq!(v["unit_price"], json!(85.0));
         assert_eq!(v["total_price"], json!(170.0));
         assert_eq!(v["context"]["currency"], json!("EUR"));
+    }
+
+    #[test]
+    fn tombstone_passes_on_as_a_tombstone_and_empty_is_refused() {
+        let out = price(Record::tombstone().with_key("sku-1").with_timestamp(7)).unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].is_tombstone());
+        assert_eq!(out[0].key(), Some(&b"sku-1"[..]));
+        assert_eq!(out[0].timestamp(), Some(7));
+        // An empty value is not a tombstone: it is not JSON.
+        let err = price(Record::new(Vec::new())).unwrap_err();
+        assert!(err.is_invalid_input());
+        assert!(!err.message().contains("tombstone"), "{err}");
     }
 
     #[test]

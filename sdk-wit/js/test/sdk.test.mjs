@@ -84,7 +84,8 @@ test("invalid JSON, tombstones, non-objects and bad UTF-8 are invalid-input", ()
   const read = (rec) => (rec.fields, rec);
   const cases = [
     ["not json", /^record value is not valid JSON: /],
-    ["", /^record value is empty \(a tombstone\?\)/],
+    ["", /^record value is empty, not a JSON object/],
+    [undefined, /^record value is null \(a tombstone\)/],
     ["[1,2]", /not an object \(it is a JSON array\)/],
     ['"s"', /it is a JSON string/],
     ["null", /it is a JSON null/],
@@ -246,6 +247,47 @@ test("setting value replaces the payload; fields setter needs an object", () => 
   assert.throws(() => (rec.fields = [1]), /must be a plain object/);
   rec.fields = { b: 1 };
   assert.equal(rec.text, '{"b":1}');
+});
+
+test("tombstones: an absent WIT value is null, distinct from empty, and null out is a tombstone", () => {
+  // Passed through unchanged: the WIT option stays none (undefined for jco).
+  const seen = [];
+  const pass = run((rec) => (seen.push([rec.value, rec.isTombstone, rec.text]), rec), undefined, {
+    key: enc.encode("k"),
+  });
+  assert.equal(pass.tag, "ok");
+  assert.deepEqual(seen, [[null, true, null]]);
+  assert.equal(pass.val.length, 1);
+  assert.equal(pass.val[0].value, undefined);
+  assert.equal(dec.decode(pass.val[0].key), "k");
+  // An empty value is not a tombstone, and stays empty.
+  const empty = run((rec) => (seen.push([rec.value.length, rec.isTombstone]), rec), "");
+  assert.deepEqual(seen[1], [0, false]);
+  assert.deepEqual(empty.val[0].value, new Uint8Array(0));
+  // Emitting tombstones: `value = null` keeps key and headers; Record.tombstone() is new.
+  const emit = run(
+    (rec) => {
+      const gone = rec.copy();
+      gone.value = null;
+      return [gone, Record.tombstone({ key: "other" }).to("audit")];
+    },
+    '{"a":1}',
+    { key: enc.encode("k") },
+  );
+  assert.equal(emit.tag, "ok");
+  assert.deepEqual(
+    emit.val.map((o) => [dec.decode(o.key), o.value, o.topic]),
+    [
+      ["k", undefined, undefined],
+      ["other", undefined, "audit"],
+    ],
+  );
+  // A tombstone can become a value again, and undefined is refused (likely a bug).
+  const back = run((rec) => ((rec.fields = { deleted: true }), rec), undefined);
+  assert.deepEqual(okValues(back), ['{"deleted":true}']);
+  const rec = new Record(null);
+  assert.equal(rec.isTombstone, true);
+  assert.throws(() => (rec.value = undefined), /must be a string or a Uint8Array/);
 });
 
 test("copy() is independent", () => {

@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 // Runs a customer function on plain Node, without building a component.
 //
-//     node sdk-wit/js/tools/run_local.mjs CUSTOMER.js [INPUT.jsonl] [--verbose]   (or CUSTOMER.ts)
+//     node sdk-wit/js/tools/run_local.mjs CUSTOMER.js [INPUT.jsonl] [--verbose] [--tombstone=LINE]   (or CUSTOMER.ts)
 //
 // Each input line is one record value (bytes as written; blank lines
-// skipped). Prints the value of each output record, one a line, in order (so
-// the output of a sample file can be diffed against its expected.jsonl);
-// filtered records print nothing. Errors go to stderr as
+// skipped); with --tombstone=LINE, a line equal to LINE is sent as a
+// tombstone (a null value). Prints the value of each output record, one a
+// line, in order (so the output of a sample file can be diffed against its
+// expected.jsonl); filtered records print nothing; a tombstone output prints
+// `<tombstone>` (no JSON line starts with `<`). Errors go to stderr as
 // `line N: invalid-input: ...` / `line N: failed: ...`; the exit status is 1
 // if any record was refused. With --verbose, each output line is prefixed by
 // its topic, key and headers.
@@ -24,9 +26,11 @@ register("./hooks.mjs", import.meta.url);
 
 const argv = process.argv.slice(2);
 const verbose = argv.includes("--verbose");
-const args = argv.filter((a) => a !== "--verbose");
+const tombstoneArg = argv.find((a) => a.startsWith("--tombstone="));
+const tombstone = tombstoneArg === undefined ? null : tombstoneArg.slice("--tombstone=".length);
+const args = argv.filter((a) => a !== "--verbose" && !a.startsWith("--tombstone="));
 if (args.length < 1 || args.length > 2) {
-  console.error("usage: run_local.mjs CUSTOMER.js [INPUT.jsonl] [--verbose]");
+  console.error("usage: run_local.mjs CUSTOMER.js [INPUT.jsonl] [--verbose] [--tombstone=LINE]");
   process.exit(2);
 }
 const src = resolve(args[0]);
@@ -48,7 +52,8 @@ while (start <= data.length) {
   if (dec.decode(line).trim() === "") continue;
   const result = transformer.transform({
     key: new TextEncoder().encode(`key-${n}`),
-    value: line,
+    // jco's form of a WIT `option` none: undefined.
+    value: tombstone !== null && dec.decode(line).replace(/\r$/, "") === tombstone ? undefined : line,
     headers: [],
     topic: "input",
     partition: 0,
@@ -62,7 +67,7 @@ while (start <= data.length) {
         const headers = out.headers.map((h) => [h.key, dec.decode(h.value)]);
         prefix = `[topic=${out.topic ?? null} key=${out.key === undefined ? null : JSON.stringify(dec.decode(out.key))} headers=${JSON.stringify(headers)}] `;
       }
-      process.stdout.write(prefix + dec.decode(out.value) + "\n");
+      process.stdout.write(prefix + (out.value === undefined ? "<tombstone>" : dec.decode(out.value)) + "\n");
     }
   } else {
     refused += 1;

@@ -8,7 +8,7 @@
         return record
 
 Build it into a WebAssembly component (WIT world
-`pipeline:transform/transform-batch@0.1.0`) with `scripts/build-python.sh`.
+`pipeline:transform/transform-batch@0.2.0`) with `scripts/build-python.sh`.
 See sdk-wit/python/README.md.
 """
 
@@ -16,9 +16,9 @@ from . import log
 from ._registry import TransformDefinitionError, transform
 from .record import Fields, Headers, InvalidInput, MissingField, Record
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 # The WIT package this SDK targets.
-WIT_PACKAGE = "pipeline:transform@0.1.0"
+WIT_PACKAGE = "pipeline:transform@0.2.0"
 
 __all__ = [
     "transform",

@@ -29,7 +29,8 @@ class Header:
 @dataclass
 class InputRecord:
     key: Optional[bytes]
-    value: bytes
+    # None is a tombstone (WIT 0.2.0 `option<list<u8>>`).
+    value: Optional[bytes]
     headers: List[Header]
     topic: str
     partition: int
@@ -40,7 +41,8 @@ class InputRecord:
 @dataclass
 class OutputRecord:
     key: Optional[bytes]
-    value: bytes
+    # None produces a tombstone.
+    value: Optional[bytes]
     headers: List[Header]
     topic: Optional[str]
     timestamp: Optional[int]

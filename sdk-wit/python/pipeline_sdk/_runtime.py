@@ -210,7 +210,7 @@ def _run(inp: InputRecord) -> Any:
 
 
 class Transformer:
-    """Export `pipeline:transform/transformer@0.1.0`."""
+    """Export `pipeline:transform/transformer@0.2.0`."""
 
     # componentize-py 0.25 maps a WIT `result` return to an `Ok(...)` /
     # `Err(...)` value returned by the method (the generated protocol is
@@ -221,7 +221,7 @@ class Transformer:
 
 
 class BatchTransformer:
-    """Export `pipeline:transform/batch-transformer@0.1.0`."""
+    """Export `pipeline:transform/batch-transformer@0.2.0`."""
 
     def transform_batch(self, inputs: List[InputRecord]) -> List[Any]:
         return [_run(i) for i in inputs]

@@ -10,6 +10,14 @@ lazily, on first access, so a function that only routes or filters on
 * `fields` re-encoded as compact JSON (`separators=(",", ":")`, UTF-8, no
   ASCII escaping) if it was changed;
 * whatever was assigned to `record.value` if the function set raw bytes.
+
+A Kafka tombstone (a null value, a delete in a compacted topic) has
+`record.value is None` (WIT `pipeline:transform@0.2.0`, `option<list<u8>>`),
+which is distinct from an empty value `b""`. Reading `record.fields` of a
+tombstone raises `InvalidInput` (never `{}`), so a function that does not
+expect tombstones refuses them loudly instead of producing `{}`. Setting
+`record.value = None` (or returning `Record.tombstone(key=...)`) produces a
+tombstone.
 """
 
 from __future__ import annotations
@@ -157,10 +165,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError("%s is not allowed in JSON" % name)
 
 
-def _parse_object(value: bytes) -> Fields:
+def _parse_object(value: Optional[bytes]) -> Fields:
+    if value is None:
+        raise InvalidInput(
+            "record value is null (a tombstone), not a JSON object; "
+            "check `record.value is None` before reading record.fields"
+        )
     if not value:
         raise InvalidInput(
-            "record value is empty (a tombstone?), not a JSON object; "
+            "record value is empty, not a JSON object; "
             "use record.value for non-JSON payloads"
         )
     try:
@@ -335,7 +348,8 @@ class Record:
     Kept on output unless changed: `key` (bytes or None), `headers`
     (`Headers`), `timestamp` (ms since the epoch, or None).
     Payload: `fields` (the value as a JSON object, parsed lazily) or `value`
-    (the raw bytes; assigning it replaces the payload and discards `fields`).
+    (the raw bytes, or None for a tombstone; assigning it replaces the payload
+    and discards `fields`).
     Routing: `record.to("topic")` sets the output topic and returns the record.
     """
 
@@ -354,7 +368,7 @@ class Record:
 
     def __init__(
         self,
-        value: BytesLike = b"",
+        value: Optional[BytesLike] = b"",
         *,
         key: Optional[BytesLike] = None,
         headers: Any = None,
@@ -364,7 +378,7 @@ class Record:
         partition: int = -1,
         offset: int = -1,
     ):
-        self._value = _to_bytes("record value", value)
+        self._value = None if value is None else _to_bytes("record value", value)
         self._fields: Optional[Fields] = None
         self._fields_replaced = False
         self._output_topic: Optional[str] = None
@@ -383,10 +397,16 @@ class Record:
         return cls(fields=fields, **kwargs)
 
     @classmethod
+    def tombstone(cls, **kwargs: Any) -> "Record":
+        """A new tombstone (null value), e.g. `Record.tombstone(key=record.key)`
+        to delete a key downstream in a compacted topic."""
+        return cls(None, **kwargs)
+
+    @classmethod
     def _from_input(
         cls,
         key: Optional[bytes],
-        value: bytes,
+        value: Optional[bytes],
         headers: List[Tuple[str, bytes]],
         topic: str,
         partition: int,
@@ -445,7 +465,8 @@ class Record:
         """The value as a JSON object (a `dict`), parsed on first access.
 
         Raises `InvalidInput` (the record goes to the dead-letter topic as
-        `invalid-input`) if the value is not a JSON object.
+        `invalid-input`) if the value is not a JSON object, or is null (a
+        tombstone: check `record.value is None` first).
         """
         f = self._fields
         if f is None:
@@ -462,17 +483,24 @@ class Record:
         self._fields_replaced = True
 
     @property
-    def value(self) -> bytes:
-        """The payload bytes; if `fields` was changed, its JSON encoding."""
+    def value(self) -> Optional[bytes]:
+        """The payload bytes; if `fields` was changed, its JSON encoding;
+        None for a tombstone (a null value, distinct from `b""`)."""
         return self._output_value()
 
     @value.setter
-    def value(self, value: BytesLike) -> None:
-        self._value = _to_bytes("record value", value)
+    def value(self, value: Optional[BytesLike]) -> None:
+        """Raw bytes (str is UTF-8 encoded), or None to produce a tombstone."""
+        self._value = None if value is None else _to_bytes("record value", value)
         self._fields = None
         self._fields_replaced = False
 
-    def _output_value(self) -> bytes:
+    @property
+    def is_tombstone(self) -> bool:
+        """True if the value is null (`record.value is None`)."""
+        return self._fields is None and self._value is None
+
+    def _output_value(self) -> Optional[bytes]:
         f = self._fields
         if f is None:
             return self._value
@@ -482,7 +510,7 @@ class Record:
         # still have been changed in place (or via a copy sharing it), so
         # compare against the original before deciding to pass it through.
         new = _encode(f)
-        if new == _encode(json.loads(self._value)):
+        if self._value is not None and new == _encode(json.loads(self._value)):
             return self._value
         return new
 
@@ -524,6 +552,8 @@ class Record:
     def __repr__(self) -> str:
         if self._fields is not None:
             payload = "fields=%r" % (self._fields,)
+        elif self._value is None:
+            payload = "value=None (tombstone)"
         else:
             v = self._value
             payload = "value=%r" % (v if len(v) <= 200 else v[:200] + b"...",)

@@ -439,6 +439,83 @@ class ErrorTest(unittest.TestCase):
         self.assertLessEqual(len(err(run(b"{}"))[1]), _runtime.MAX_MESSAGE)
 
 
+class TombstoneTest(unittest.TestCase):
+    """WIT 0.2.0: a null value (tombstone) is `None`, distinct from `b""`."""
+
+    def test_tombstone_passes_through_as_tombstone(self):
+        load_source(
+            """
+            from pipeline_sdk import transform
+            @transform
+            def f(record):
+                record.headers.add("null", b"1" if record.value is None else b"0")
+                return record
+            """
+        )
+        r = run(None)
+        out = r.value[0]
+        self.assertIsNone(out.value)
+        self.assertEqual(out.key, b"k")
+        self.assertEqual([(h.key, h.value) for h in out.headers][-1], ("null", b"1"))
+        # An empty value stays an empty value, not a tombstone.
+        r = run(b"")
+        self.assertEqual(r.value[0].value, b"")
+        self.assertEqual(r.value[0].headers[-1].value, b"0")
+
+    def test_fields_of_a_tombstone_is_invalid_input_not_empty_dict(self):
+        load_file(ENRICH)
+        kind, msg = err(run(None))
+        self.assertEqual(kind, "invalid-input")
+        self.assertIn("null (a tombstone)", msg)
+        self.assertIn("enrich_event.py:7", msg)
+
+    def test_function_can_emit_tombstones(self):
+        load_source(
+            """
+            from pipeline_sdk import transform, Record
+            @transform
+            def f(record):
+                if record.fields.get("deleted"):
+                    gone = record.copy()
+                    gone.value = None
+                    return [gone, Record.tombstone(key=b"other").to("audit")]
+                return record
+            """
+        )
+        outs = run(b'{"deleted": true}').value
+        self.assertEqual([(o.key, o.value, o.topic) for o in outs],
+                         [(b"k", None, None), (b"other", None, "audit")])
+        self.assertEqual(ok_values(run(b'{"deleted": false}')), [b'{"deleted": false}'])
+
+    def test_tombstone_can_become_a_value_again(self):
+        load_source(
+            """
+            from pipeline_sdk import transform
+            @transform
+            def f(record):
+                if record.is_tombstone:
+                    record.fields = {"deleted": record.key.decode()}
+                return record
+            """
+        )
+        self.assertEqual(ok_values(run(None)), [b'{"deleted":"k"}'])
+
+    def test_record_api(self):
+        t = Record(None, key=b"k")
+        self.assertTrue(t.is_tombstone)
+        self.assertIsNone(t.value)
+        self.assertIn("tombstone", repr(t))
+        self.assertFalse(Record(b"").is_tombstone)
+        c = t.copy()
+        self.assertTrue(c.is_tombstone)
+        with self.assertRaises(InvalidInput):
+            t.fields
+        r = Record(b"{}")
+        r.value = None
+        self.assertTrue(r.is_tombstone)
+        self.assertTrue(Record.tombstone(key="k").is_tombstone)
+
+
 class DefinitionTest(unittest.TestCase):
     def test_two_transforms(self):
         with self.assertRaises(TransformDefinitionError) as cm:

@@ -3,7 +3,7 @@
 //! A customer writes one plain function from a [`Record`] to outputs and
 //! exports it with [`export_transform!`]; the SDK does the WIT plumbing.
 //! The resulting component targets the world
-//! `pipeline:transform/transform-batch@0.1.0`: it exports both
+//! `pipeline:transform/transform-batch@0.2.0`: it exports both
 //! `pipeline:transform/transformer` (one record per call) and
 //! `pipeline:transform/batch-transformer` (a loop over the same function),
 //! and imports `pipeline:transform/host` (for [`log`]).
@@ -74,7 +74,7 @@ impl<E: Into<TransformError>> IntoTransformResult for Result<Output, E> {
     }
 }
 
-/// Raw wit-bindgen bindings for `pipeline:transform/transform-batch@0.1.0`.
+/// Raw wit-bindgen bindings for `pipeline:transform/transform-batch@0.2.0`.
 /// Not needed for ordinary use.
 #[doc(hidden)]
 pub mod bindings {

@@ -1,7 +1,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::record::json_error;
+use crate::record::{json_error, tombstone_error};
 use crate::{Header, Record, TransformError};
 
 /// A record the function wants produced.
@@ -21,7 +21,8 @@ use crate::{Header, Record, TransformError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
     pub(crate) key: Option<Vec<u8>>,
-    pub(crate) value: Vec<u8>,
+    /// `None` produces a tombstone.
+    pub(crate) value: Option<Vec<u8>>,
     pub(crate) headers: Vec<Header>,
     pub(crate) topic: Option<String>,
     pub(crate) timestamp: Option<i64>,
@@ -36,12 +37,18 @@ impl Output {
     pub fn new(value: impl Into<Vec<u8>>) -> Self {
         Output {
             key: None,
-            value: value.into(),
+            value: Some(value.into()),
             headers: Vec::new(),
             topic: None,
             timestamp: None,
             error: None,
         }
+    }
+
+    /// A tombstone (null value) for `key`, e.g. to delete the key in a
+    /// compacted output topic. No headers, no timestamp, default topic.
+    pub fn tombstone(key: impl Into<Vec<u8>>) -> Self {
+        Output::new(Vec::new()).with_key(key).without_value()
     }
 
     /// An output whose value is `value` serialized as JSON (no key/headers/timestamp).
@@ -65,7 +72,15 @@ impl Output {
 
     /// Replaces the value with raw bytes.
     pub fn with_value(mut self, value: impl Into<Vec<u8>>) -> Self {
-        self.value = value.into();
+        self.value = Some(value.into());
+        self
+    }
+
+    /// Makes the output a tombstone (null value), keeping key, headers and
+    /// timestamp: `Output::from(&record).without_value()` deletes the
+    /// record's key downstream.
+    pub fn without_value(mut self) -> Self {
+        self.value = None;
         self
     }
 
@@ -74,7 +89,7 @@ impl Output {
     /// `failed("could not serialize output value as JSON: ...")`.
     pub fn with_json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
         match serde_json::to_vec(value) {
-            Ok(bytes) => self.value = bytes,
+            Ok(bytes) => self.value = Some(bytes),
             Err(e) => self.error = Some(format!("could not serialize output value as JSON: {e}")),
         }
         self
@@ -132,8 +147,21 @@ impl Output {
         self.key.as_deref()
     }
 
+    /// The value bytes. Empty for a tombstone as well as for an empty value;
+    /// tell them apart with [`Output::is_tombstone`] or [`Output::value_opt`].
+    /// (Kept as `&[u8]` from 0.1 so existing test assertions still compile.)
     pub fn value(&self) -> &[u8] {
-        &self.value
+        self.value.as_deref().unwrap_or_default()
+    }
+
+    /// The value, `None` for a tombstone.
+    pub fn value_opt(&self) -> Option<&[u8]> {
+        self.value.as_deref()
+    }
+
+    /// Whether this output is a tombstone (null value).
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
     }
 
     pub fn headers(&self) -> &[Header] {
@@ -151,7 +179,8 @@ impl Output {
 
     /// The value parsed as JSON (mostly for tests).
     pub fn value_json<T: DeserializeOwned>(&self) -> Result<T, TransformError> {
-        serde_json::from_slice(&self.value).map_err(|e| json_error(&e))
+        let bytes = self.value.as_deref().ok_or_else(tombstone_error)?;
+        serde_json::from_slice(bytes).map_err(|e| json_error(&e))
     }
 
     /// The deferred `with_json` error, if any.
@@ -191,12 +220,13 @@ impl From<&Record> for Output {
 
 impl Record {
     /// `Output::from(&record)` without copying the value: same key, headers
-    /// and timestamp, and an empty value to be replaced with
-    /// [`Output::with_json`] or [`Output::with_value`].
+    /// and timestamp, and an empty (not null) value to be replaced with
+    /// [`Output::with_json`] or [`Output::with_value`] (or
+    /// [`Output::without_value`] for a tombstone).
     pub fn output(&self) -> Output {
         Output {
             key: self.key.clone(),
-            value: Vec::new(),
+            value: Some(Vec::new()),
             headers: self.headers.clone(),
             topic: None,
             timestamp: self.timestamp,

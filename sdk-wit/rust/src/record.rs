@@ -29,7 +29,10 @@ impl Header {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
+    /// `None` is a tombstone (a null value, a delete in a compacted topic),
+    /// distinct from an empty value. A function sees tombstones only with the
+    /// pipeline's `tombstones = "function"`.
+    pub value: Option<Vec<u8>>,
     pub headers: Vec<Header>,
     pub topic: String,
     pub partition: i32,
@@ -45,12 +48,20 @@ impl Record {
     pub fn new(value: impl Into<Vec<u8>>) -> Self {
         Record {
             key: None,
-            value: value.into(),
+            value: Some(value.into()),
             headers: Vec::new(),
             topic: String::new(),
             partition: 0,
             offset: 0,
             timestamp: None,
+        }
+    }
+
+    /// A tombstone (null value) and nothing else; chain `with_key` (for unit tests).
+    pub fn tombstone() -> Self {
+        Record {
+            value: None,
+            ..Record::new(Vec::new())
         }
     }
 
@@ -100,13 +111,27 @@ impl Record {
             .and_then(|k| std::str::from_utf8(k).ok())
     }
 
-    pub fn value(&self) -> &[u8] {
-        &self.value
+    /// The value bytes; `None` for a tombstone (a null value), which is not
+    /// the same as `Some(&[])`.
+    pub fn value(&self) -> Option<&[u8]> {
+        self.value.as_deref()
     }
 
-    /// The value as UTF-8 text; `invalid-input` if it is not UTF-8.
+    /// Whether the value is null (a Kafka tombstone).
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+
+    /// The value bytes, or `invalid-input` naming the tombstone. What the
+    /// JSON/text accessors use, so a tombstone is never read as `{}` or "".
+    pub fn value_or_invalid(&self) -> Result<&[u8], TransformError> {
+        self.value.as_deref().ok_or_else(tombstone_error)
+    }
+
+    /// The value as UTF-8 text; `invalid-input` if it is not UTF-8 or is a
+    /// tombstone.
     pub fn value_str(&self) -> Result<&str, TransformError> {
-        std::str::from_utf8(&self.value).map_err(|e| {
+        std::str::from_utf8(self.value_or_invalid()?).map_err(|e| {
             TransformError::invalid_input(format!("record value is not valid UTF-8: {e}"))
         })
     }
@@ -147,10 +172,11 @@ impl Record {
     /// Deserializes the value as JSON into `T`.
     ///
     /// Errors are `invalid-input`: "record value is not valid JSON: ..." when
-    /// the bytes are not JSON, and "record value does not match the expected
-    /// shape: missing field `x` ..." when they are JSON of the wrong shape.
+    /// the bytes are not JSON, "record value does not match the expected
+    /// shape: missing field `x` ..." when they are JSON of the wrong shape,
+    /// and "record value is null (a tombstone) ..." for a tombstone.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, TransformError> {
-        serde_json::from_slice(&self.value).map_err(|e| json_error(&e))
+        serde_json::from_slice(self.value_or_invalid()?).map_err(|e| json_error(&e))
     }
 
     /// The value parsed as a JSON object, as a mutable-friendly map.
@@ -165,6 +191,12 @@ impl Record {
             ))),
         }
     }
+}
+
+pub(crate) fn tombstone_error() -> TransformError {
+    TransformError::invalid_input(
+        "record value is null (a tombstone), not JSON; check `record.is_tombstone()` first",
+    )
 }
 
 pub(crate) fn json_error(e: &serde_json::Error) -> TransformError {

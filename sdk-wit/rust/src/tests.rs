@@ -112,7 +112,7 @@ fn output_from_record_keeps_key_headers_timestamp() {
     let r = sample();
     let o = Output::from(&r);
     assert_eq!(o.key(), r.key());
-    assert_eq!(o.value(), r.value());
+    assert_eq!(o.value_opt(), r.value());
     assert_eq!(o.headers(), r.headers());
     assert_eq!(o.timestamp(), r.timestamp());
     assert_eq!(o.topic(), None);
@@ -122,7 +122,11 @@ fn output_from_record_keeps_key_headers_timestamp() {
 
     let empty = r.output();
     assert_eq!(empty.key(), r.key());
-    assert!(empty.value().is_empty());
+    assert_eq!(
+        empty.value_opt(),
+        Some(&b""[..]),
+        "output() is empty, not a tombstone"
+    );
     assert_eq!(empty.headers(), r.headers());
 }
 
@@ -179,7 +183,7 @@ fn with_json_failure_becomes_failed() {
 fn raw_conversions() {
     let input = InputRecord {
         key: Some(b"k".to_vec()),
-        value: b"{}".to_vec(),
+        value: Some(b"{}".to_vec()),
         headers: vec![RawHeader {
             key: "h".into(),
             value: b"v".to_vec(),
@@ -204,7 +208,7 @@ fn raw_conversions() {
     let raw = result_to_raw(Ok(vec![Output::from(r).to("x")])).unwrap();
     assert_eq!(raw.len(), 1);
     assert_eq!(raw[0].key.as_deref(), Some(&b"k"[..]));
-    assert_eq!(raw[0].value, b"{}");
+    assert_eq!(raw[0].value.as_deref(), Some(&b"{}"[..]));
     assert_eq!(raw[0].headers[0].key, "h");
     assert_eq!(raw[0].topic.as_deref(), Some("x"));
     assert_eq!(raw[0].timestamp, Some(3));
@@ -225,7 +229,7 @@ fn run_helpers_accept_all_return_shapes() {
         Ok(vec![Output::from(&r), Output::from(r)])
     }
     fn maybe(r: Record) -> Result<Option<Output>, String> {
-        if r.value().is_empty() {
+        if r.value().is_some_and(<[u8]>::is_empty) {
             Err("empty".to_string())
         } else {
             Ok(None)
@@ -236,7 +240,7 @@ fn run_helpers_accept_all_return_shapes() {
     }
     let input = || InputRecord {
         key: None,
-        value: b"v".to_vec(),
+        value: Some(b"v".to_vec()),
         headers: vec![],
         topic: "t".into(),
         partition: 0,
@@ -247,7 +251,7 @@ fn run_helpers_accept_all_return_shapes() {
     assert_eq!(crate::__private::run_one(input(), maybe).unwrap().len(), 0);
     assert_eq!(crate::__private::run_one(input(), one).unwrap().len(), 1);
     let mut empty = input();
-    empty.value.clear();
+    empty.value = Some(Vec::new());
     assert!(
         matches!(crate::__private::run_one(empty, maybe), Err(RawTransformError::Failed(m)) if m == "empty")
     );
@@ -275,4 +279,73 @@ fn error_display() {
     assert_eq!(TransformError::failed("y").to_string(), "failed: y");
     let e: TransformError = "z".into();
     assert_eq!(e, TransformError::failed("z"));
+}
+
+#[test]
+fn tombstones_are_none_not_empty() {
+    let raw = |value: Option<Vec<u8>>| InputRecord {
+        key: Some(b"k".to_vec()),
+        value,
+        headers: vec![],
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        timestamp: None,
+    };
+    let t = record_from_raw(raw(None));
+    assert!(t.is_tombstone());
+    assert_eq!(t.value(), None);
+    assert_eq!(t, Record::tombstone().with_key("k").with_topic("t"));
+    let e = record_from_raw(raw(Some(Vec::new())));
+    assert!(!e.is_tombstone());
+    assert_eq!(e.value(), Some(&b""[..]));
+
+    // Every JSON/text accessor refuses a tombstone by name: never `{}` or "".
+    for err in [
+        t.fields().unwrap_err(),
+        t.json::<Value>().unwrap_err(),
+        t.value_str().map(|_| ()).unwrap_err(),
+        t.value_or_invalid().map(|_| ()).unwrap_err(),
+    ] {
+        assert!(err.is_invalid_input());
+        assert!(err.message().contains("null (a tombstone)"), "{err}");
+    }
+    // An empty value is still "not valid JSON", a different message.
+    let err = e.fields().unwrap_err();
+    assert!(!err.message().contains("tombstone"), "{err}");
+
+    // A tombstone passes through as a tombstone, key kept.
+    let out = Output::from(&t);
+    assert!(out.is_tombstone());
+    assert_eq!(out.value_opt(), None);
+    assert_eq!(out.value(), b"");
+    assert!(out
+        .value_json::<Value>()
+        .unwrap_err()
+        .message()
+        .contains("tombstone"));
+    let raw_out = result_to_raw(Ok(vec![
+        Output::from(t),
+        Output::tombstone("gone").to("audit"),
+        Output::from(&e).with_value("x").without_value(),
+        Output::from(e),
+    ]))
+    .unwrap();
+    let got: Vec<_> = raw_out
+        .iter()
+        .map(|o| (o.key.as_deref(), o.value.as_deref(), o.topic.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(&b"k"[..]), None, None),
+            (Some(&b"gone"[..]), None, Some("audit")),
+            (Some(&b"k"[..]), None, None),
+            (Some(&b"k"[..]), Some(&b""[..]), None),
+        ]
+    );
+    // A tombstone made into a value again.
+    let back = Output::tombstone("k").with_json(&json!({"a": 1}));
+    assert!(!back.is_tombstone());
+    assert_eq!(back.value(), br#"{"a":1}"#);
 }

@@ -17,7 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::config::KafkaConfig;
-use crate::pipeline::base_client_config;
+use crate::kafka::base_client_config;
 
 /// How many earlier deployments an activation remembers for rollback.
 pub const HISTORY_DEPTH: usize = 20;

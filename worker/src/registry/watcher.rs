@@ -158,8 +158,16 @@ pub fn spawn(
                     }
                     match load(&reg, &a, p, &opts) {
                         Ok(f) => {
-                            slot.swap(f);
-                            report(&reg, p, slot, Some(&a), None);
+                            // A refused swap (e.g. a 0.1 function under
+                            // tombstones = "function") keeps the old version.
+                            let refused = (!slot.swap(f)).then(|| {
+                                slot.last_error
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .clone()
+                                    .unwrap_or_default()
+                            });
+                            report(&reg, p, slot, Some(&a), refused);
                         }
                         Err(e) => {
                             let next = (backoff * 2).clamp(RETRY_FIRST, RETRY_MAX);

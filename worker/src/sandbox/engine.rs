@@ -14,6 +14,12 @@ const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 const MEMORIES_PER_COMPONENT: u32 = 8;
 const TABLES_PER_COMPONENT: u32 = 16;
 
+/// Fiber stack on top of `max_stack_bytes` for the host code that runs on it
+/// (WASI implementations, lifting and lowering). wasmtime's own default
+/// leaves 1.5 MiB (2 MiB stack, 512 KiB wasm); this leaves 2 MiB whatever
+/// `max_stack_bytes` is. Only touched pages are committed.
+pub const HOST_STACK_HEADROOM: usize = 2 << 20;
+
 /// One engine per function: fuel metering and the memory cap are compiled into
 /// the code and the pool, so they cannot differ between functions sharing one.
 pub fn build(limits: &Limits, opts: &SandboxOptions) -> wasmtime::Result<Engine> {
@@ -22,6 +28,9 @@ pub fn build(limits: &Limits, opts: &SandboxOptions) -> wasmtime::Result<Engine>
     c.epoch_interruption(true);
     c.consume_fuel(limits.fuel.is_some());
     c.max_wasm_stack(limits.max_stack_bytes);
+    // Wasm runs on this fiber stack, never on the sandbox thread's own, so
+    // `max_stack_bytes` up to config::MAX_STACK_BYTES is safe on any thread.
+    c.async_stack_size(limits.max_stack_bytes.saturating_add(HOST_STACK_HEADROOM));
     c.parallel_compilation(true);
     if opts.pooling {
         // Two instances per sandbox thread (one live, one being created after
@@ -32,7 +41,11 @@ pub fn build(limits: &Limits, opts: &SandboxOptions) -> wasmtime::Result<Engine>
             .total_core_instances(instances * CORE_INSTANCES_PER_COMPONENT)
             .total_memories(instances * MEMORIES_PER_COMPONENT)
             .total_tables(instances * TABLES_PER_COMPONENT)
-            .total_stacks(0)
+            // One fiber stack per instance slot: every call runs on one.
+            // Stacks are not zeroed between uses (wasmtime's default), so a
+            // reused pooled stack costs no syscall and
+            // `async_stack_keep_resident` has nothing to do.
+            .total_stacks(instances)
             .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
             .max_memories_per_component(MEMORIES_PER_COMPONENT)
             .max_tables_per_component(TABLES_PER_COMPONENT)

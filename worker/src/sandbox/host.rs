@@ -14,8 +14,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings;
 use super::bindings::pipeline::transform::host::Level;
+use super::{bindings, bindings_v01};
 use crate::config::Limits;
 
 /// Longest single guest log line kept; the rest is cut.
@@ -83,18 +83,71 @@ impl bindings::pipeline::transform::host::Host for HostState {
 
 impl bindings::pipeline::transform::types::Host for HostState {}
 
+impl bindings_v01::pipeline::transform::host::Host for HostState {
+    fn log(&mut self, level: bindings_v01::pipeline::transform::host::Level, message: String) {
+        use bindings_v01::pipeline::transform::host::Level as L;
+        let level = match level {
+            L::Trace => Level::Trace,
+            L::Debug => Level::Debug,
+            L::Info => Level::Info,
+            L::Warn => Level::Warn,
+            L::Error => Level::Error,
+        };
+        self.log.emit(level, "log", &message);
+    }
+}
+
+impl bindings_v01::pipeline::transform::types::Host for HostState {}
+
+/// WASI is linked async so that a guest blocked in a WASI call (a sleep, a
+/// `poll`, a stream read) only suspends its fiber: the runner's per-call
+/// timeout then drops the call (see the module docs). Both minors of our
+/// `host` interface are linked; they have distinct names, so they coexist.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
     bindings::TransformBatch::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    bindings_v01::TransformBatch::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     Ok(())
 }
 
-/// Caps memory and table growth and remembers why it refused, so the trap can
-/// be reported as a memory trap rather than a generic one.
+/// Bytes a table element is counted as against `memory_bytes` (a funcref is
+/// a pointer on the 64-bit hosts we run on).
+pub const TABLE_ELEMENT_BYTES: usize = 8;
+
+/// Why the limiter refused a growth. Returned as the error of
+/// `memory_growing`/`table_growing`, so wasmtime turns it into the trap and
+/// the runner finds it again by downcasting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("instance memory would grow to {total} bytes (linear memories {memories} + tables {tables}), over memory_bytes {limit}")]
+    InstanceMemory {
+        total: usize,
+        memories: usize,
+        tables: usize,
+        limit: usize,
+    },
+    #[error(
+        "a table would grow from {current} to {desired} elements, over max_table_elements {limit}"
+    )]
+    TableElements {
+        current: usize,
+        desired: usize,
+        limit: usize,
+    },
+}
+
+/// Caps the whole instance: the sum of every linear memory's size plus every
+/// table's elements (at [`TABLE_ELEMENT_BYTES`] each) stays within
+/// `memory_bytes`, and each table within `max_table_elements`. wasmtime asks
+/// the limiter for each memory and table as it is created (from 0 to its
+/// minimum) and for every growth, so the running sums are exact. A growth
+/// the limiter admitted that then fails (OS refusal) stays counted: the
+/// error is on the safe side.
 pub struct Limiter {
     memory_bytes: usize,
     table_elements: usize,
-    tripped: Option<String>,
+    memories: usize,
+    tables: usize,
 }
 
 impl Limiter {
@@ -102,12 +155,30 @@ impl Limiter {
         Self {
             memory_bytes: limits.memory_bytes as usize,
             table_elements: limits.max_table_elements,
-            tripped: None,
+            memories: 0,
+            tables: 0,
         }
     }
 
-    pub fn take_tripped(&mut self) -> Option<String> {
-        self.tripped.take()
+    /// Linear memory and table bytes currently held by the instance.
+    #[cfg(test)]
+    pub fn used_bytes(&self) -> usize {
+        self.memories.saturating_add(self.tables)
+    }
+
+    fn admit(&mut self, memories: usize, tables: usize) -> wasmtime::Result<bool> {
+        let total = memories.saturating_add(tables);
+        if total > self.memory_bytes {
+            return Err(wasmtime::Error::new(LimitError::InstanceMemory {
+                total,
+                memories,
+                tables,
+                limit: self.memory_bytes,
+            }));
+        }
+        self.memories = memories;
+        self.tables = tables;
+        Ok(true)
     }
 }
 
@@ -118,15 +189,11 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
-            let msg = format!(
-                "linear memory would grow from {current} to {desired} bytes, over memory_bytes {}",
-                self.memory_bytes
-            );
-            self.tripped = Some(msg.clone());
-            wasmtime::bail!(msg);
-        }
-        Ok(true)
+        let memories = self
+            .memories
+            .saturating_sub(current)
+            .saturating_add(desired);
+        self.admit(memories, self.tables)
     }
 
     fn table_growing(
@@ -136,14 +203,17 @@ impl ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.table_elements {
-            let msg = format!(
-                "table would grow from {current} to {desired} elements, over max_table_elements {}",
-                self.table_elements
-            );
-            self.tripped = Some(msg.clone());
-            wasmtime::bail!(msg);
+            return Err(wasmtime::Error::new(LimitError::TableElements {
+                current,
+                desired,
+                limit: self.table_elements,
+            }));
         }
-        Ok(true)
+        let tables = self
+            .tables
+            .saturating_sub(current.saturating_mul(TABLE_ELEMENT_BYTES))
+            .saturating_add(desired.saturating_mul(TABLE_ELEMENT_BYTES));
+        self.admit(self.memories, tables)
     }
 }
 
@@ -310,5 +380,60 @@ impl tokio::io::AsyncWrite for GuestPipe {
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(memory_bytes: u64) -> Limiter {
+        Limiter::new(&Limits {
+            memory_bytes,
+            max_table_elements: 1000,
+            ..Limits::default()
+        })
+    }
+
+    fn refused(r: wasmtime::Result<bool>) -> LimitError {
+        r.expect_err("growth must be refused")
+            .downcast::<LimitError>()
+            .expect("typed LimitError")
+    }
+
+    #[test]
+    fn memories_and_tables_share_one_budget() {
+        let mut l = limiter(100 << 20);
+        // Two memories created at 40 MiB each fit; growing either past the
+        // shared 100 MiB does not, although each stays under it on its own.
+        assert!(l.memory_growing(0, 40 << 20, None).unwrap());
+        assert!(l.memory_growing(0, 40 << 20, None).unwrap());
+        assert_eq!(l.used_bytes(), 80 << 20);
+        let e = refused(l.memory_growing(40 << 20, 61 << 20, None));
+        assert!(
+            matches!(e, LimitError::InstanceMemory { total, .. } if total == 101 << 20),
+            "{e}"
+        );
+        assert_eq!(l.used_bytes(), 80 << 20, "a refused growth is not counted");
+        // Tables count TABLE_ELEMENT_BYTES per element against the same budget.
+        assert!(l.table_growing(0, 1000, None).unwrap());
+        assert_eq!(l.used_bytes(), (80 << 20) + 1000 * TABLE_ELEMENT_BYTES);
+        let room = (100 << 20) - l.used_bytes();
+        assert!(l.memory_growing(40 << 20, (40 << 20) + room, None).unwrap());
+        refused(l.memory_growing(0, 1, None));
+    }
+
+    #[test]
+    fn a_table_is_capped_by_elements_too() {
+        let mut l = limiter(1 << 30);
+        let e = refused(l.table_growing(10, 1001, None));
+        assert_eq!(
+            e,
+            LimitError::TableElements {
+                current: 10,
+                desired: 1001,
+                limit: 1000
+            }
+        );
     }
 }

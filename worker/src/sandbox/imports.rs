@@ -15,10 +15,41 @@ use super::LoadError;
 /// The WIT package and the versions of it this worker accepts (see the
 /// compatibility policy at the top of `sdk-wit/wit/transform.wit`).
 pub const WORLD_PACKAGE: &str = "pipeline:transform";
-pub const WORLD_VERSION_REQ: &str = "0.1";
+/// For messages: the minors of [`WORLD_PACKAGE`] accepted, each at any patch.
+pub const WORLD_VERSION_REQ: &str = "0.1.x or 0.2.x";
+
+/// A minor of `pipeline:transform` this worker links. The host speaks 0.2;
+/// a 0.1 component is converted at the boundary (see `sandbox::compat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WitMinor {
+    V0_1,
+    V0_2,
+}
+
+impl WitMinor {
+    fn parse(version: &str) -> Option<Self> {
+        if version.starts_with("0.1.") {
+            Some(Self::V0_1)
+        } else if version.starts_with("0.2.") {
+            Some(Self::V0_2)
+        } else {
+            None
+        }
+    }
+}
+
+/// What [`check_component_shape`] found out about a component.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    /// The export that made it ours, e.g. `pipeline:transform/transformer@0.1.0`.
+    pub export: String,
+    /// Its version, e.g. `0.1.0`.
+    pub version: String,
+    pub minor: WitMinor,
+}
 
 /// `namespace:package/interface`, each accepted at any `0.2.x` for WASI and
-/// `0.1.x` for ours.
+/// at any minor in [`WitMinor`] for ours.
 pub const ALLOWED_IMPORTS: &[&str] = &[
     "pipeline:transform/host",
     "pipeline:transform/types",
@@ -58,29 +89,37 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn version_ok(interface: &str, version: Option<&str>) -> bool {
-    let want = if interface.starts_with("wasi:") {
-        "0.2."
-    } else {
-        "0.1."
-    };
-    version.is_some_and(|v| v.starts_with(want))
+fn wasi_version_ok(version: Option<&str>) -> bool {
+    version.is_some_and(|v| v.starts_with("0.2."))
 }
 
 /// Checks imports against the allow-list and that the component exports our
-/// `transformer` interface at a supported version; returns that export's name.
+/// `transformer` interface at a supported version.
 pub fn check_component_shape(
     engine: &Engine,
     component: &Component,
     origin: &str,
-) -> Result<String, LoadError> {
+) -> Result<Shape, LoadError> {
     let ty = component.component_type();
     for (name, _) in ty.imports(engine) {
         let (iface, version) = split_version(name);
-        if !ALLOWED_IMPORTS.contains(&iface) || !version_ok(iface, version) {
+        if !ALLOWED_IMPORTS.contains(&iface) {
             return Err(LoadError::ForbiddenImport {
                 origin: origin.into(),
                 import: name.to_string(),
+            });
+        }
+        if iface.starts_with("wasi:") {
+            if !wasi_version_ok(version) {
+                return Err(LoadError::ForbiddenImport {
+                    origin: origin.into(),
+                    import: name.to_string(),
+                });
+            }
+        } else if version.and_then(WitMinor::parse).is_none() {
+            return Err(LoadError::UnsupportedWorldVersion {
+                origin: origin.into(),
+                found: version.unwrap_or("(no version)").to_string(),
             });
         }
     }
@@ -93,19 +132,22 @@ pub fn check_component_shape(
         None => Err(LoadError::WrongWorld {
             origin: origin.into(),
             reason: format!(
-                "does not export `{wanted}`: it is not a pipeline:transform@{WORLD_VERSION_REQ}.x function (its exports: {})",
+                "does not export `{wanted}`: it is not a pipeline:transform@{WORLD_VERSION_REQ} function (its exports: {})",
                 if exports.is_empty() { "none".to_string() } else { exports.join(", ") }
             ),
         }),
         Some(n) => {
             let (_, v) = split_version(n);
-            if version_ok(&wanted, v) {
-                Ok(n.clone())
-            } else {
-                Err(LoadError::UnsupportedWorldVersion {
+            match v.and_then(WitMinor::parse) {
+                Some(minor) => Ok(Shape {
+                    export: n.clone(),
+                    version: v.unwrap_or_default().to_string(),
+                    minor,
+                }),
+                None => Err(LoadError::UnsupportedWorldVersion {
                     origin: origin.into(),
                     found: v.unwrap_or("(no version)").to_string(),
-                })
+                }),
             }
         }
     }

@@ -2,15 +2,62 @@
 //! `InstancePre`) and runs records through fresh instances of it under the
 //! pipeline's caps. Nothing a guest does can panic or abort the host: every
 //! failure comes back as a [`RecordError`] for that record.
+//!
+//! # Deadlines
+//!
+//! A call is stopped at its deadline whether the guest computes or waits:
+//!
+//! * **Computing** (a busy loop, with or without fuel): epoch interruption. A
+//!   process-wide ticker bumps every engine's epoch each `epoch_tick_ms`; a
+//!   store armed with `ticks_per_record` ticks traps with `Trap::Interrupt`.
+//! * **Waiting in the host** (`wasi:clocks` subscribe-duration/-instant then
+//!   `poll` or `pollable.block`, a blocking stream read): no wasm runs, so no
+//!   epoch check happens and fuel is not consumed either. WASI is therefore
+//!   linked async (`add_to_linker_async`) and every export is called async: a
+//!   wasm call runs on its own fiber stack, and a WASI wait suspends that
+//!   fiber and yields to the runner's tokio current-thread runtime. Each call
+//!   and each instantiation is wrapped in `tokio::time::timeout(deadline)`;
+//!   when it fires, the call's future (and with it the suspended fiber) is
+//!   dropped, the record fails with kind `deadline`, and the instance is
+//!   discarded so the next record gets a fresh one. stdin is empty (reads
+//!   return end-of-stream at once).
+//!
+//! A batch call gets one deadline, not one per record: a batch that runs out
+//! of it is replayed one record at a time, each with its own deadline, so a
+//! culprit costs at most one extra deadline. Fuel stays per record (`fuel ×
+//! n` for a batch): it only counts work, it cannot stall.
+//!
+//! Stacks: wasm runs on the fiber stack, sized explicitly as
+//! `max_stack_bytes` + [`engine::HOST_STACK_HEADROOM`] for the host functions
+//! that run on it, so `max_stack_bytes` no longer depends on the sandbox
+//! thread's own stack.
+//!
+//! # Host-call bytes
+//!
+//! wasmtime's hostcall fuel bounds the bytes lifted from the guest per host
+//! call (`log`, stdout writes, ...) and for the results of an export call; it
+//! is reset from the store's setting at the start of each. The store is set
+//! to `max(hostcall_fuel, max_output_bytes + 64 KiB)` for every call,
+//! whatever the batch size, so one `log` in a batch of 64 can pass no more
+//! than a single record could. A batch whose combined results do not fit is
+//! replayed one record at a time.
+//!
+//! # Versions
+//!
+//! The host bindgens `pipeline:transform@0.2` ([`bindings`]) and 0.1
+//! ([`bindings_v01`]); the export's version picks one at load and records
+//! are converted at the boundary (`compat`).
 
 mod cache;
+mod compat;
 mod engine;
 mod host;
 mod imports;
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Engine, Store, Trap};
@@ -18,18 +65,34 @@ use wasmtime::{Engine, Store, Trap};
 use crate::config::Limits;
 pub use cache::{digest, ArtifactCache, RemoteArtifacts};
 pub use engine::EpochTicker;
-pub use host::{GuestLog, HostState};
-pub use imports::{check_component_shape, ALLOWED_IMPORTS, WORLD_PACKAGE, WORLD_VERSION_REQ};
+pub use host::{GuestLog, HostState, LimitError, TABLE_ELEMENT_BYTES};
+pub use imports::{
+    check_component_shape, Shape, WitMinor, ALLOWED_IMPORTS, WORLD_PACKAGE, WORLD_VERSION_REQ,
+};
 
+/// `pipeline:transform@0.2`, what the host speaks.
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../sdk-wit/wit",
         world: "transform-batch",
+        exports: { default: async },
+    });
+}
+
+/// `pipeline:transform@0.1`, kept so components built against it still run.
+pub mod bindings_v01 {
+    wasmtime::component::bindgen!({
+        path: "../sdk-wit/wit-0.1",
+        world: "transform-batch",
+        exports: { default: async },
     });
 }
 
 use bindings::exports::pipeline::transform::{batch_transformer, transformer};
 pub use bindings::pipeline::transform::types::{Header, InputRecord, OutputRecord, TransformError};
+use bindings_v01::exports::pipeline::transform::{
+    batch_transformer as batch_transformer_v01, transformer as transformer_v01,
+};
 
 /// Why one record did not produce outputs. `kind()` is what goes into the
 /// dead-letter `pw.error.kind` header and the trap counters.
@@ -54,14 +117,23 @@ pub enum RecordError {
         topic: String,
         declared: Vec<String>,
     },
+    #[error("{count} outputs exceed max_outputs {limit}")]
+    OutputCount { count: usize, limit: usize },
     #[error("trap: {0}")]
     Trap(String),
     #[error("could not instantiate the function: {0}")]
     Instantiate(String),
+    /// The producer or broker refused an output of this record (too large,
+    /// invalid, topic gone or not authorized); the input is dead-lettered.
+    #[error("an output was refused by the producer or broker: {0}")]
+    ProduceRejected(String),
+    /// `tombstones = "dead-letter"`.
+    #[error("tombstone (null value) dead-lettered by the pipeline's tombstones = \"dead-letter\"")]
+    Tombstone,
 }
 
 /// Every value of [`RecordError::kind`], for metrics.
-pub const ERROR_KINDS: [&str; 10] = [
+pub const ERROR_KINDS: [&str; 13] = [
     "invalid-input",
     "failed",
     "fuel",
@@ -69,9 +141,12 @@ pub const ERROR_KINDS: [&str; 10] = [
     "memory",
     "stack",
     "output-size",
+    "output-count",
     "unknown-topic",
     "trap",
     "instantiate",
+    "produce-rejected",
+    "tombstone",
 ];
 
 impl RecordError {
@@ -84,9 +159,12 @@ impl RecordError {
             RecordError::Memory(_) => "memory",
             RecordError::StackOverflow(_) => "stack",
             RecordError::OutputTooLarge { .. } => "output-size",
+            RecordError::OutputCount { .. } => "output-count",
             RecordError::UnknownTopic { .. } => "unknown-topic",
             RecordError::Trap(_) => "trap",
             RecordError::Instantiate(_) => "instantiate",
+            RecordError::ProduceRejected(_) => "produce-rejected",
+            RecordError::Tombstone => "tombstone",
         }
     }
 }
@@ -105,7 +183,7 @@ pub enum LoadError {
     ForbiddenImport { origin: String, import: String },
     #[error("{origin}: {reason}")]
     WrongWorld { origin: String, reason: String },
-    #[error("{origin}: targets {WORLD_PACKAGE}@{found}; this worker accepts {WORLD_PACKAGE}@{WORLD_VERSION_REQ}.x")]
+    #[error("{origin}: targets {WORLD_PACKAGE}@{found}; this worker accepts {WORLD_PACKAGE} {WORLD_VERSION_REQ}")]
     UnsupportedWorldVersion { origin: String, found: String },
     #[error("{origin}: does not compile: {reason}")]
     Compile { origin: String, reason: String },
@@ -129,13 +207,16 @@ pub struct Function {
     pub artifact_name: String,
     /// The export that made it ours, e.g. `pipeline:transform/transformer@0.1.0`.
     pub world: String,
+    /// The `pipeline:transform` version of that export, e.g. `0.1.0`.
+    pub wit_version: String,
     pub limits: Limits,
     engine: Engine,
     pre: InstancePre<HostState>,
-    single: transformer::GuestIndices,
-    batch: Option<batch_transformer::GuestIndices>,
+    exports: ExportIndices,
     log: Arc<GuestLog>,
     ticks_per_record: u64,
+    /// Drives the load-time test instance and [`Function::instantiate_only`].
+    rt: Rt,
     /// Keeps the ticker alive as long as a function may run.
     _ticker: Arc<EpochTicker>,
     /// Time the load took and whether the artifact came from the cache.
@@ -148,6 +229,156 @@ pub struct LoadReport {
     pub load_ms: u128,
     pub exports_batch: bool,
     pub size_bytes: usize,
+}
+
+/// Where the exports are, per WIT minor.
+enum ExportIndices {
+    V02 {
+        single: transformer::GuestIndices,
+        batch: Option<batch_transformer::GuestIndices>,
+    },
+    V01 {
+        single: transformer_v01::GuestIndices,
+        batch: Option<batch_transformer_v01::GuestIndices>,
+    },
+}
+
+impl ExportIndices {
+    fn new(pre: &InstancePre<HostState>, minor: WitMinor) -> wasmtime::Result<Self> {
+        Ok(match minor {
+            WitMinor::V0_2 => Self::V02 {
+                single: transformer::GuestIndices::new(pre)?,
+                batch: batch_transformer::GuestIndices::new(pre).ok(),
+            },
+            WitMinor::V0_1 => Self::V01 {
+                single: transformer_v01::GuestIndices::new(pre)?,
+                batch: batch_transformer_v01::GuestIndices::new(pre).ok(),
+            },
+        })
+    }
+
+    fn has_batch(&self) -> bool {
+        match self {
+            Self::V02 { batch, .. } => batch.is_some(),
+            Self::V01 { batch, .. } => batch.is_some(),
+        }
+    }
+
+    fn load(
+        &self,
+        store: &mut Store<HostState>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<Exports> {
+        Ok(match self {
+            Self::V02 { single, batch } => Exports::V02 {
+                single: single.load(&mut *store, instance)?,
+                batch: batch
+                    .as_ref()
+                    .map(|b| b.load(&mut *store, instance))
+                    .transpose()?,
+            },
+            Self::V01 { single, batch } => Exports::V01 {
+                single: single.load(&mut *store, instance)?,
+                batch: batch
+                    .as_ref()
+                    .map(|b| b.load(&mut *store, instance))
+                    .transpose()?,
+            },
+        })
+    }
+}
+
+/// The exports of one live instance.
+enum Exports {
+    V02 {
+        single: transformer::Guest,
+        batch: Option<batch_transformer::Guest>,
+    },
+    V01 {
+        single: transformer_v01::Guest,
+        batch: Option<batch_transformer_v01::Guest>,
+    },
+}
+
+type GuestResult = Result<Vec<OutputRecord>, TransformError>;
+
+impl Exports {
+    async fn transform(
+        &self,
+        store: &mut Store<HostState>,
+        input: &InputRecord,
+    ) -> wasmtime::Result<GuestResult> {
+        match self {
+            Self::V02 { single, .. } => single.call_transform(store, input).await,
+            Self::V01 { single, .. } => single
+                .call_transform(store, &compat::input_to_v01(input))
+                .await
+                .map(compat::result_from_v01),
+        }
+    }
+
+    /// `None` when the component has no batch export.
+    async fn transform_batch(
+        &self,
+        store: &mut Store<HostState>,
+        inputs: &[InputRecord],
+    ) -> Option<wasmtime::Result<Vec<GuestResult>>> {
+        Some(match self {
+            Self::V02 { batch, .. } => batch.as_ref()?.call_transform_batch(store, inputs).await,
+            Self::V01 { batch, .. } => {
+                let batch = batch.as_ref()?;
+                let old: Vec<_> = inputs.iter().map(compat::input_to_v01).collect();
+                batch
+                    .call_transform_batch(store, &old)
+                    .await
+                    .map(|rs| rs.into_iter().map(compat::result_from_v01).collect())
+            }
+        })
+    }
+}
+
+/// A tokio current-thread runtime (timers on) that drives async wasm calls.
+/// Dropped with `shutdown_background`, which never blocks, so a `Function`
+/// may be dropped anywhere, including inside the control API's async tasks.
+struct Rt(Option<tokio::runtime::Runtime>);
+
+impl Rt {
+    fn new() -> Result<Self, String> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map(|rt| Rt(Some(rt)))
+            .map_err(|e| format!("cannot create the sandbox's async runtime: {e}"))
+    }
+
+    /// Runs `fut` to completion, or fails it with [`RecordError::Deadline`]
+    /// once `deadline` has passed (dropping the future, and with it any
+    /// suspended wasm fiber).
+    fn run<T>(
+        &self,
+        deadline: Duration,
+        deadline_ms: u64,
+        fut: impl Future<Output = Result<T, RecordError>>,
+    ) -> Result<T, RecordError> {
+        let rt = self
+            .0
+            .as_ref()
+            .ok_or_else(|| RecordError::Instantiate("no async runtime".into()))?;
+        rt.block_on(async {
+            match tokio::time::timeout(deadline, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(RecordError::Deadline { deadline_ms }),
+            }
+        })
+    }
+}
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Function {
@@ -180,6 +411,8 @@ impl Function {
     }
 
     /// [`Function::load_bytes`] with the version outputs are stamped with.
+    /// Callable from a plain thread or from `tokio::task::spawn_blocking`,
+    /// not from inside an async task (it blocks on its own runtime).
     pub fn load_versioned(
         name: &str,
         version: Option<&str>,
@@ -210,7 +443,7 @@ impl Function {
                 },
                 other => LoadError::Cache(other.to_string()),
             })?;
-        let world = check_component_shape(&engine, &component, origin)?;
+        let shape = check_component_shape(&engine, &component, origin)?;
 
         let mut linker: Linker<HostState> = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(|e| LoadError::Link {
@@ -223,96 +456,117 @@ impl Function {
                 origin: origin.into(),
                 reason: format!("{e:#}"),
             })?;
-        let single = transformer::GuestIndices::new(&pre).map_err(|e| LoadError::WrongWorld {
+        let exports = ExportIndices::new(&pre, shape.minor).map_err(|e| LoadError::WrongWorld {
             origin: origin.into(),
-            reason: format!("does not export pipeline:transform/transformer: {e:#}"),
+            reason: format!(
+                "does not export pipeline:transform/transformer@{}: {e:#}",
+                shape.version
+            ),
         })?;
-        let batch = batch_transformer::GuestIndices::new(&pre).ok();
         let tick = sandbox.epoch_tick_ms.max(1);
         let artifact_name = ArtifactCache::artifact_name(&engine, &digest);
         let version = match version {
             Some(v) => v.to_string(),
             None => digest.trim_start_matches("sha256:")[..12].to_string(),
         };
+        let rt = Rt::new().map_err(|reason| LoadError::Instantiate {
+            origin: origin.into(),
+            reason,
+        })?;
+        let exports_batch = exports.has_batch();
         let function = Function {
             name: name.to_string(),
             digest,
             version,
             artifact_name,
-            world,
+            world: shape.export,
+            wit_version: shape.version,
             limits: limits.clone(),
             engine,
             pre,
-            single,
-            batch,
+            exports,
             log: Arc::new(GuestLog::new(name)),
             ticks_per_record: limits.deadline_ms.div_ceil(tick).max(1),
+            rt,
             _ticker: sandbox.ticker.clone(),
             load_report: LoadReport {
                 from_cache,
                 load_ms: 0,
-                exports_batch: false,
+                exports_batch,
                 size_bytes: bytes.len(),
             },
         };
         sandbox.ticker.register(&function.engine);
-        function.instantiate().map_err(|e| LoadError::Instantiate {
-            origin: origin.into(),
-            reason: e.to_string(),
-        })?;
-        let exports_batch = function.batch.is_some();
+        function
+            .instantiate_only()
+            .map_err(|e| LoadError::Instantiate {
+                origin: origin.into(),
+                reason: e.to_string(),
+            })?;
         Ok(Arc::new(Function {
             load_report: LoadReport {
-                from_cache,
                 load_ms: started.elapsed().as_millis(),
-                exports_batch,
-                size_bytes: bytes.len(),
+                ..function.load_report.clone()
             },
             ..function
         }))
     }
 
     pub fn exports_batch(&self) -> bool {
-        self.batch.is_some()
+        self.exports.has_batch()
     }
 
-    /// Creates and drops one instance (benchmarks, health probes).
+    /// False for a `pipeline:transform@0.1` component: it cannot tell a null
+    /// value from an empty one, so it must not be given tombstones
+    /// (`tombstones = "function"`).
+    pub fn accepts_null_values(&self) -> bool {
+        !self.wit_version.starts_with("0.1.")
+    }
+
+    /// Creates and drops one instance (benchmarks, health probes), under the
+    /// deadline.
     pub fn instantiate_only(&self) -> Result<(), RecordError> {
-        self.instantiate().map(drop)
+        self.rt
+            .run(self.deadline(), self.limits.deadline_ms, async {
+                self.instantiate().await.map(drop)
+            })
     }
 
-    fn instantiate(&self) -> Result<Live, RecordError> {
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.limits.deadline_ms)
+    }
+
+    /// A fresh instance. Its start functions run under the per-record epoch
+    /// deadline and fuel; the caller wraps this in the wall-clock timeout.
+    async fn instantiate(&self) -> Result<Live, RecordError> {
         let mut store = Store::new(&self.engine, HostState::new(&self.limits, self.log.clone()));
         store.limiter(|s| &mut s.limiter);
-        store.set_hostcall_fuel(self.limits.hostcall_fuel);
+        store.set_hostcall_fuel(self.hostcall_budget());
         // A guest may only run while the host has armed a deadline for a call.
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.ticks_per_record);
-        if self.limits.fuel.is_some() {
+        if let Some(fuel) = self.limits.fuel {
             store
-                .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
+                .set_fuel(fuel)
                 .map_err(|e| RecordError::Instantiate(format!("{e:#}")))?;
         }
         let instance = self
             .pre
-            .instantiate(&mut store)
-            .map_err(|e| classify(&mut store, e, &self.limits, 1))?;
-        let single = self
-            .single
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| classify(e, &self.limits))?;
+        let exports = self
+            .exports
             .load(&mut store, &instance)
             .map_err(|e| RecordError::Instantiate(format!("{e:#}")))?;
-        let batch = match &self.batch {
-            Some(b) => Some(
-                b.load(&mut store, &instance)
-                    .map_err(|e| RecordError::Instantiate(format!("{e:#}")))?,
-            ),
-            None => None,
-        };
-        Ok(Live {
-            store,
-            single,
-            batch,
-        })
+        Ok(Live { store, exports })
+    }
+
+    /// Hostcall fuel for every call, single or batch (see the module docs).
+    fn hostcall_budget(&self) -> usize {
+        self.limits
+            .hostcall_fuel
+            .max(self.limits.max_output_bytes.saturating_add(OUTPUT_SLACK))
     }
 }
 
@@ -329,8 +583,7 @@ pub struct SandboxOptions {
 
 struct Live {
     store: Store<HostState>,
-    single: transformer::Guest,
-    batch: Option<batch_transformer::Guest>,
+    exports: Exports,
 }
 
 /// Per-call measurements for telemetry and `test` output.
@@ -350,13 +603,16 @@ const OUTPUT_SLACK: usize = 64 * 1024;
 
 /// Runs records through one function. One per sandbox thread; owns at most
 /// one live instance, which serves up to `limits.instance_max_records`
-/// records and is discarded after any trap (the next record gets a fresh
-/// instance from the `InstancePre`).
+/// records and is discarded after any trap or timeout (the next record gets
+/// a fresh instance from the `InstancePre`). Owns the tokio current-thread
+/// runtime its calls run on, so `run_batch` must be called from a plain
+/// thread (or `spawn_blocking`), never from inside an async task.
 pub struct Runner {
     function: Arc<Function>,
     pub stats: CallStats,
     /// The instance kept between batches, and how many records it served.
     live: Option<(Live, u64)>,
+    rt: Result<Rt, String>,
 }
 
 impl Runner {
@@ -365,6 +621,7 @@ impl Runner {
             function,
             stats: CallStats::default(),
             live: None,
+            rt: Rt::new(),
         }
     }
 
@@ -372,63 +629,62 @@ impl Runner {
         &self.function
     }
 
-    /// The kept instance if it may serve `n` more records, else a fresh one.
-    fn checkout(&mut self, f: &Function, n: u64) -> Result<(Live, u64), RecordError> {
-        match self.live.take() {
-            Some((l, served)) if served + n <= f.limits.instance_max_records => Ok((l, served)),
-            _ => self.fresh(f).map(|l| (l, 0)),
-        }
-    }
-
     /// One result per input, in order.
     pub fn run_batch(&mut self, inputs: &[InputRecord]) -> Vec<RecordResult> {
         let f = self.function.clone();
+        if let Err(e) = &self.rt {
+            return inputs
+                .iter()
+                .map(|_| Err(RecordError::Instantiate(e.clone())))
+                .collect();
+        }
         if inputs.len() > 1
-            && f.batch.is_some()
+            && f.exports.has_batch()
             && inputs.len() as u64 <= f.limits.instance_max_records
         {
             if let Some(results) = self.try_batch_call(&f, inputs) {
                 return results;
             }
-            // A trap inside a batch call cannot be pinned on a record: replay
-            // them one by one in fresh instances so only the culprit fails.
+            // A trap or timeout inside a batch call cannot be pinned on a
+            // record: replay them one by one in fresh instances so only the
+            // culprit fails.
         }
-        let mut out = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            let (l, served) = match self.checkout(&f, 1) {
-                Ok(x) => x,
-                Err(e) => {
-                    out.push(Err(e));
-                    continue;
-                }
-            };
-            let (l, result) = self.call_one(&f, l, input);
-            self.live = l.map(|l| (l, served + 1));
-            out.push(result);
-        }
-        out
+        inputs
+            .iter()
+            .map(|input| self.call_one(&f, input))
+            .collect()
     }
 
-    fn fresh(&mut self, f: &Function) -> Result<Live, RecordError> {
-        self.stats.instantiations += 1;
-        let started = Instant::now();
-        let live = f.instantiate();
-        self.stats.instantiate_nanos += started.elapsed().as_nanos() as u64;
-        live
+    /// The kept instance if it may serve `n` more records, else a fresh one
+    /// (under its own deadline).
+    fn checkout(&mut self, f: &Function, n: u64) -> Result<(Live, u64), RecordError> {
+        match self.live.take() {
+            Some((l, served)) if served + n <= f.limits.instance_max_records => Ok((l, served)),
+            _ => {
+                self.stats.instantiations += 1;
+                let started = Instant::now();
+                let live = self.block_on(f, f.instantiate());
+                self.stats.instantiate_nanos += started.elapsed().as_nanos() as u64;
+                live.map(|l| (l, 0))
+            }
+        }
     }
 
+    fn block_on<T>(
+        &self,
+        f: &Function,
+        fut: impl Future<Output = Result<T, RecordError>>,
+    ) -> Result<T, RecordError> {
+        match &self.rt {
+            Ok(rt) => rt.run(f.deadline(), f.limits.deadline_ms, fut),
+            Err(e) => Err(RecordError::Instantiate(e.clone())),
+        }
+    }
+
+    /// One deadline per call whatever its size; fuel per record.
     fn arm(&mut self, f: &Function, live: &mut Live, records: u64) -> Result<(), RecordError> {
-        live.store
-            .set_epoch_deadline(f.ticks_per_record.saturating_mul(records));
-        // Results are lifted into the host under hostcall fuel too: leave room
-        // for `max_output_bytes` per record, so a bigger output is cut off
-        // while it is copied, before the host holds all of it.
-        let per_record = f.limits.max_output_bytes.saturating_add(OUTPUT_SLACK);
-        live.store.set_hostcall_fuel(
-            f.limits
-                .hostcall_fuel
-                .max(per_record.saturating_mul(records as usize)),
-        );
+        live.store.set_epoch_deadline(f.ticks_per_record);
+        live.store.set_hostcall_fuel(f.hostcall_budget());
         if let Some(fuel) = f.limits.fuel {
             live.store
                 .set_fuel(fuel.saturating_mul(records))
@@ -445,30 +701,25 @@ impl Runner {
         }
     }
 
-    fn call_one(
-        &mut self,
-        f: &Function,
-        mut live: Live,
-        input: &InputRecord,
-    ) -> (Option<Live>, RecordResult) {
-        if let Err(e) = self.arm(f, &mut live, 1) {
-            return (None, Err(e));
-        }
+    fn call_one(&mut self, f: &Function, input: &InputRecord) -> RecordResult {
+        let (mut live, served) = self.checkout(f, 1)?;
+        self.arm(f, &mut live, 1)?;
         let started = Instant::now();
-        let result = live.single.call_transform(&mut live.store, input);
+        let result = self.block_on(f, async {
+            let Live { store, exports } = &mut live;
+            exports
+                .transform(store, input)
+                .await
+                .map_err(|e| classify(e, &f.limits))
+        });
         self.account(f, &live, 1, started);
         live.store.data_mut().flush_output();
-        match result {
-            Ok(r) => {
-                let r = guest_result(r, &f.limits);
-                (Some(live), r)
-            }
-            Err(e) => {
-                // Any error out of a call leaves the instance in an unknown
-                // state: drop it, the next record gets a fresh one.
-                (None, Err(classify(&mut live.store, e, &f.limits, 1)))
-            }
-        }
+        // Any error out of a call (a trap, a timeout that dropped the call
+        // midway) leaves the instance in an unknown state: drop it, the next
+        // record gets a fresh one.
+        let r = result?;
+        self.live = Some((live, served + 1));
+        guest_result(r, &f.limits)
     }
 
     fn try_batch_call(
@@ -479,9 +730,14 @@ impl Runner {
         let n = inputs.len() as u64;
         let (mut live, served) = self.checkout(f, n).ok()?;
         self.arm(f, &mut live, n).ok()?;
-        let batch = live.batch.as_ref()?;
         let started = Instant::now();
-        let result = batch.call_transform_batch(&mut live.store, inputs);
+        let result = self.block_on(f, async {
+            let Live { store, exports } = &mut live;
+            match exports.transform_batch(store, inputs).await {
+                Some(r) => r.map_err(|e| classify(e, &f.limits)),
+                None => Err(RecordError::Instantiate("no batch export".into())),
+            }
+        });
         self.account(f, &live, n, started);
         live.store.data_mut().flush_output();
         match result {
@@ -508,9 +764,15 @@ impl Runner {
     }
 }
 
-fn guest_result(r: Result<Vec<OutputRecord>, TransformError>, limits: &Limits) -> RecordResult {
+fn guest_result(r: GuestResult, limits: &Limits) -> RecordResult {
     match r {
         Ok(outputs) => {
+            if outputs.len() > limits.max_outputs {
+                return Err(RecordError::OutputCount {
+                    count: outputs.len(),
+                    limit: limits.max_outputs,
+                });
+            }
             let size: usize = outputs.iter().map(output_size).sum();
             if size > limits.max_output_bytes {
                 Err(RecordError::OutputTooLarge {
@@ -527,7 +789,7 @@ fn guest_result(r: Result<Vec<OutputRecord>, TransformError>, limits: &Limits) -
 }
 
 pub fn output_size(o: &OutputRecord) -> usize {
-    o.value.len()
+    o.value.as_ref().map_or(0, |v| v.len())
         + o.key.as_ref().map_or(0, |k| k.len())
         + o.headers
             .iter()
@@ -535,42 +797,46 @@ pub fn output_size(o: &OutputRecord) -> usize {
             .sum::<usize>()
 }
 
-/// Turns a wasmtime error into the record error the operator will see.
-fn classify(
-    store: &mut Store<HostState>,
-    e: wasmtime::Error,
-    limits: &Limits,
-    records: u64,
-) -> RecordError {
-    if let Some(reason) = store.data_mut().limiter.take_tripped() {
-        return RecordError::Memory(reason);
+/// `E` anywhere in the error's chain (wasmtime may wrap a host error in
+/// backtrace context).
+fn find<E: std::error::Error + Send + Sync + 'static>(e: &wasmtime::Error) -> Option<&E> {
+    e.downcast_ref::<E>()
+        .or_else(|| e.chain().find_map(|c| c.downcast_ref::<E>()))
+}
+
+/// The message of wasmtime's hostcall-fuel error. Its type
+/// (`HostcallFuelExhausted`, wasmtime/src/runtime/component/func/options.rs)
+/// is private, so this is the one error recognised by its text.
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
+
+/// Turns a wasmtime error into the record error the operator will see, by
+/// the error's type: our limiter's [`LimitError`], then `wasmtime::Trap`.
+fn classify(e: wasmtime::Error, limits: &Limits) -> RecordError {
+    if let Some(limit) = find::<LimitError>(&e) {
+        return RecordError::Memory(limit.to_string());
     }
-    if format!("{e:#}").contains("fuel allocated for hostcalls") {
+    if let Some(trap) = find::<Trap>(&e) {
+        return match trap {
+            Trap::OutOfFuel => RecordError::OutOfFuel {
+                limit: limits.fuel.unwrap_or(0),
+            },
+            Trap::Interrupt => RecordError::Deadline {
+                deadline_ms: limits.deadline_ms,
+            },
+            Trap::StackOverflow => RecordError::StackOverflow(limits.max_stack_bytes),
+            trap => RecordError::Trap(format!("{trap}: {}", first_line(&format!("{e:#}")))),
+        };
+    }
+    let msg = format!("{e:#}");
+    if e.chain()
+        .any(|c| c.to_string().contains(HOSTCALL_FUEL_EXHAUSTED))
+    {
         return RecordError::OutputTooLarge {
             size: None,
             limit: limits.max_output_bytes,
         };
     }
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => RecordError::OutOfFuel {
-            limit: limits.fuel.unwrap_or(0),
-        },
-        Some(Trap::Interrupt) => RecordError::Deadline {
-            deadline_ms: limits.deadline_ms * records,
-        },
-        Some(Trap::StackOverflow) => RecordError::StackOverflow(limits.max_stack_bytes),
-        Some(trap) => RecordError::Trap(format!("{trap}: {}", first_line(&format!("{e:#}")))),
-        None => {
-            let msg = format!("{e:#}");
-            if msg.contains("exceeds memory limits")
-                || msg.contains("memory") && msg.contains("limit")
-            {
-                RecordError::Memory(first_line(&msg))
-            } else {
-                RecordError::Trap(first_line(&msg))
-            }
-        }
-    }
+    RecordError::Trap(first_line(&msg))
 }
 
 fn first_line(s: &str) -> String {

@@ -1,6 +1,6 @@
 //! Health and metrics over HTTP: `/livez` (the process answers), `/readyz`
 //! (every pipeline joined its group, components loaded, a broker reachable,
-//! not draining) and `/metrics` (Prometheus text). Names follow the
+//! no pipeline thread dead, not draining) and `/metrics` (Prometheus text). Names follow the
 //! OpenTelemetry messaging semantic conventions where one exists
 //! (`messaging.client.consumed.messages` → `messaging_client_consumed_messages_total`).
 //! Off unless `[telemetry] http_listen` is set: nothing on the hot path
@@ -19,57 +19,11 @@ use axum::Router;
 
 pub mod otel;
 
-use crate::pipeline::{FunctionSlot, PipelineStats, VersionStats};
+use crate::pipeline::FunctionSlot;
 use crate::sandbox::ERROR_KINDS;
 use crate::source::Trackers;
-
-/// Upper bounds (seconds) of the duration histograms' buckets.
-pub const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// A lock-free fixed-bucket histogram (Prometheus `_bucket`/`_sum`/`_count`).
-#[derive(Default, Debug)]
-pub struct Histogram {
-    buckets: [std::sync::atomic::AtomicU64; BUCKETS.len() + 1],
-    sum_nanos: std::sync::atomic::AtomicU64,
-    count: std::sync::atomic::AtomicU64,
-}
-
-impl Histogram {
-    /// Records `n` observations of `d`.
-    pub fn observe(&self, d: std::time::Duration, n: u64) {
-        let secs = d.as_secs_f64();
-        let i = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.buckets[i].fetch_add(n, Ordering::Relaxed);
-        self.sum_nanos
-            .fetch_add(d.as_nanos() as u64 * n, Ordering::Relaxed);
-        self.count.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
-        }
-        cumulative += self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
-        );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
-    }
-}
+pub use crate::stats::{Histogram, BUCKETS};
+use crate::stats::{PipelineStats, VersionStats};
 
 pub struct PipelineView {
     pub name: String,
@@ -97,6 +51,11 @@ impl TelemetryState {
             why.push("no pipeline started yet".into());
         }
         for p in ps.iter() {
+            if let Some(dead) = p.stats.dead_thread() {
+                // The process is exiting on it; say which pipeline and why.
+                why.push(format!("pipeline {}: {dead}", p.name));
+                continue;
+            }
             if p.slot.get().is_none() {
                 // Waits for its first activation; nothing to be ready for.
                 continue;
@@ -272,6 +231,14 @@ pub fn render(s: &TelemetryState) -> String {
         "Records consumed and not yet fully acknowledged downstream.",
         ps.iter()
             .map(|p| (base(p), p.trackers.in_flight() as u64))
+            .collect(),
+    );
+    family(
+        "pipeline_paused_partitions",
+        "gauge",
+        "Partitions paused because their sandbox thread's queue is full (back-pressure).",
+        ps.iter()
+            .map(|p| (base(p), l(&p.stats.paused_partitions)))
             .collect(),
     );
     family(

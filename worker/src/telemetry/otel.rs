@@ -25,8 +25,8 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 
 use super::TelemetryState;
-use crate::pipeline::VersionStats;
 use crate::sandbox::{Header, InputRecord, ERROR_KINDS};
+use crate::stats::VersionStats;
 
 pub const TRACEPARENT: &str = "traceparent";
 

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! A non-JSON value or a missing/non-numeric field is `invalid-input` naming
-//! the field. Key, headers and timestamp pass through; other fields are kept
+//! the field; so is a tombstone (null value). Key, headers and timestamp pass through; other fields are kept
 //! in their original order, the two new fields are appended (or replaced in
 //! place if already present).
 
@@ -68,6 +68,15 @@ mod tests {
         let err = enrich(Record::from_json(&json!({"session_start": 0}))).unwrap_err();
         assert!(err.is_invalid_input());
         assert!(err.message().contains("session_end"), "{err}");
+    }
+
+    #[test]
+    fn tombstone_is_invalid_input_naming_it() {
+        // Like the Python reference: reading fields of a null value never
+        // yields `{}`.
+        let err = enrich(Record::tombstone().with_key("u1")).unwrap_err();
+        assert!(err.is_invalid_input());
+        assert!(err.message().contains("null (a tombstone)"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! | `alloc`      | allocate and touch 1 MiB blocks forever |
 //! | `recurse`    | unbounded non-tail recursion with a 1 KiB frame on the shadow stack (in linear memory): overflows the 1 MiB shadow stack first, a trap as an out-of-bounds memory access |
 //! | `recurse-native` | unbounded non-tail recursion with no shadow-stack frame: exhausts the engine's wasm call stack (`max_wasm_stack`) |
+//! | `recurse-locals` | like `recurse-native` without `black_box` in the frames (which spills to the 1 MiB shadow stack): only the engine's wasm stack grows, whatever `max_wasm_stack` is |
 //! | `big-output` | one output whose value is `size` bytes (default 8 MiB) of `x` |
 //! | `open-file`  | read `/etc/passwd`, create `/tmp/x`: `failed("open-file: ...")`, or `{"escaped":"file"}` if either works |
 //! | `socket`     | TCP connect to 127.0.0.1:9092: `failed("socket: ...")`, or `{"escaped":"socket"}` |
@@ -18,6 +19,12 @@
 //! | `fanout`     | `n` outputs (default 3), value `{"id": <id>, "copy": i}` for i in 0..n |
 //! | `route`      | echo, routed to the topic in field `"topic"` |
 //! | `log`        | one host log line per level, then echo |
+//! | `log-huge`   | one host `log` call with a message of `size` bytes (default 8 MiB), then echo |
+//! | `fanout-empty` | `n` outputs (default 9000) with empty values |
+//! | `sleep`      | `std::thread::sleep` for an hour (`subscribe-duration` + `pollable.block` in the host) |
+//! | `poll`       | `wasi:io/poll.poll` on an hour-long `subscribe-duration` pollable |
+//! | `poll-instant` | `wasi:io/poll.poll` on a `subscribe-instant` pollable an hour ahead |
+//! | `stdin`      | read stdin to its end; one output `{"stdin_bytes": n}` |
 //!
 //! A missing `action` or an unknown one is `invalid-input` naming it.
 
@@ -43,6 +50,12 @@ pub fn hostile(record: Record) -> Result<Vec<Output>, TransformError> {
         }
         "recurse-native" => {
             let depth = recurse_native(black_box(0));
+            Err(TransformError::failed(format!(
+                "recursion returned at depth {depth}"
+            )))
+        }
+        "recurse-locals" => {
+            let depth = recurse_locals(0, black_box(u64::MAX));
             Err(TransformError::failed(format!(
                 "recursion returned at depth {depth}"
             )))
@@ -86,6 +99,44 @@ pub fn hostile(record: Record) -> Result<Vec<Output>, TransformError> {
             log::warn!("hostile: warn line");
             log::error!("hostile: error line");
             Ok(vec![Output::from(record)])
+        }
+        "log-huge" => {
+            let size = optional_u64(&fields, "size", DEFAULT_BIG_OUTPUT)? as usize;
+            log::info(&"x".repeat(size));
+            Ok(vec![Output::from(record)])
+        }
+        "fanout-empty" => {
+            let n = optional_u64(&fields, "n", 9000)?;
+            Ok((0..n)
+                .map(|_| Output::from(&record).with_value(Vec::new()))
+                .collect())
+        }
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Err(TransformError::failed("sleep: woke up after an hour"))
+        }
+        "poll" => {
+            let p = wasi::clocks::monotonic_clock::subscribe_duration(3600 * 1_000_000_000);
+            let ready = wasi::io::poll::poll(&[&p]);
+            Err(TransformError::failed(format!("poll: returned {ready:?}")))
+        }
+        "poll-instant" => {
+            let now = wasi::clocks::monotonic_clock::now();
+            let p = wasi::clocks::monotonic_clock::subscribe_instant(now + 3600 * 1_000_000_000);
+            let ready = wasi::io::poll::poll(&[&p]);
+            Err(TransformError::failed(format!(
+                "poll-instant: returned {ready:?}"
+            )))
+        }
+        "stdin" => {
+            use std::io::Read;
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| TransformError::failed(format!("stdin: {e}")))?;
+            Ok(vec![
+                Output::from(&record).with_json(&json!({"stdin_bytes": buf.len()}))
+            ])
         }
         other => Err(TransformError::invalid_input(format!(
             "unknown action `{other}`"
@@ -150,6 +201,19 @@ fn recurse_native(depth: u64) -> u64 {
         return 0;
     }
     recurse_native(black_box(depth + 1)).wrapping_add(black_box(depth))
+}
+
+/// `stop` is never reached (it comes from `black_box(u64::MAX)`). The
+/// result is combined as `3 * below + depth`, which LLVM cannot turn into
+/// an accumulator loop (it does that for a plain `below + depth`).
+#[inline(never)]
+fn recurse_locals(depth: u64, stop: u64) -> u64 {
+    if depth == stop {
+        return 0;
+    }
+    recurse_locals(depth + 1, stop)
+        .wrapping_mul(3)
+        .wrapping_add(depth)
 }
 
 fn open_file(record: &Record) -> Result<Vec<Output>, TransformError> {
