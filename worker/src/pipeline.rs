@@ -11,10 +11,11 @@
 //! producer keeps that order per output partition.
 //!
 //! Back-pressure: when a sandbox thread's queue is full, the consumer holds
-//! the record that did not fit, pauses that record's partition and keeps
-//! calling `poll`, so rebalances, heartbeats and statistics are served however
-//! slow the function is (no `max.poll.interval.ms` expiry). The partitions
-//! resume when the queue drains below half. Records of a revoked partition
+//! the records that do not fit (up to another queue's worth), then pauses
+//! their partitions, and keeps calling `poll` throughout, so rebalances,
+//! heartbeats and statistics are served however slow the function is (no
+//! `max.poll.interval.ms` expiry). The partitions resume once every held
+//! record is queued. Records of a revoked partition
 //! that are still queued are skipped, so a revoke only waits for the batch
 //! being processed.
 //!
@@ -309,7 +310,7 @@ pub fn spawn(
         feeds.push(LaneFeed {
             tx,
             queued: queued.clone(),
-            resume_below: per_lane / 2,
+            pause_at: per_lane,
             held: VecDeque::new(),
             paused: Vec::new(),
         });
@@ -496,8 +497,12 @@ struct LaneFeed {
     tx: SyncSender<Inbound>,
     /// Records in the queue (the lane decrements on receipt).
     queued: Arc<AtomicUsize>,
-    /// Paused partitions resume once `queued` is at most this.
-    resume_below: usize,
+    /// Held records past which a partition is paused. Pausing makes
+    /// librdkafka drop its prefetched records and fetch again on resume, so it
+    /// is the last resort: up to a queue's worth is held first, and partitions
+    /// resume once every held record is queued (a full queue of work left
+    /// covers the refetch).
+    pause_at: usize,
     /// Records polled while the queue was full, in poll order.
     held: VecDeque<Inbound>,
     /// Partitions paused because their records did not fit.
@@ -539,10 +544,11 @@ impl LaneFeed {
         stats: &PipelineStats,
     ) {
         let (topic, partition) = (&item.tracker.topic, item.tracker.partition);
-        if !self
-            .paused
-            .iter()
-            .any(|(t, p)| t == topic && *p == partition)
+        if self.held.len() >= self.pause_at
+            && !self
+                .paused
+                .iter()
+                .any(|(t, p)| t == topic && *p == partition)
         {
             let mut tpl = TopicPartitionList::with_capacity(1);
             let paused = tpl
@@ -563,7 +569,7 @@ impl LaneFeed {
     }
 
     /// Moves held records into the queue while there is room, then resumes
-    /// the paused partitions once the queue is below the low watermark.
+    /// the paused partitions once nothing is held.
     /// False when the lane is gone.
     fn feed(&mut self, consumer: &BaseConsumer<SourceContext>, stats: &PipelineStats) -> bool {
         while let Some(item) = self.held.pop_front() {
@@ -580,7 +586,7 @@ impl LaneFeed {
                 Sent::Gone => return false,
             }
         }
-        if !self.paused.is_empty() && self.queued.load(Ordering::Acquire) <= self.resume_below {
+        if !self.paused.is_empty() {
             let mut tpl = TopicPartitionList::with_capacity(self.paused.len());
             for (t, p) in &self.paused {
                 let _ = tpl.add_partition_offset(t, *p, Offset::Invalid);
