@@ -918,24 +918,13 @@ fn tombstone(
                 stats.produced.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
-        TombstoneMode::DeadLetter => {
-            deliver(
-                ctx,
-                function,
-                r,
-                tracker,
-                Err(RecordError::Tombstone),
-                None,
-                stats,
-            );
-        }
         TombstoneMode::Drop => {
             tracker.complete(r.offset);
             stats.filtered.fetch_add(1, Ordering::Relaxed);
         }
-        // Never planned as a tombstone: in this mode it goes to the function.
-        // Dead-lettering keeps it visible should that ever change.
-        TombstoneMode::Function => {
+        // `Function` is never routed here (its tombstones go to the function);
+        // dead-lettering keeps one visible should that ever change.
+        TombstoneMode::DeadLetter | TombstoneMode::Function => {
             deliver(
                 ctx,
                 function,
