@@ -115,8 +115,8 @@ struct Figures {
     p99_ms: f64,
 }
 
-/// Reads `n` records from `topic`; returns (time of last arrival, latencies).
-fn drain(topic: &str, n: usize, timeout: Duration) -> (Instant, Vec<f64>) {
+/// Reads `n` records from `topic`; returns (first arrival, last arrival, latencies).
+fn drain(topic: &str, n: usize, timeout: Duration) -> (Instant, Instant, Vec<f64>) {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", format!("bench-reader-{}", now_nanos()))
@@ -126,6 +126,7 @@ fn drain(topic: &str, n: usize, timeout: Duration) -> (Instant, Vec<f64>) {
     c.subscribe(&[topic]).unwrap();
     let mut got = 0;
     let mut lat = Vec::with_capacity(n);
+    let mut first = None;
     let mut last = Instant::now();
     let deadline = Instant::now() + timeout;
     while got < n {
@@ -136,6 +137,7 @@ fn drain(topic: &str, n: usize, timeout: Duration) -> (Instant, Vec<f64>) {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             got += 1;
             last = Instant::now();
+            first.get_or_insert(last);
             if let Some(h) = m
                 .headers()
                 .and_then(|h| h.iter().find(|h| h.key == "sent-ns"))
@@ -148,7 +150,7 @@ fn drain(topic: &str, n: usize, timeout: Duration) -> (Instant, Vec<f64>) {
             }
         }
     }
-    (last, lat)
+    (first.unwrap_or(last), last, lat)
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -286,15 +288,20 @@ fn measure(name: &str, cand: &mut dyn Candidate, n: usize, latency_n: usize, rat
     produce(&input, n, None);
     let start = Instant::now();
     cand.start(&input, &output, &dlq);
-    let (last, _) = drain(&output, n, Duration::from_secs(600));
+    let started = start.elapsed();
+    let (first, last, _) = drain(&output, n, Duration::from_secs(600));
     let throughput = n as f64 / last.duration_since(start).as_secs_f64();
+    let to_first = first.duration_since(start);
+    // After the first output: the rate once the group is joined and the
+    // function loaded, apart from start-up.
+    let steady = (n - 1) as f64 / last.duration_since(first).as_secs_f64().max(1e-9);
     // Latency: paced records while the candidate is warm.
     let (lin, lout) = (format!("{input}-lat"), format!("{output}-lat"));
     cand.stop();
     create(&[&lin, &lout]);
     cand.start(&lin, &lout, &dlq);
     std::thread::sleep(Duration::from_secs(3));
-    let reader = std::thread::spawn(move || drain(&lout, latency_n, Duration::from_secs(300)).1);
+    let reader = std::thread::spawn(move || drain(&lout, latency_n, Duration::from_secs(300)).2);
     produce(&lin, latency_n, Some(rate));
     let mut lat = reader.join().unwrap();
     cand.stop();
@@ -304,8 +311,13 @@ fn measure(name: &str, cand: &mut dyn Candidate, n: usize, latency_n: usize, rat
         p99_ms: percentile(&mut lat, 0.99),
     };
     println!(
-        "{name:<22} {:>10.0} records/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
-        f.throughput, f.p50_ms, f.p99_ms
+        "{name:<22} {:>10.0} records/s   p50 {:>7.2} ms   p99 {:>7.2} ms   (start {:>5} ms, first output {:>5} ms, then {:>7.0} records/s)",
+        f.throughput,
+        f.p50_ms,
+        f.p99_ms,
+        started.as_millis(),
+        to_first.as_millis(),
+        steady
     );
     f
 }

@@ -409,6 +409,16 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// The value of the first sample of `name` whose labels contain `label`.
+pub fn sample(metrics: &str, name: &str, label: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .next()
+        .unwrap_or_else(|| panic!("no {name} with {label} in:\n{metrics}"))
+}
+
 /// Creates a topic with topic-level configs (e.g. `compression.type`).
 pub fn create_topic_with(topic: &str, partitions: i32, configs: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

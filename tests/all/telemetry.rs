@@ -25,16 +25,6 @@ fn wait_for(port: u16, path: &str, code: u16, timeout: Duration) -> String {
     }
 }
 
-/// The value of the first sample of `name` whose labels contain `label`.
-fn sample(metrics: &str, name: &str, label: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .next()
-        .unwrap_or_else(|| panic!("no {name} with {label} in:\n{metrics}"))
-}
-
 #[test]
 fn metrics_count_records_and_traps() {
     let topics = TestTopics::create("tm", 2);

@@ -11,11 +11,15 @@
 //! producer keeps that order per output partition.
 //!
 //! Back-pressure: when a sandbox thread's queue is full, the consumer holds
-//! the records that do not fit (up to another queue's worth), then pauses
-//! their partitions, and keeps calling `poll` throughout, so rebalances,
-//! heartbeats and statistics are served however slow the function is (no
-//! `max.poll.interval.ms` expiry). The partitions resume once every held
-//! record is queued. Records of a revoked partition
+//! the records that do not fit and keeps calling `poll` (every millisecond
+//! while anything is held, so the queue is refilled as soon as it has room),
+//! so rebalances, heartbeats and statistics are served however slow the
+//! function is (no `max.poll.interval.ms` expiry). Past a high watermark of
+//! held records or bytes it pauses their partitions, and resumes them below
+//! half of it. A pause makes librdkafka drop what it prefetched and fetch it
+//! again on resume, so the watermarks are far apart (a pause per queue's
+//! worth of records cost a backlog three quarters of its throughput), and
+//! the refetch overlaps the records still held. Records of a revoked partition
 //! that are still queued are skipped, so a revoke only waits for the batch
 //! being processed.
 //!
@@ -56,6 +60,11 @@ use crate::telemetry::otel;
 pub use crate::kafka::{base_client_config, producer_config};
 /// Kept for callers that still import the stats from here.
 pub use crate::stats::{PipelineStats, VersionStats};
+
+/// Held records a lane may accumulate before pausing, in queues' worth
+/// (`max_in_flight / concurrency` each), and in bytes.
+const HOLD_QUEUES: usize = 8;
+const HOLD_BYTES: usize = 64 << 20;
 
 /// Hidden fault injection for the dead-thread test: the sandbox thread that
 /// gets the record at this offset panics. Read once per pipeline start.
@@ -239,6 +248,24 @@ struct Inbound {
 }
 
 impl Inbound {
+    /// Bytes held for it: key, value and headers.
+    fn size(&self) -> usize {
+        match &self.work {
+            Work::Record(r) => {
+                r.key.as_ref().map_or(0, Vec::len)
+                    + r.value.as_ref().map_or(0, Vec::len)
+                    + r.headers
+                        .iter()
+                        .map(|h| h.key.len() + h.value.len())
+                        .sum::<usize>()
+            }
+            // Headers aside: poison is rare, and its headers are librdkafka's.
+            Work::Poison(p) => {
+                p.raw.key.as_ref().map_or(0, Vec::len) + p.raw.value.as_ref().map_or(0, Vec::len)
+            }
+        }
+    }
+
     fn offset(&self) -> i64 {
         match &self.work {
             Work::Record(r) => r.offset,
@@ -310,8 +337,10 @@ pub fn spawn(
         feeds.push(LaneFeed {
             tx,
             queued: queued.clone(),
-            pause_at: per_lane,
+            pause_records: per_lane.saturating_mul(HOLD_QUEUES),
+            pause_bytes: HOLD_BYTES,
             held: VecDeque::new(),
+            held_bytes: 0,
             paused: Vec::new(),
         });
         let ctx = LaneContext {
@@ -497,14 +526,14 @@ struct LaneFeed {
     tx: SyncSender<Inbound>,
     /// Records in the queue (the lane decrements on receipt).
     queued: Arc<AtomicUsize>,
-    /// Held records past which a partition is paused. Pausing makes
-    /// librdkafka drop its prefetched records and fetch again on resume, so it
-    /// is the last resort: up to a queue's worth is held first, and partitions
-    /// resume once every held record is queued (a full queue of work left
-    /// covers the refetch).
-    pause_at: usize,
+    /// High watermarks of held records and bytes: past either, a partition
+    /// that delivers another record is paused; all resume below half of both.
+    pause_records: usize,
+    pause_bytes: usize,
     /// Records polled while the queue was full, in poll order.
     held: VecDeque<Inbound>,
+    /// Payload bytes of `held` (keys, values, headers).
+    held_bytes: usize,
     /// Partitions paused because their records did not fit.
     paused: Vec<(String, i32)>,
 }
@@ -544,7 +573,7 @@ impl LaneFeed {
         stats: &PipelineStats,
     ) {
         let (topic, partition) = (&item.tracker.topic, item.tracker.partition);
-        if self.held.len() >= self.pause_at
+        if (self.held.len() >= self.pause_records || self.held_bytes >= self.pause_bytes)
             && !self
                 .paused
                 .iter()
@@ -565,14 +594,17 @@ impl LaneFeed {
                 }
             }
         }
+        self.held_bytes += item.size();
         self.held.push_back(item);
     }
 
     /// Moves held records into the queue while there is room, then resumes
-    /// the paused partitions once nothing is held.
+    /// the paused partitions once what is held is below half the watermarks.
     /// False when the lane is gone.
     fn feed(&mut self, consumer: &BaseConsumer<SourceContext>, stats: &PipelineStats) -> bool {
         while let Some(item) = self.held.pop_front() {
+            let size = item.size();
+            self.held_bytes -= size;
             if item.tracker.revoked() {
                 // The next owner reads it from the committed offset.
                 continue;
@@ -580,13 +612,17 @@ impl LaneFeed {
             match self.try_send(item) {
                 Sent::Yes => {}
                 Sent::Full(back) => {
+                    self.held_bytes += size;
                     self.held.push_front(back);
-                    return true;
+                    break;
                 }
                 Sent::Gone => return false,
             }
         }
-        if !self.paused.is_empty() {
+        if !self.paused.is_empty()
+            && self.held.len() <= self.pause_records / 2
+            && self.held_bytes <= self.pause_bytes / 2
+        {
             let mut tpl = TopicPartitionList::with_capacity(self.paused.len());
             for (t, p) in &self.paused {
                 let _ = tpl.add_partition_offset(t, *p, Offset::Invalid);
@@ -620,10 +656,10 @@ fn consume_loop(
             if !f.feed(consumer, stats) {
                 return;
             }
-            waiting |= !f.paused.is_empty();
+            waiting |= !f.held.is_empty();
         }
-        // Shorter polls while records wait, so a drained queue refills soon.
-        let timeout = Duration::from_millis(if waiting { 10 } else { 100 });
+        // Short polls while records wait for room, so a lane never runs dry.
+        let timeout = Duration::from_millis(if waiting { 1 } else { 100 });
         match consumer.poll(timeout) {
             None => {}
             Some(Err(e)) => tracing::warn!(pipeline = name, error = %e, "consumer error"),
