@@ -140,70 +140,44 @@ fn rebalance_under_saturation_keeps_the_assignment() {
     }
 }
 
-/// A lane that cannot keep up holds what does not fit in its queue up to a
-/// watermark (8 queues' worth), then pauses the partitions: what the worker
-/// has consumed but not finished stays bounded however long the backlog, the
-/// paused partitions show on /metrics, and they resume (every record is
-/// handled once, none left behind).
+/// Partitions are spread over the sandbox threads (one each here), and a
+/// thread stuck on slow records does not hold up the other: partition 0's 40
+/// records each run to their 200 ms deadline (8 s in all) while partition 1's
+/// 200 quick ones all come out, long before partition 0 is done. Then every
+/// record of both is handled, and the process stops cleanly.
 #[test]
-fn saturated_lane_pauses_and_bounds_what_it_holds() {
-    const N: usize = 400;
-    // One lane with a queue of 2: it holds at most 16 before pausing.
-    const QUEUE: u64 = 2;
-    const HOLD: u64 = 8 * QUEUE;
-    let topics = TestTopics::create("hold", 2);
-    let port = free_port();
+fn a_slow_partition_does_not_hold_up_the_others() {
+    const SLOW: usize = 40;
+    const FAST: usize = 200;
+    let topics = TestTopics::create("lanes", 2);
     let config = topics.config(
-        "slow",
+        "lanes",
         &guest("hostile"),
-        "batch_size = 1\nconcurrency = 1\n\n[pipelines.limits]\ndeadline_ms = 20\n",
-        &format!("max_in_flight = {QUEUE}\n\n[telemetry]\nhttp_listen = \"127.0.0.1:{port}\"\n"),
+        "batch_size = 1\nconcurrency = 2\n\n[pipelines.limits]\ndeadline_ms = 200\n",
+        "",
     );
-    produce_all(
-        &topics.input,
-        &(0..N)
-            .map(|i| In::new(format!("k{i}"), format!(r#"{{"action":"sleep","id":{i}}}"#)))
-            .collect::<Vec<_>>(),
-    );
-    let w = WorkerProcess::start(&config);
-    let label = "pipeline=\"slow\"";
-    let (mut max_open, mut max_paused, mut done) = (0, 0, 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while done < N as u64 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{done} of {N} handled; log:\n{}",
-            w.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        let Some((200, m)) = http_get(port, "/metrics") else {
-            continue;
-        };
-        if !m.contains("pipeline_records_dead_lettered_total{") {
-            continue;
-        }
-        let consumed = sample(&m, "messaging_client_consumed_messages_total", label);
-        done = sample(
-            &m,
-            "pipeline_records_dead_lettered_total",
-            "error_kind=\"deadline\"",
-        );
-        max_open = max_open.max(consumed.saturating_sub(done));
-        max_paused = max_paused.max(sample(&m, "pipeline_paused_partitions", label));
-    }
-    // Queue + held + one record per partition that arrives as it is paused
-    // + the record being run.
-    let bound = QUEUE + HOLD + 2 + 1;
-    assert!(
-        max_open <= bound,
-        "{max_open} records consumed and not finished at once, more than {bound}"
-    );
-    assert!(max_paused >= 1, "no partition was ever paused");
-    let ids: HashSet<u64> = read_until(&[&topics.dlq], N, Duration::from_secs(30))
-        .iter()
-        .map(|d| d.json()["id"].as_u64().unwrap())
+    let mut records: Vec<In> = (0..SLOW)
+        .map(|i| In {
+            partition: Some(0),
+            ..In::new(format!("s{i}"), format!(r#"{{"action":"sleep","id":{i}}}"#))
+        })
         .collect();
-    assert_eq!(ids.len(), N, "log:\n{}", w.log_text());
+    records.extend((0..FAST).map(|i| In {
+        partition: Some(1),
+        ..In::new(format!("f{i}"), format!(r#"{{"action":"ok","id":{i}}}"#))
+    }));
+    produce_all(&topics.input, &records);
+    let w = WorkerProcess::start(&config);
+    let fast = read_until(&[&topics.output], FAST, Duration::from_secs(60));
+    assert_eq!(fast.len(), FAST, "log:\n{}", w.log_text());
+    let slow_so_far = read_until(&[&topics.dlq], SLOW, Duration::from_millis(200)).len();
+    assert!(
+        slow_so_far < SLOW / 2,
+        "the quick partition finished only after {slow_so_far} of the {SLOW} slow records: it waited behind them"
+    );
+    let slow = read_until(&[&topics.dlq], SLOW, Duration::from_secs(60));
+    assert_eq!(slow.len(), SLOW, "log:\n{}", w.log_text());
+    assert!(slow.iter().all(|d| d.header("pw.error.kind") == "deadline"));
     assert_eq!(w.terminate(Duration::from_secs(30)), Some(0));
 }
 

@@ -149,7 +149,9 @@ pub struct RuntimeConfig {
     /// How long SIGTERM waits for in-flight records before giving up.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
-    /// Records buffered between the consumer and the sandbox threads, per pipeline.
+    /// Records fetched ahead per assigned partition, waiting for its sandbox
+    /// thread (librdkafka's `queued.min.messages`): fetching a partition stops
+    /// above it and resumes below it.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// Use wasmtime's pooling allocator (pre-reserved slots, copy-on-write
@@ -180,7 +182,7 @@ fn default_drain_timeout_ms() -> u64 {
     20_000
 }
 fn default_max_in_flight() -> usize {
-    2_000
+    10_000
 }
 fn default_true() -> bool {
     true

@@ -4,7 +4,7 @@
 
 use rdkafka::config::ClientConfig;
 
-use crate::config::{KafkaConfig, PipelineConfig};
+use crate::config::{KafkaConfig, PipelineConfig, RuntimeConfig};
 
 /// librdkafka settings shared by consumers and the producer: the operator's
 /// pass-through map first, then the keys correctness depends on.
@@ -56,7 +56,17 @@ pub fn group_id(kafka: &KafkaConfig, pipeline: &PipelineConfig) -> String {
 /// if it is larger) already admit a record batch up to the broker's
 /// `max.message.bytes`, so a record the broker accepted is always fetched.
 /// They are left to the operator's map.
-pub fn consumer_config(kafka: &KafkaConfig, pipeline: &PipelineConfig) -> ClientConfig {
+///
+/// Prefetch: `queued.min.messages` is `runtime.max_in_flight` (records
+/// fetched ahead per partition, waiting for its sandbox thread), and
+/// `fetch.queue.backoff.ms` is 10 ms instead of librdkafka's 1 s: a partition
+/// found above the threshold is checked again that soon, so a sandbox thread
+/// that drains its queue does not then sit idle for up to a second.
+pub fn consumer_config(
+    kafka: &KafkaConfig,
+    pipeline: &PipelineConfig,
+    runtime: &RuntimeConfig,
+) -> ClientConfig {
     let mut cc = base_client_config(kafka);
     cc.set("group.id", group_id(kafka, pipeline))
         .set("enable.auto.commit", "true")
@@ -69,6 +79,12 @@ pub fn consumer_config(kafka: &KafkaConfig, pipeline: &PipelineConfig) -> Client
     if !kafka.librdkafka.contains_key("statistics.interval.ms") {
         // Feeds consumer lag and broker reachability (readiness, metrics).
         cc.set("statistics.interval.ms", "2000");
+    }
+    if !kafka.librdkafka.contains_key("queued.min.messages") {
+        cc.set("queued.min.messages", runtime.max_in_flight.to_string());
+    }
+    if !kafka.librdkafka.contains_key("fetch.queue.backoff.ms") {
+        cc.set("fetch.queue.backoff.ms", "10");
     }
     cc
 }

@@ -1,30 +1,30 @@
-//! One configured pipeline at run time: a consumer thread feeding sandbox
-//! threads, which hand results to the sink.
+//! One configured pipeline at run time: sandbox threads reading their
+//! partitions straight from librdkafka, handing results to the sink, and a
+//! consumer thread serving the group.
 //!
 //! ```text
-//! consumer thread ──(partition-hashed, bounded)──▶ sandbox thread × N ──▶ sink (producer)
+//! librdkafka: one queue per assigned partition ──▶ sandbox thread × N ──▶ sink (producer)
 //!        ▲                                                                     │
 //!        └──────── store_offset(watermark) ◀── PartitionTracker ◀── delivery acks
 //! ```
-//! A partition always maps to the same sandbox thread, which processes its
-//! records in order and enqueues their outputs in order; the idempotent
-//! producer keeps that order per output partition.
+//! On assignment each partition's queue is split off the consumer's and
+//! given to the sandbox thread with the fewest partitions
+//! ([`crate::source::Lanes`]); that thread alone reads it, in batches, so it
+//! processes the partition's records in order and enqueues their outputs in
+//! order, and the idempotent producer keeps that order per output partition.
 //!
-//! Back-pressure: when a sandbox thread's queue is full, the consumer holds
-//! the records that do not fit and keeps calling `poll` (every millisecond
-//! while anything is held, so the queue is refilled as soon as it has room),
-//! so rebalances, heartbeats and statistics are served however slow the
-//! function is (no `max.poll.interval.ms` expiry). Past a high watermark of
-//! held records or bytes it pauses their partitions, and resumes them below
-//! half of it. A pause makes librdkafka drop what it prefetched and fetch it
-//! again on resume, so the watermarks are far apart (a pause per queue's
-//! worth of records cost a backlog three quarters of its throughput), and
-//! the refetch overlaps the records still held. Records of a revoked partition
-//! that are still queued are skipped, so a revoke only waits for the batch
-//! being processed.
+//! Back-pressure needs no pausing: a sandbox thread that falls behind reads
+//! its queues later, librdkafka stops fetching a partition whose queue holds
+//! `max_in_flight` records (`queued.min.messages`) and resumes when it drops
+//! below, without dropping or refetching anything. The consumer thread only
+//! polls the consumer's own queue (rebalances, heartbeats, statistics, offset
+//! commits) every 100 ms, however slow the function is, so a slow function
+//! never causes a `max.poll.interval.ms` expiry. A revoke takes the revoked
+//! partitions' queues away first, so it only waits for the batch being
+//! processed.
 //!
-//! Stop: the lanes stop taking queued records; records never started are
-//! given up ([`PartitionTracker::abandon`]) and read again by the next owner.
+//! Stop: the lanes stop taking records at the next batch boundary; what they
+//! never took stays uncommitted and is read again by the next owner.
 //! The consumer waits for lanes and acks against one deadline
 //! (`drain_timeout_ms`), then commits the contiguous watermark.
 //!
@@ -36,35 +36,29 @@
 //! between batches, so every partition moves to the new version exactly once,
 //! at a batch boundary, without losing or reordering a record.
 
-use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::Offset;
 
 use crate::config::{KafkaConfig, PipelineConfig, RuntimeConfig, TombstoneMode};
 use crate::record::{self, Poison};
 use crate::sandbox::{Function, InputRecord, RecordError, RecordResult, Runner};
 use crate::sink::{Disposition, Fatal, Sink, SinkTarget};
-use crate::source::{PartitionTracker, SourceContext, TrackerCache, Trackers};
+use crate::source::{
+    LaneInbox, Lanes, PartitionFeed, PartitionTracker, SourceContext, TrackerCache, Trackers,
+};
 use crate::telemetry::otel;
 
 /// Kept for `app.rs` until it imports [`crate::kafka`] directly.
 pub use crate::kafka::{base_client_config, producer_config};
 /// Kept for callers that still import the stats from here.
 pub use crate::stats::{PipelineStats, VersionStats};
-
-/// Held records a lane may accumulate before pausing, in queues' worth
-/// (`max_in_flight / concurrency` each), and in bytes.
-const HOLD_QUEUES: usize = 8;
-const HOLD_BYTES: usize = 64 << 20;
 
 /// Hidden fault injection for the dead-thread test: the sandbox thread that
 /// gets the record at this offset panics. Read once per pipeline start.
@@ -248,24 +242,6 @@ struct Inbound {
 }
 
 impl Inbound {
-    /// Bytes held for it: key, value and headers.
-    fn size(&self) -> usize {
-        match &self.work {
-            Work::Record(r) => {
-                r.key.as_ref().map_or(0, Vec::len)
-                    + r.value.as_ref().map_or(0, Vec::len)
-                    + r.headers
-                        .iter()
-                        .map(|h| h.key.len() + h.value.len())
-                        .sum::<usize>()
-            }
-            // Headers aside: poison is rare, and its headers are librdkafka's.
-            Work::Poison(p) => {
-                p.raw.key.as_ref().map_or(0, Vec::len) + p.raw.value.as_ref().map_or(0, Vec::len)
-            }
-        }
-    }
-
     fn offset(&self) -> i64 {
         match &self.work {
             Work::Record(r) => r.offset,
@@ -294,6 +270,7 @@ pub fn spawn(
     }
     let trackers = Arc::new(Trackers::default());
     let stats = Arc::new(PipelineStats::default());
+    let lanes = Arc::new(Lanes::new(pipeline.concurrency.max(1)));
     let drain_timeout = Duration::from_millis(runtime.drain_timeout_ms);
     let group = crate::kafka::group_id(kafka, pipeline);
     let context = SourceContext {
@@ -302,13 +279,17 @@ pub fn spawn(
         revoke_timeout: drain_timeout.min(crate::kafka::max_poll_interval(kafka) / 2),
         stats: stats.clone(),
         shutdown_deadline: Default::default(),
+        lanes: lanes.clone(),
     };
-    let consumer: BaseConsumer<SourceContext> = crate::kafka::consumer_config(kafka, pipeline)
-        .create_with_context(context)
-        .map_err(|source| PipelineError::Consumer {
-            pipeline: pipeline.name.clone(),
-            source: Box::new(source),
-        })?;
+    let consumer: BaseConsumer<SourceContext> =
+        crate::kafka::consumer_config(kafka, pipeline, runtime)
+            .create_with_context(context)
+            .map_err(|source| PipelineError::Consumer {
+                pipeline: pipeline.name.clone(),
+                source: Box::new(source),
+            })?;
+    let consumer = Arc::new(consumer);
+    let _ = lanes.consumer.set(Arc::downgrade(&consumer));
     let topics: Vec<String> = pipeline.input_topics.clone();
     if slot.get().is_some() {
         subscribe(&consumer, &pipeline.name, &topics)?;
@@ -327,22 +308,8 @@ pub fn spawn(
         tracing::warn!(pipeline = %pipeline.name, offset = at, "fault injection on: the sandbox thread panics at this offset");
     }
 
-    let lanes = pipeline.concurrency.max(1);
-    let per_lane = (runtime.max_in_flight / lanes).max(pipeline.batch_size);
-    let mut feeds = Vec::with_capacity(lanes);
-    let mut workers = Vec::with_capacity(lanes);
-    for lane in 0..lanes {
-        let (tx, rx) = sync_channel::<Inbound>(per_lane);
-        let queued = Arc::new(AtomicUsize::new(0));
-        feeds.push(LaneFeed {
-            tx,
-            queued: queued.clone(),
-            pause_records: per_lane.saturating_mul(HOLD_QUEUES),
-            pause_bytes: HOLD_BYTES,
-            held: VecDeque::new(),
-            held_bytes: 0,
-            paused: Vec::new(),
-        });
+    let mut workers = Vec::with_capacity(lanes.inboxes.len());
+    for (lane, inbox) in lanes.inboxes.iter().enumerate() {
         let ctx = LaneContext {
             lane,
             slot: slot.clone(),
@@ -350,14 +317,15 @@ pub fn spawn(
             target: target.clone(),
             stats: stats.clone(),
             shutdown: shutdown.clone(),
-            queued,
+            inbox: inbox.clone(),
+            trackers: trackers.clone(),
             batch_size: pipeline.batch_size,
             tombstones: pipeline.tombstones,
             panic_at,
         };
         let w = std::thread::Builder::new()
             .name(format!("sandbox-{}-{lane}", pipeline.name))
-            .spawn(move || sandbox_lane(rx, ctx))
+            .spawn(move || sandbox_lane(ctx))
             .map_err(|source| PipelineError::Thread {
                 pipeline: pipeline.name.clone(),
                 source,
@@ -379,7 +347,7 @@ pub fn spawn(
                     &thread_slot,
                     &topics,
                     &thread_trackers,
-                    feeds,
+                    &lanes,
                     workers,
                     &thread_stats,
                     &shutdown,
@@ -421,14 +389,14 @@ fn consumer_thread(
     slot: &FunctionSlot,
     topics: &[String],
     trackers: &Trackers,
-    mut feeds: Vec<LaneFeed>,
+    lanes: &Lanes,
     workers: Vec<JoinHandle<()>>,
     stats: &PipelineStats,
     shutdown: &Shutdown,
     drain_timeout: Duration,
 ) {
     if wait_for_function(name, consumer, slot, topics, shutdown) {
-        consume_loop(name, consumer, trackers, &mut feeds, stats, shutdown);
+        consume_loop(name, consumer, trackers, lanes, shutdown);
     }
     // One deadline for the whole stop: lanes finishing their batch, the
     // producer's acks, and any revoke the consumer's close triggers.
@@ -438,8 +406,6 @@ fn consumer_thread(
         .shutdown_deadline
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = Some(deadline);
-    // Dropping the senders lets the lanes see the end of their queues.
-    drop(feeds);
     for w in workers {
         while !w.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -458,6 +424,9 @@ fn consumer_thread(
             tracing::warn!(pipeline = %name, topic = %t.topic, partition = t.partition, in_flight = t.in_flight(), "records still unacknowledged at shutdown; they will be processed again");
         }
     }
+    // The partition queues hold the consumer: it closes (and leaves the
+    // group) only once they are gone.
+    lanes.clear();
     trackers.store_offsets(consumer);
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::info!(pipeline = %name, "final offsets committed"),
@@ -514,187 +483,39 @@ fn wait_for_function(
     }
 }
 
-fn lane_for(topic: &str, partition: i32, lanes: usize) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    topic.hash(&mut h);
-    partition.hash(&mut h);
-    (h.finish() as usize) % lanes
-}
-
-/// The consumer's side of one sandbox thread's queue.
-struct LaneFeed {
-    tx: SyncSender<Inbound>,
-    /// Records in the queue (the lane decrements on receipt).
-    queued: Arc<AtomicUsize>,
-    /// High watermarks of held records and bytes: past either, a partition
-    /// that delivers another record is paused; all resume below half of both.
-    pause_records: usize,
-    pause_bytes: usize,
-    /// Records polled while the queue was full, in poll order.
-    held: VecDeque<Inbound>,
-    /// Payload bytes of `held` (keys, values, headers).
-    held_bytes: usize,
-    /// Partitions paused because their records did not fit.
-    paused: Vec<(String, i32)>,
-}
-
-enum Sent {
-    Yes,
-    Full(Inbound),
-    Gone,
-}
-
-impl LaneFeed {
-    /// Registers the offset only while the record is in the queue, so a held
-    /// record never holds up a revoke's drain or the watermark.
-    fn try_send(&self, item: Inbound) -> Sent {
-        let offset = item.offset();
-        item.tracker.register(offset);
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        match self.tx.try_send(item) {
-            Ok(()) => Sent::Yes,
-            Err(TrySendError::Full(back)) => {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-                back.tracker.abandon_last(offset);
-                Sent::Full(back)
-            }
-            Err(TrySendError::Disconnected(back)) => {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-                back.tracker.abandon_last(offset);
-                Sent::Gone
-            }
-        }
-    }
-
-    fn hold(
-        &mut self,
-        consumer: &BaseConsumer<SourceContext>,
-        item: Inbound,
-        stats: &PipelineStats,
-    ) {
-        let (topic, partition) = (&item.tracker.topic, item.tracker.partition);
-        if (self.held.len() >= self.pause_records || self.held_bytes >= self.pause_bytes)
-            && !self
-                .paused
-                .iter()
-                .any(|(t, p)| t == topic && *p == partition)
-        {
-            let mut tpl = TopicPartitionList::with_capacity(1);
-            let paused = tpl
-                .add_partition_offset(topic, partition, Offset::Invalid)
-                .and_then(|()| consumer.pause(&tpl));
-            match paused {
-                Ok(()) => {
-                    tracing::debug!(topic = %topic, partition, "sandbox queue full: partition paused");
-                    stats.paused_partitions.fetch_add(1, Ordering::Relaxed);
-                    self.paused.push((topic.clone(), partition));
-                }
-                Err(e) => {
-                    tracing::debug!(topic = %topic, partition, error = %e, "pause refused (partition revoked?)")
-                }
-            }
-        }
-        self.held_bytes += item.size();
-        self.held.push_back(item);
-    }
-
-    /// Moves held records into the queue while there is room, then resumes
-    /// the paused partitions once what is held is below half the watermarks.
-    /// False when the lane is gone.
-    fn feed(&mut self, consumer: &BaseConsumer<SourceContext>, stats: &PipelineStats) -> bool {
-        while let Some(item) = self.held.pop_front() {
-            let size = item.size();
-            self.held_bytes -= size;
-            if item.tracker.revoked() {
-                // The next owner reads it from the committed offset.
-                continue;
-            }
-            match self.try_send(item) {
-                Sent::Yes => {}
-                Sent::Full(back) => {
-                    self.held_bytes += size;
-                    self.held.push_front(back);
-                    break;
-                }
-                Sent::Gone => return false,
-            }
-        }
-        if !self.paused.is_empty()
-            && self.held.len() <= self.pause_records / 2
-            && self.held_bytes <= self.pause_bytes / 2
-        {
-            let mut tpl = TopicPartitionList::with_capacity(self.paused.len());
-            for (t, p) in &self.paused {
-                let _ = tpl.add_partition_offset(t, *p, Offset::Invalid);
-            }
-            if let Err(e) = consumer.resume(&tpl) {
-                // Revoked partitions refuse; assigned ones resumed anyway.
-                tracing::debug!(error = %e, "resume: some partitions refused");
-            }
-            stats
-                .paused_partitions
-                .fetch_sub(self.paused.len() as u64, Ordering::Relaxed);
-            self.paused.clear();
-        }
-        true
-    }
-}
-
+/// Serves the group: rebalances, heartbeats, statistics and offset commits,
+/// every 100 ms however busy the sandbox threads are, and stores the
+/// acknowledged watermarks. Records never arrive here: each partition's queue
+/// is split off before its assignment starts fetching.
 fn consume_loop(
     name: &str,
     consumer: &BaseConsumer<SourceContext>,
     trackers: &Trackers,
-    feeds: &mut [LaneFeed],
-    stats: &PipelineStats,
+    lanes: &Lanes,
     shutdown: &Shutdown,
 ) {
     let mut last_store = Instant::now();
-    let mut cache = TrackerCache::new();
     while !shutdown.stopping() {
-        let mut waiting = false;
-        for f in feeds.iter_mut() {
-            if !f.feed(consumer, stats) {
-                return;
-            }
-            waiting |= !f.held.is_empty();
-        }
-        // Short polls while records wait for room, so a lane never runs dry.
-        let timeout = Duration::from_millis(if waiting { 1 } else { 100 });
-        match consumer.poll(timeout) {
+        match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(e)) => tracing::warn!(pipeline = name, error = %e, "consumer error"),
             Some(Ok(msg)) => {
-                let Some(tracker) = cache.get(trackers, msg.topic(), msg.partition()) else {
-                    tracing::debug!(
-                        pipeline = name,
-                        topic = msg.topic(),
-                        partition = msg.partition(),
-                        offset = msg.offset(),
-                        "skipping a record of a revoked partition"
-                    );
-                    continue;
-                };
-                stats.consumed.fetch_add(1, Ordering::Relaxed);
-                let lane = lane_for(msg.topic(), msg.partition(), feeds.len());
-                let work = match record::from_message(&msg) {
-                    Ok(r) => Work::Record(r),
-                    Err(p) => {
-                        tracing::warn!(pipeline = name, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), error = %p.error, "record cannot reach the function; dead-lettering it");
-                        Work::Poison(p)
-                    }
-                };
+                // Only if a partition was assigned without its queue split
+                // (librdkafka assigning on its own): split it now and read the
+                // record again from there, so its order holds.
+                let (topic, partition, offset) =
+                    (msg.topic().to_string(), msg.partition(), msg.offset());
                 drop(msg);
-                let item = Inbound { work, tracker };
-                let f = &mut feeds[lane];
-                if f.held.is_empty() {
-                    match f.try_send(item) {
-                        Sent::Yes => {}
-                        Sent::Full(back) => f.hold(consumer, back, stats),
-                        Sent::Gone => return,
+                tracing::warn!(pipeline = name, topic = %topic, partition, offset, "a record reached the consumer's own queue; moving its partition to a sandbox thread");
+                if lanes.attach(&topic, partition) {
+                    if let Err(e) = consumer.seek(
+                        &topic,
+                        partition,
+                        Offset::Offset(offset),
+                        Duration::from_secs(5),
+                    ) {
+                        tracing::warn!(pipeline = name, topic = %topic, partition, error = %e, "seek back failed");
                     }
-                } else {
-                    // Behind records already waiting: keep the partition's order.
-                    f.hold(consumer, item, stats);
                 }
             }
         }
@@ -717,7 +538,8 @@ struct LaneContext {
     target: Arc<SinkTarget>,
     stats: Arc<PipelineStats>,
     shutdown: Arc<Shutdown>,
-    queued: Arc<AtomicUsize>,
+    inbox: Arc<LaneInbox>,
+    trackers: Arc<Trackers>,
     batch_size: usize,
     tombstones: TombstoneMode,
     panic_at: Option<i64>,
@@ -725,25 +547,70 @@ struct LaneContext {
 
 type LaneRunner = Option<(u64, Runner, Arc<VersionStats>)>;
 
-fn sandbox_lane(rx: Receiver<Inbound>, ctx: LaneContext) {
-    let mut batch: Vec<Inbound> = Vec::with_capacity(ctx.batch_size);
-    let mut runner: LaneRunner = None;
-    let recv = |m: Inbound| {
-        ctx.queued.fetch_sub(1, Ordering::AcqRel);
-        m
-    };
-    while let Ok(first) = rx.recv() {
-        batch.push(recv(first));
+/// Takes up to a batch of records from the lane's partition queues, starting
+/// with a different partition each time so none waits behind the others.
+fn take_batch(
+    ctx: &LaneContext,
+    feeds: &[Arc<PartitionFeed>],
+    start: usize,
+    cache: &mut TrackerCache,
+    batch: &mut Vec<Inbound>,
+) {
+    let n = feeds.len();
+    for i in 0..n {
+        let feed = &feeds[(start + i) % n];
         while batch.len() < ctx.batch_size {
-            match rx.try_recv() {
-                Ok(m) => batch.push(recv(m)),
-                Err(_) => break,
-            }
+            let msg = match feed.queue.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(pipeline = %ctx.target.pipeline, topic = %feed.topic, partition = feed.partition, error = %e, "consumer error");
+                    continue;
+                }
+                Some(Ok(m)) => m,
+            };
+            let Some(tracker) = cache.get(&ctx.trackers, msg.topic(), msg.partition()) else {
+                // Revoked since it was fetched: its next owner reads it.
+                tracing::debug!(pipeline = %ctx.target.pipeline, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), "skipping a record of a revoked partition");
+                continue;
+            };
+            ctx.stats.consumed.fetch_add(1, Ordering::Relaxed);
+            let work = match record::from_message(&msg) {
+                Ok(r) => Work::Record(r),
+                Err(p) => {
+                    tracing::warn!(pipeline = %ctx.target.pipeline, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), error = %p.error, "record cannot reach the function; dead-lettering it");
+                    Work::Poison(p)
+                }
+            };
+            drop(msg);
+            let item = Inbound { work, tracker };
+            item.tracker.register(item.offset());
+            batch.push(item);
         }
-        if ctx.shutdown.stopping() {
+        if batch.len() >= ctx.batch_size {
             break;
         }
-        // A revoked partition's queued records belong to its next owner.
+    }
+}
+
+fn sandbox_lane(ctx: LaneContext) {
+    let mut batch: Vec<Inbound> = Vec::with_capacity(ctx.batch_size);
+    let mut runner: LaneRunner = None;
+    let mut cache = TrackerCache::new();
+    let (mut known, mut feeds) = (u64::MAX, Vec::new());
+    let mut start = 0usize;
+    while !ctx.shutdown.stopping() {
+        if let Some((g, f)) = ctx.inbox.feeds_since(known) {
+            (known, feeds) = (g, f);
+        }
+        take_batch(&ctx, &feeds, start, &mut cache, &mut batch);
+        if batch.is_empty() {
+            // Woken by a queue turning non-empty or a new assignment; the
+            // timeout only bounds how late a stop is seen.
+            ctx.inbox.wait(Duration::from_millis(100));
+            continue;
+        }
+        start = start.wrapping_add(1);
+        // A partition revoked while its records were being taken.
         batch.retain(|m| {
             let keep = !m.tracker.revoked();
             if !keep {
@@ -778,13 +645,9 @@ fn sandbox_lane(rx: Receiver<Inbound>, ctx: LaneContext) {
         }
         batch.clear();
     }
-    // Stopping (or dead): never start another record. Give up the batch and
-    // everything queued, until the consumer drops its sender.
+    // Stopping (or dead): never start another record; what was not taken
+    // stays in librdkafka, uncommitted, for the next owner.
     for m in batch.drain(..) {
-        m.tracker.abandon(m.offset());
-    }
-    while let Ok(m) = rx.recv() {
-        let m = recv(m);
         m.tracker.abandon(m.offset());
     }
 }

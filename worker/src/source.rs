@@ -8,10 +8,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    base_consumer::PartitionQueue, BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance,
+};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
@@ -254,6 +256,168 @@ impl Trackers {
     }
 }
 
+/// One assigned partition's own librdkafka queue, read by its sandbox thread.
+pub struct PartitionFeed {
+    pub topic: String,
+    pub partition: i32,
+    pub queue: PartitionQueue<SourceContext>,
+}
+
+/// The partitions one sandbox thread reads. Each assigned partition gets its
+/// own librdkafka queue (split off the consumer's before its first fetch),
+/// and exactly one thread reads it, so the thread takes records straight from
+/// librdkafka, in batches, with no hop through the consumer thread. A thread
+/// that falls behind simply reads less: its partitions' queues fill up to
+/// librdkafka's prefetch limits (`queued.min.messages`,
+/// `queued.max.messages.kbytes`) and fetching them stops by itself, with
+/// nothing paused, nothing dropped and nothing fetched twice, while the
+/// consumer thread keeps polling for the group.
+#[derive(Default)]
+pub struct LaneInbox {
+    feeds: Mutex<Vec<Arc<PartitionFeed>>>,
+    /// Bumped when `feeds` changes, so a reader's copy is refreshed.
+    generation: AtomicU64,
+    /// Set by a queue's non-empty callback; the reader waits on it.
+    ready: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl LaneInbox {
+    fn attach(&self, feed: Arc<PartitionFeed>) {
+        self.feeds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(feed);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.notify();
+    }
+
+    fn detach(&self, topic: &str, partition: i32) {
+        self.feeds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|f| !(f.partition == partition && f.topic == topic));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn clear(&self) {
+        self.feeds.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.notify();
+    }
+
+    pub fn len(&self) -> usize {
+        self.feeds.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The feeds as of `generation`; `None` when `known` is current.
+    pub fn feeds_since(&self, known: u64) -> Option<(u64, Vec<Arc<PartitionFeed>>)> {
+        let g = self.generation.load(Ordering::Acquire);
+        if g == known {
+            return None;
+        }
+        let feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Some((g, feeds))
+    }
+
+    pub fn notify(&self) {
+        *self.ready.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.wake.notify_all();
+    }
+
+    /// Waits until a queue turns non-empty (or the set of queues changes),
+    /// at most `timeout`.
+    pub fn wait(&self, timeout: Duration) {
+        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        if !*ready {
+            ready = self
+                .wake
+                .wait_timeout(ready, timeout)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *ready = false;
+    }
+}
+
+/// Which sandbox thread reads which partition.
+pub struct Lanes {
+    pub inboxes: Vec<Arc<LaneInbox>>,
+    /// Set once the consumer exists; queues are split through it.
+    pub consumer: OnceLock<Weak<BaseConsumer<SourceContext>>>,
+    assigned: Mutex<HashMap<TrackerKey, usize>>,
+}
+
+impl Lanes {
+    pub fn new(n: usize) -> Self {
+        Self {
+            inboxes: (0..n.max(1)).map(|_| Arc::default()).collect(),
+            consumer: OnceLock::new(),
+            assigned: Mutex::default(),
+        }
+    }
+
+    /// Splits the partition's queue off the consumer's and gives it to the
+    /// sandbox thread with the fewest partitions. Idempotent.
+    pub fn attach(&self, topic: &str, partition: i32) -> bool {
+        let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (topic.to_string(), partition);
+        if assigned.contains_key(&key) {
+            return true;
+        }
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            return false;
+        };
+        let Some(mut queue) = consumer.split_partition_queue(topic, partition) else {
+            tracing::warn!(topic, partition, "cannot split the partition's queue");
+            return false;
+        };
+        let mut load = vec![0usize; self.inboxes.len()];
+        for lane in assigned.values() {
+            load[*lane] += 1;
+        }
+        let lane = (0..load.len()).min_by_key(|l| load[*l]).unwrap_or(0);
+        let inbox = self.inboxes[lane].clone();
+        // The callback holds a weak reference: the inbox owns the queue.
+        let weak = Arc::downgrade(&inbox);
+        queue.set_nonempty_callback(move || {
+            if let Some(i) = weak.upgrade() {
+                i.notify();
+            }
+        });
+        inbox.attach(Arc::new(PartitionFeed {
+            topic: topic.to_string(),
+            partition,
+            queue,
+        }));
+        assigned.insert(key, lane);
+        true
+    }
+
+    pub fn detach(&self, topic: &str, partition: i32) {
+        let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lane) = assigned.remove(&(topic.to_string(), partition)) {
+            self.inboxes[lane].detach(topic, partition);
+        }
+    }
+
+    /// Drops every partition queue: they hold the consumer, which cannot
+    /// close while one is alive.
+    pub fn clear(&self) {
+        self.assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        for i in &self.inboxes {
+            i.clear();
+        }
+    }
+}
+
 /// Rebalance handling. On revoke: skip the revoked partitions' records still
 /// queued, wait for those being processed (all partitions against one
 /// deadline), then commit their watermarks synchronously so the next
@@ -270,6 +434,7 @@ pub struct SourceContext {
     /// Set when the pipeline stops: a revoke during the consumer's close
     /// waits no longer than the stop's one deadline.
     pub shutdown_deadline: Mutex<Option<Instant>>,
+    pub lanes: Arc<Lanes>,
 }
 
 impl ClientContext for SourceContext {
@@ -300,7 +465,11 @@ impl ConsumerContext for SourceContext {
                 let revoked: Vec<_> = tpl
                     .elements()
                     .iter()
-                    .filter_map(|e| self.trackers.remove(e.topic(), e.partition()))
+                    .filter_map(|e| {
+                        // Records not yet taken belong to the next owner.
+                        self.lanes.detach(e.topic(), e.partition());
+                        self.trackers.remove(e.topic(), e.partition())
+                    })
                     .collect();
                 let mut deadline = Instant::now() + self.revoke_timeout;
                 if let Some(stop) = *self
@@ -335,7 +504,14 @@ impl ConsumerContext for SourceContext {
                     }
                 }
             }
-            Rebalance::Assign(_) => {}
+            Rebalance::Assign(tpl) => {
+                // Before the assignment starts fetching: no record of these
+                // partitions may reach the consumer's own queue.
+                for e in tpl.elements() {
+                    self.trackers.get_or_create(e.topic(), e.partition());
+                    self.lanes.attach(e.topic(), e.partition());
+                }
+            }
             Rebalance::Error(e) => {
                 tracing::warn!(pipeline = %self.pipeline, error = %e, "rebalance error")
             }
@@ -345,9 +521,6 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             self.stats.joined.store(true, Ordering::Relaxed);
-            for e in tpl.elements() {
-                self.trackers.get_or_create(e.topic(), e.partition());
-            }
             tracing::info!(pipeline = %self.pipeline, partitions = ?tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>(), "partitions assigned");
         }
     }

@@ -71,8 +71,6 @@ pub struct PipelineStats {
     /// Why a thread of this pipeline died (panic or error), if one did:
     /// `/readyz` names it while the process exits on the fatal error.
     pub dead_thread: std::sync::Mutex<Option<String>>,
-    /// Partitions paused now because their sandbox lane is full.
-    pub paused_partitions: AtomicU64,
     versions: std::sync::RwLock<Vec<Arc<VersionStats>>>,
 }
 

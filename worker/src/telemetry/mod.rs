@@ -234,14 +234,6 @@ pub fn render(s: &TelemetryState) -> String {
             .collect(),
     );
     family(
-        "pipeline_paused_partitions",
-        "gauge",
-        "Partitions paused because their sandbox thread's queue is full (back-pressure).",
-        ps.iter()
-            .map(|p| (base(p), l(&p.stats.paused_partitions)))
-            .collect(),
-    );
-    family(
         "pipeline_function_load_failures_total",
         "counter",
         "Activated versions this worker could not load (it kept the previous one).",
