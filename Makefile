@@ -41,7 +41,16 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release -p pipeline-worker --all-targets -- -D warnings
 
+# The e2e benchmark's peer candidates, outside `make test` and CI: a Java
+# KafkaConsumer -> KafkaProducer passthrough and a Kafka Streams enrich (Maven
+# Central), and a Quix Streams venv (PyPI), into target/bench-peers.
+.PHONY: bench-peers
+bench-peers:
+	benches/peers/setup.sh
+
+# A peer that cannot be built here is reported by the bench as skipped.
 bench: examples kafka-start
+	-benches/peers/setup.sh
 	$(CARGO) bench -p pipeline-worker
 
 # Fuzz the Kafka record decoding (nightly + cargo-fuzz), bounded in time.

@@ -1,13 +1,46 @@
-//! End-to-end benchmark against the real broker (`make kafka-start`):
-//! throughput and latency of a plain rdkafka consume→produce passthrough and
-//! of the worker with a Rust and a Python component, on the same broker and
-//! the same records, in one run. Prints figures and the worker/passthrough
-//! ratio; asserts nothing about speed.
+//! End-to-end benchmark against the real broker (`make kafka-start`): the
+//! worker and its peers on the same broker, the same records and the same
+//! enrich logic (customer-examples/enrich_event: parse the JSON value, add
+//! `session_duration_minutes` and `engagement_tier`, serialize). Every
+//! candidate runs as a child process, so its CPU time and peak RSS are its own:
 //!
-//!   cargo bench -p pipeline-worker --bench e2e            (BENCH_RECORDS=50000 by default)
+//! - Java passthrough: KafkaConsumer → KafkaProducer, bytes unchanged
+//!   (kafka-clients 4.x, idempotent, acks=all; benches/peers/java);
+//! - rdkafka passthrough: the same loop on librdkafka (this binary, re-executed
+//!   with `--passthrough`);
+//! - Kafka Streams: `stream(in).mapValues(enrich).to(out)`, Jackson, 2 threads;
+//! - Quix Streams: the customer's Python function itself, unsandboxed
+//!   (benches/peers/quix, in its own venv);
+//! - the worker (`pipeline-worker run --config <generated>`) with the Rust and
+//!   the Python enrich component, and with Rust and an OTLP span per record.
+//!
+//! Per candidate and round: a backlog of BENCH_RECORDS records (one input topic
+//! per round, read by every candidate in its own group) into an output topic
+//! with `message.timestamp.type=LogAppendTime`; throughput from the output
+//! records' broker timestamps (first → last output, and candidate start → last
+//! output); CPU per record from /proc/<pid>/stat between the first and the last
+//! output; peak RSS (VmHWM). Then, in a fresh process on fresh topics, latency:
+//! records paced at BENCH_RATE/s (after a warm-up), send time stamped in a
+//! `sent-ns` header, p50/p99/p999 at the reader. BENCH_ROUNDS interleaved
+//! rounds (the order rotates), medians printed with each candidate's ratio to
+//! the Java passthrough. Prints figures; asserts nothing about speed.
+//! Candidates whose prerequisites are missing print `skipped: why`.
+//!
+//!   make bench-peers                                  (the Java project and the Quix venv)
+//!   cargo bench -p pipeline-worker --bench e2e
+//!
+//! Environment: BENCH_RECORDS (1000000), BENCH_ROUNDS (3), BENCH_RATE (10000),
+//! BENCH_LATENCY_RECORDS (30000), BENCH_WARMUP_RECORDS (2 s at BENCH_RATE),
+//! BENCH_CANDIDATES (comma-separated slugs, default all: java-passthrough,
+//! rdkafka-passthrough, kafka-streams, quix-streams, worker-rust, worker-python,
+//! worker-rust-otlp), BENCH_PEERS_DIR (target/bench-peers), BENCH_JAVA_OPTS,
+//! KAFKA_BOOTSTRAP (127.0.0.1:9092), BENCH_KEEP (1: keep topics and logs).
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,15 +48,13 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, Timestamp};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-
-use pipeline_worker::app;
-use pipeline_worker::config::{
-    Config, KafkaConfig, Limits, PipelineConfig, RuntimeConfig, TelemetryConfig,
-};
+use rdkafka::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 4;
+/// A candidate whose output count does not move for this long has failed.
+const STALL: Duration = Duration::from_secs(120);
 
 fn brokers() -> String {
     std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -36,6 +67,13 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
 fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -43,21 +81,65 @@ fn now_nanos() -> u64 {
         .as_nanos() as u64
 }
 
-fn create(topics: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn now_millis() -> i64 {
+    (now_nanos() / 1_000_000) as i64
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(admin.create_topics(&new, &AdminOptions::new()))
-        .unwrap();
+        .unwrap()
+}
+
+fn admin() -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap()
+}
+
+/// Creates topics of PARTITIONS partitions; output topics get broker
+/// timestamps (`LogAppendTime`), which the throughput is computed from.
+fn create(topics: &[&str], log_append_time: bool) {
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| {
+            let t = NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1));
+            if log_append_time {
+                t.set("message.timestamp.type", "LogAppendTime")
+            } else {
+                t
+            }
+        })
+        .collect();
+    for r in rt()
+        .block_on(admin().create_topics(&new, &AdminOptions::new()))
+        .unwrap()
+    {
+        if let Err((t, e)) = r {
+            panic!("creating topic {t}: {e}");
+        }
+    }
+}
+
+/// Deleted at the end of each round, not between candidates (deleting
+/// large topics keeps the broker's disk busy).
+fn delete(topics: &[String]) {
+    if std::env::var("BENCH_KEEP").as_deref() == Ok("1") || topics.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _ = rt().block_on(admin().delete_topics(&names, &AdminOptions::new()));
+}
+
+fn value(i: usize) -> String {
+    format!(
+        r#"{{"id":{i},"user":"u{}","event_type":"click","session_start":1700000000,"session_end":{},"page":"/products/{}"}}"#,
+        i % 1000,
+        1700000000 + (i % 120) * 60,
+        i % 50
+    )
 }
 
 fn producer() -> ThreadedProducer<DefaultProducerContext> {
@@ -68,24 +150,26 @@ fn producer() -> ThreadedProducer<DefaultProducerContext> {
         .unwrap()
 }
 
-/// Produces `n` records; with `rate`, paced (records/s) and stamped with the
-/// send time for latency.
-fn produce(topic: &str, n: usize, rate: Option<u64>) {
-    let p = producer();
+/// Produces records `ids`; with `rate`, paced (records/s). Each carries its
+/// send time in a header: `sent-ns`, or `warmup-ns` for warm-up records
+/// (same size, not counted in the latency).
+fn produce(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    ids: Range<usize>,
+    rate: Option<u64>,
+    header: &str,
+) {
     let start = Instant::now();
-    for i in 0..n {
+    let first = ids.start;
+    for i in ids {
         if let Some(r) = rate {
-            let due = Duration::from_nanos(i as u64 * 1_000_000_000 / r);
+            let due = Duration::from_nanos((i - first) as u64 * 1_000_000_000 / r);
             if let Some(wait) = due.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
-        let value = format!(
-            r#"{{"id":{i},"user":"u{}","event_type":"click","session_start":1700000000,"session_end":{},"page":"/products/{}"}}"#,
-            i % 1000,
-            1700000000 + (i % 120) * 60,
-            i % 50
-        );
+        let value = value(i);
         let sent = now_nanos().to_string();
         let key = format!("u{}", i % 1000);
         let mut rec =
@@ -93,7 +177,7 @@ fn produce(topic: &str, n: usize, rate: Option<u64>) {
                 .key(&key)
                 .payload(&value)
                 .headers(OwnedHeaders::new().insert(Header {
-                    key: "sent-ns",
+                    key: header,
                     value: Some(&sent),
                 }));
         loop {
@@ -106,274 +190,829 @@ fn produce(topic: &str, n: usize, rate: Option<u64>) {
             }
         }
     }
-    p.flush(Duration::from_secs(60)).unwrap();
+    p.flush(Duration::from_secs(120)).unwrap();
 }
 
-struct Figures {
-    throughput: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-/// Reads `n` records from `topic`; returns (first arrival, last arrival, latencies).
-fn drain(topic: &str, n: usize, timeout: Duration) -> (Instant, Instant, Vec<f64>) {
-    let c: BaseConsumer = ClientConfig::new()
+fn reader(group: &str) -> BaseConsumer {
+    ClientConfig::new()
         .set("bootstrap.servers", brokers())
-        .set("group.id", format!("bench-reader-{}", now_nanos()))
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
-    let mut got = 0;
-    let mut lat = Vec::with_capacity(n);
-    let mut first = None;
-    let mut last = Instant::now();
-    let deadline = Instant::now() + timeout;
-    while got < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {got} of {n} records arrived on {topic}"
-        );
+        .unwrap()
+}
+
+fn watermarks(c: &BaseConsumer, topic: &str) -> Vec<(i32, i64)> {
+    (0..PARTITIONS)
+        .map(|p| {
+            let hw = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map(|(_, hw)| hw)
+                .unwrap_or(0);
+            (p, hw)
+        })
+        .collect()
+}
+
+/// CPU time (user + system, seconds) and peak RSS (MiB) of a live process.
+struct ProcStats {
+    cpu_s: f64,
+    rss_mib: f64,
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+fn proc_stats(pid: u32) -> Option<ProcStats> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After "pid (comm) ": state is field 3, utime 14, stime 15.
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks: f64 = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(ProcStats {
+        cpu_s: ticks / clock_ticks(),
+        rss_mib: hwm_kib / 1024.0,
+    })
+}
+
+#[derive(Clone)]
+enum Kind {
+    JavaPassthrough,
+    RdkafkaPassthrough,
+    KafkaStreams,
+    Quix,
+    Worker { component: PathBuf, otlp: bool },
+}
+
+#[derive(Clone)]
+struct Candidate {
+    name: &'static str,
+    slug: &'static str,
+    kind: Kind,
+}
+
+impl Candidate {
+    fn enriches(&self) -> bool {
+        !matches!(self.kind, Kind::JavaPassthrough | Kind::RdkafkaPassthrough)
+    }
+
+    /// Why it cannot run here, if it cannot.
+    fn missing(&self, peers: &Path) -> Option<String> {
+        let java_built = peers.join("java/classes/bench/Passthrough.class").exists()
+            && peers.join("java/.stamp").exists();
+        match &self.kind {
+            Kind::JavaPassthrough | Kind::KafkaStreams => {
+                if Command::new(java())
+                    .arg("-version")
+                    .stderr(Stdio::null())
+                    .stdout(Stdio::null())
+                    .status()
+                    .map(|s| !s.success())
+                    .unwrap_or(true)
+                {
+                    Some(format!("no `{}` (Java 17+)", java()))
+                } else if !java_built {
+                    Some(format!(
+                        "Java peers not built in {} (make bench-peers; needs mvn)",
+                        peers.join("java").display()
+                    ))
+                } else {
+                    None
+                }
+            }
+            Kind::Quix => (!peers.join("venv/.stamp").exists()
+                || !peers.join("venv/bin/python").exists())
+            .then(|| {
+                format!(
+                    "no Quix Streams venv in {} (make bench-peers)",
+                    peers.join("venv").display()
+                )
+            }),
+            Kind::RdkafkaPassthrough => None,
+            Kind::Worker { component, .. } => (!component.exists())
+                .then(|| format!("{} not built (make examples)", component.display())),
+        }
+    }
+
+    fn spawn(
+        &self,
+        ctx: &Ctx,
+        input: &str,
+        output: &str,
+        dlq: &str,
+        group: &str,
+        log: &Path,
+    ) -> Child {
+        let peers = &ctx.peers;
+        let mut cmd = match &self.kind {
+            Kind::JavaPassthrough | Kind::KafkaStreams => {
+                let mut c = Command::new(java());
+                if let Ok(opts) = std::env::var("BENCH_JAVA_OPTS") {
+                    c.args(opts.split_whitespace());
+                }
+                c.arg(format!("-Djava.io.tmpdir={}", ctx.dir.display()))
+                    .arg("-cp")
+                    .arg(format!(
+                        "{}:{}/*",
+                        peers.join("java/classes").display(),
+                        peers.join("java/lib").display()
+                    ))
+                    .arg(if matches!(self.kind, Kind::JavaPassthrough) {
+                        "bench.Passthrough"
+                    } else {
+                        "bench.StreamsEnrich"
+                    })
+                    .args([&brokers(), input, output, group]);
+                c
+            }
+            Kind::RdkafkaPassthrough => {
+                let mut c = Command::new(std::env::current_exe().unwrap());
+                c.args(["--passthrough", &brokers(), input, output, group]);
+                c
+            }
+            Kind::Quix => {
+                let mut c = Command::new(peers.join("venv/bin/python"));
+                c.arg(root().join("benches/peers/quix/enrich_quix.py"))
+                    .args([&brokers(), input, output, group]);
+                c
+            }
+            Kind::Worker { component, otlp } => {
+                let mut toml = format!(
+                    "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{group}\"\nauto_offset_reset = \"earliest\"\n\n\
+                     [runtime]\ncache_dir = \"{}\"\n\n",
+                    brokers(),
+                    root().join(".cache/pipeline-worker-bench").display()
+                );
+                if *otlp {
+                    toml.push_str(&format!(
+                        "[telemetry]\notlp_endpoint = \"{}\"\notlp_interval_ms = 1000\n\n",
+                        ctx.collector
+                    ));
+                }
+                toml.push_str(&format!(
+                    "[[pipelines]]\nname = \"bench\"\ninput_topics = [\"{input}\"]\noutput_topics = [\"{output}\"]\n\
+                     dead_letter_topic = \"{dlq}\"\ncomponent = \"{}\"\nbatch_size = 64\nconcurrency = 2\n",
+                    component.display()
+                ));
+                let config = log.with_extension("toml");
+                std::fs::write(&config, toml).unwrap();
+                let mut c = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"));
+                c.arg("run")
+                    .arg("--config")
+                    .arg(&config)
+                    .env("RUST_LOG", "warn");
+                c
+            }
+        };
+        let out = std::fs::File::create(log).unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.name))
+    }
+}
+
+fn java() -> String {
+    if let Ok(j) = std::env::var("JAVA") {
+        return j;
+    }
+    if let Ok(h) = std::env::var("JAVA_HOME") {
+        let j = Path::new(&h).join("bin/java");
+        if j.exists() {
+            return j.display().to_string();
+        }
+    }
+    "java".into()
+}
+
+/// A child that is killed (SIGKILL) when dropped; the bench samples what it
+/// needs before, and topics and groups are never reused.
+struct Proc(Child);
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        self.0
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|s| format!("exited early ({s})"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Ctx {
+    peers: PathBuf,
+    /// Logs and configs of this run.
+    dir: PathBuf,
+    collector: String,
+    records: usize,
+    rate: u64,
+    latency_records: usize,
+    warmup_records: usize,
+}
+
+#[derive(Clone, Default)]
+struct Figures {
+    /// Records/s, first → last output (broker timestamps).
+    rate: f64,
+    /// Records/s, candidate start → last output.
+    rate_from_start: f64,
+    /// Candidate start → first output, ms.
+    first_ms: f64,
+    /// CPU µs per record between the first and the last output.
+    cpu_us: f64,
+    /// CPU s of the process from its start to the last output.
+    cpu_total_s: f64,
+    rss_mib: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    /// Latency grew through the paced phase: the rate is above what it sustains.
+    behind: bool,
+}
+
+struct Sample {
+    ts: Timestamp,
+    value: Vec<u8>,
+    sent_header: bool,
+}
+
+/// The records at `offset(hw)` of each non-empty partition.
+fn samples(
+    topic: &str,
+    hws: &[(i32, i64)],
+    offset: impl Fn(i64) -> i64,
+) -> Result<Vec<Sample>, String> {
+    let c = reader(&format!("bench-edges-{}", now_nanos()));
+    let mut tpl = TopicPartitionList::new();
+    let mut want: HashSet<(i32, i64)> = HashSet::new();
+    for &(p, hw) in hws.iter().filter(|(_, hw)| *hw > 0) {
+        tpl.add_partition_offset(topic, p, Offset::Offset(offset(hw)))
+            .unwrap();
+        want.insert((p, offset(hw)));
+    }
+    c.assign(&tpl).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    while !want.is_empty() {
+        if Instant::now() > deadline {
+            return Err(format!("could not read back {want:?} of {topic}"));
+        }
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            got += 1;
-            last = Instant::now();
-            first.get_or_insert(last);
-            if let Some(h) = m
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == "sent-ns"))
-            {
-                let sent: u64 = std::str::from_utf8(h.value.unwrap())
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                lat.push((now_nanos().saturating_sub(sent)) as f64 / 1e6);
+            if want.remove(&(m.partition(), m.offset())) {
+                out.push(Sample {
+                    ts: m.timestamp(),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    sent_header: m
+                        .headers()
+                        .is_some_and(|h| h.iter().any(|h| h.key == "sent-ns")),
+                });
             }
         }
     }
-    (first.unwrap_or(last), last, lat)
+    Ok(out)
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
+/// An output record is what the candidate should have made of its input.
+fn check(cand: &Candidate, s: &Sample) -> Result<(), String> {
+    let text = String::from_utf8_lossy(&s.value);
+    if !s.sent_header {
+        return Err(format!("output lost the sent-ns header: {text}"));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&s.value)
+        .map_err(|e| format!("output is not JSON ({e}): {text}"))?;
+    let id = v["id"].as_u64().ok_or(format!("no id in {text}"))? as usize;
+    if !cand.enriches() {
+        return (s.value == value(id).as_bytes())
+            .then_some(())
+            .ok_or(format!("passthrough changed the value: {text}"));
+    }
+    let minutes = (id % 120) as f64;
+    let tier = if minutes > 30.0 { "high" } else { "standard" };
+    let mut want: serde_json::Value = serde_json::from_str(&value(id)).unwrap();
+    want["session_duration_minutes"] = minutes.into();
+    want["engagement_tier"] = tier.into();
+    (v == want)
+        .then_some(())
+        .ok_or(format!("wrong enrichment: {text}, want {want}"))
 }
 
-/// Something that moves records from `input` to `output` until stopped.
-trait Candidate {
-    fn start(&mut self, input: &str, output: &str, dlq: &str);
-    fn stop(&mut self);
+fn ts_millis(s: &Sample) -> Result<i64, String> {
+    match s.ts {
+        Timestamp::LogAppendTime(t) => Ok(t),
+        other => Err(format!("output timestamp is {other:?}, not LogAppendTime")),
+    }
 }
 
-struct Passthrough {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// The backlog: start the candidate on `input` (already full), wait for all
+/// records on a fresh output topic, sample CPU and RSS, stop it.
+fn backlog(
+    ctx: &Ctx,
+    cand: &Candidate,
+    input: &str,
+    tag: &str,
+    f: &mut Figures,
+    garbage: &mut Vec<String>,
+) -> Result<(), String> {
+    let n = ctx.records as i64;
+    let (output, dlq) = (format!("bench-out-{tag}"), format!("bench-dlq-{tag}"));
+    create(&[&output], true);
+    create(&[&dlq], false);
+    let result = (|| {
+        let watch = reader(&format!("bench-watch-{tag}"));
+        let log = ctx.dir.join(format!("{tag}.log"));
+        let start_ms = now_millis();
+        let mut child = Proc(cand.spawn(ctx, input, &output, &dlq, &format!("bench-{tag}"), &log));
+        let mut first: Option<(f64, i64)> = None;
+        let (mut seen, mut moved) = (0i64, Instant::now());
+        let last_cpu = loop {
+            if let Some(why) = child.exited() {
+                return Err(format!("{why}; log {}", log.display()));
+            }
+            let count: i64 = watermarks(&watch, &output).iter().map(|(_, hw)| hw).sum();
+            if count > seen {
+                (seen, moved) = (count, Instant::now());
+            }
+            if count > 0 && first.is_none() {
+                first = proc_stats(child.pid()).map(|s| (s.cpu_s, count));
+            }
+            if count >= n {
+                break proc_stats(child.pid()).ok_or("process vanished")?;
+            }
+            if moved.elapsed() > STALL {
+                let dead: i64 = watermarks(&watch, &dlq).iter().map(|(_, hw)| hw).sum();
+                return Err(format!(
+                    "stalled at {count} of {n} records ({dead} dead letters) for {} s; log {}",
+                    STALL.as_secs(),
+                    log.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        drop(child);
+        if seen > n {
+            println!("    note: {} duplicate outputs", seen - n);
+        }
+        let hws = watermarks(&watch, &output);
+        let firsts = samples(&output, &hws, |_| 0)?;
+        let lasts = samples(&output, &hws, |hw| hw - 1)?;
+        for s in firsts.iter().chain(&lasts) {
+            check(cand, s)?;
+        }
+        let t_first = firsts
+            .iter()
+            .map(ts_millis)
+            .collect::<Result<Vec<_>, _>>()?;
+        let t_last = lasts.iter().map(ts_millis).collect::<Result<Vec<_>, _>>()?;
+        let (t_first, t_last) = (
+            *t_first.iter().min().unwrap(),
+            *t_last.iter().max().unwrap(),
+        );
+        f.rate = (n - 1) as f64 / ((t_last - t_first).max(1) as f64 / 1e3);
+        f.rate_from_start = n as f64 / ((t_last - start_ms).max(1) as f64 / 1e3);
+        f.first_ms = (t_first - start_ms) as f64;
+        let (cpu0, count0) = first.unwrap_or((0.0, 0));
+        f.cpu_us = (last_cpu.cpu_s - cpu0) * 1e6 / (n - count0).max(1) as f64;
+        f.cpu_total_s = last_cpu.cpu_s;
+        f.rss_mib = last_cpu.rss_mib;
+        Ok(())
+    })();
+    garbage.extend([output, dlq]);
+    result
 }
 
-impl Candidate for Passthrough {
-    fn start(&mut self, input: &str, output: &str, _dlq: &str) {
-        let (input, output, stop) = (input.to_string(), output.to_string(), self.stop.clone());
-        stop.store(false, Ordering::Relaxed);
-        self.thread = Some(std::thread::spawn(move || {
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", brokers())
-                .set("group.id", format!("bench-pass-{}", now_nanos()))
-                .set("auto.offset.reset", "earliest")
-                .create()
-                .unwrap();
-            c.subscribe(&[&input]).unwrap();
-            let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-                .set("bootstrap.servers", brokers())
-                .set("enable.idempotence", "true")
-                .set("acks", "all")
-                .set("linger.ms", "5")
-                .create()
-                .unwrap();
-            while !stop.load(Ordering::Relaxed) {
+/// Latency: a fresh process on fresh topics, warmed up with paced records
+/// until they all came out, then `latency_records` paced records measured.
+fn latency(
+    ctx: &Ctx,
+    cand: &Candidate,
+    tag: &str,
+    f: &mut Figures,
+    garbage: &mut Vec<String>,
+) -> Result<(), String> {
+    let (input, output, dlq) = (
+        format!("bench-lat-in-{tag}"),
+        format!("bench-lat-out-{tag}"),
+        format!("bench-lat-dlq-{tag}"),
+    );
+    create(&[&input, &dlq], false);
+    create(&[&output], true);
+    let result = (|| {
+        let log = ctx.dir.join(format!("{tag}-lat.log"));
+        let mut child = Proc(cand.spawn(
+            ctx,
+            &input,
+            &output,
+            &dlq,
+            &format!("bench-{tag}-lat"),
+            &log,
+        ));
+        let warm = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (want, w, st, out) = (
+            ctx.latency_records,
+            warm.clone(),
+            stop.clone(),
+            output.clone(),
+        );
+        let reader_thread = std::thread::spawn(move || {
+            let c = reader(&format!("bench-lat-reader-{}", now_nanos()));
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..PARTITIONS {
+                tpl.add_partition_offset(&out, p, Offset::Beginning)
+                    .unwrap();
+            }
+            c.assign(&tpl).unwrap();
+            let mut lat = Vec::with_capacity(want);
+            while lat.len() < want && !st.load(Ordering::Relaxed) {
                 if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-                    let mut rec = BaseRecord::to(&output).payload(m.payload().unwrap_or_default());
-                    if let Some(k) = m.key() {
-                        rec = rec.key(k);
-                    }
-                    if let Some(h) = m.headers() {
-                        rec = rec.headers(h.detach());
-                    }
-                    loop {
-                        match p.send(rec) {
-                            Ok(()) => break,
-                            Err((_, back)) => {
-                                rec = back;
-                                std::thread::sleep(Duration::from_millis(1));
+                    let now = now_nanos();
+                    let Some(h) = m.headers() else { continue };
+                    for h in h.iter() {
+                        let sent = || -> u64 {
+                            std::str::from_utf8(h.value.unwrap_or_default())
+                                .ok()
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(now)
+                        };
+                        match h.key {
+                            "sent-ns" => lat.push(now.saturating_sub(sent()) as f64 / 1e6),
+                            "warmup-ns" => {
+                                w.fetch_add(1, Ordering::Relaxed);
                             }
+                            _ => {}
                         }
                     }
                 }
             }
-            p.flush(Duration::from_secs(10)).ok();
-        }));
-    }
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
-struct WorkerCandidate {
-    component: PathBuf,
-    worker: Option<app::Worker>,
-    /// OTLP receiver: spans for every record (the exporter is process-wide,
-    /// so this candidate runs last).
-    otlp: Option<String>,
-}
-
-impl Candidate for WorkerCandidate {
-    fn start(&mut self, input: &str, output: &str, dlq: &str) {
-        let config = Config {
-            kafka: KafkaConfig {
-                brokers: brokers(),
-                group_id: format!("bench-worker-{}", now_nanos()),
-                auto_offset_reset: "earliest".into(),
-                librdkafka: Default::default(),
-            },
-            runtime: RuntimeConfig {
-                cache_dir: root().join(".cache/pipeline-worker-bench"),
-                ..RuntimeConfig::default()
-            },
-            telemetry: TelemetryConfig {
-                otlp_endpoint: self.otlp.clone(),
-                otlp_interval_ms: 1000,
-                ..Default::default()
-            },
-            registry: None,
-            control: None,
-            base_dir: Default::default(),
-            pipelines: vec![PipelineConfig {
-                name: "bench".into(),
-                input_topics: vec![input.into()],
-                component: Some(self.component.clone()),
-                tenant: None,
-                output_topics: vec![output.into()],
-                dead_letter_topic: dlq.into(),
-                batch_size: 64,
-                concurrency: 2,
-                tombstones: Default::default(),
-                limits: Limits::default(),
-            }],
+            lat
+        });
+        let fail = |why: String| {
+            stop.store(true, Ordering::Relaxed);
+            Err(why)
         };
-        let opts = app::sandbox_options(&config);
-        let fs = app::load_functions(&config, &opts).unwrap();
-        self.worker = Some(app::Worker::start(&config, fs).unwrap());
-    }
-    fn stop(&mut self) {
-        if let Some(w) = self.worker.take() {
-            w.shutdown(Duration::from_secs(20));
+        let warmup = ctx.warmup_records;
+        // One producer for both phases: connected before the measured one.
+        let p = producer();
+        produce(&p, &input, 0..warmup, Some(ctx.rate), "warmup-ns");
+        let (mut seen, mut moved) = (0, Instant::now());
+        while warm.load(Ordering::Relaxed) < warmup {
+            if let Some(why) = child.exited() {
+                return fail(format!("{why}; log {}", log.display()));
+            }
+            let now = warm.load(Ordering::Relaxed);
+            if now > seen {
+                (seen, moved) = (now, Instant::now());
+            }
+            if moved.elapsed() > STALL {
+                return fail(format!(
+                    "warm-up stalled at {now} of {warmup}; log {}",
+                    log.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let measured = warmup..warmup + ctx.latency_records;
+        produce(&p, &input, measured, Some(ctx.rate), "sent-ns");
+        let deadline = Instant::now() + STALL;
+        while !reader_thread.is_finished() {
+            if Instant::now() > deadline {
+                return fail(format!(
+                    "latency records did not all arrive; log {}",
+                    log.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(child);
+        let mut lat = reader_thread.join().unwrap();
+        // Latency that keeps growing through the paced phase (last tenth of the
+        // records, in arrival order, against the first): the candidate does
+        // not keep up with the rate, so its percentiles are queueing.
+        let tenth = (lat.len() / 10).max(1);
+        let early = median(lat[..tenth].to_vec());
+        let late = median(lat[lat.len() - tenth..].to_vec());
+        f.behind = late > 2.0 * early && late - early > 50.0;
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+        (f.p50, f.p99, f.p999) = (pct(0.50), pct(0.99), pct(0.999));
+        Ok(())
+    })();
+    garbage.extend([input, output, dlq]);
+    result
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
     }
 }
 
-fn measure(name: &str, cand: &mut dyn Candidate, n: usize, latency_n: usize, rate: u64) -> Figures {
-    let slug: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let tag = format!("{slug}-{}", now_nanos());
-    let (input, output, dlq) = (
-        format!("bench-in-{tag}"),
-        format!("bench-out-{tag}"),
-        format!("bench-dlq-{tag}"),
-    );
-    create(&[&input, &output, &dlq]);
-    // Throughput: a backlog of n records, drained from a standing start.
-    produce(&input, n, None);
-    let start = Instant::now();
-    cand.start(&input, &output, &dlq);
-    let started = start.elapsed();
-    let (first, last, _) = drain(&output, n, Duration::from_secs(600));
-    let throughput = n as f64 / last.duration_since(start).as_secs_f64();
-    let to_first = first.duration_since(start);
-    // After the first output: the rate once the group is joined and the
-    // function loaded, apart from start-up.
-    let steady = (n - 1) as f64 / last.duration_since(first).as_secs_f64().max(1e-9);
-    // Latency: paced records while the candidate is warm.
-    let (lin, lout) = (format!("{input}-lat"), format!("{output}-lat"));
-    cand.stop();
-    create(&[&lin, &lout]);
-    cand.start(&lin, &lout, &dlq);
-    std::thread::sleep(Duration::from_secs(3));
-    let reader = std::thread::spawn(move || drain(&lout, latency_n, Duration::from_secs(300)).2);
-    produce(&lin, latency_n, Some(rate));
-    let mut lat = reader.join().unwrap();
-    cand.stop();
-    let f = Figures {
-        throughput,
-        p50_ms: percentile(&mut lat, 0.50),
-        p99_ms: percentile(&mut lat, 0.99),
-    };
-    println!(
-        "{name:<22} {:>10.0} records/s   p50 {:>7.2} ms   p99 {:>7.2} ms   (start {:>5} ms, first output {:>5} ms, then {:>7.0} records/s)",
-        f.throughput,
-        f.p50_ms,
-        f.p99_ms,
-        started.as_millis(),
-        to_first.as_millis(),
-        steady
-    );
-    f
+/// 1234567.8 → "1,234,568"
+fn thousands(x: f64) -> String {
+    let s = format!("{:.0}", x);
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 && c != '-' {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--passthrough") {
+        passthrough(&args[2..]);
+        return;
+    }
+    if args.iter().any(|a| a == "--list") {
         return; // `cargo test --benches` probes with --list
     }
-    let n: usize = std::env::var("BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
-    let latency_n: usize = 5_000;
-    let rate: u64 = 2_000;
-    println!("end-to-end, {n} records backlog + {latency_n} paced at {rate}/s, {PARTITIONS} partitions, broker {}", brokers());
-    let pass = measure(
-        "rdkafka passthrough",
-        &mut Passthrough {
-            stop: Arc::new(AtomicBool::new(false)),
-            thread: None,
-        },
-        n,
-        latency_n,
+    let rate: u64 = env_or("BENCH_RATE", 10_000);
+    let run_dir = std::env::temp_dir().join(format!("pw-e2e-{}", now_nanos()));
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let ctx = Ctx {
+        peers: std::env::var("BENCH_PEERS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root().join("target/bench-peers")),
+        dir: run_dir,
+        collector: sink_collector(),
+        records: env_or("BENCH_RECORDS", 1_000_000usize).max(2),
         rate,
-    );
+        latency_records: env_or("BENCH_LATENCY_RECORDS", 30_000usize).max(1),
+        warmup_records: env_or("BENCH_WARMUP_RECORDS", (rate * 2) as usize),
+    };
+    let rounds: usize = env_or("BENCH_ROUNDS", 3usize).max(1);
     let rust = root().join("target/guests/wasm32-wasip2/release/enrich_rs.wasm");
     let python = root().join("target/components/enrich_event.wasm");
-    let collector = sink_collector();
-    for (name, path, otlp) in [
-        ("worker + Rust enrich", rust.clone(), None),
-        ("worker + Python enrich", python, None),
-        ("  ... Rust, OTLP spans", rust, Some(collector)),
-    ] {
-        if !path.exists() {
-            println!(
-                "{name:<22} skipped: {} not built (make examples)",
-                path.display()
-            );
+    let all = [
+        (
+            "Java passthrough",
+            "java-passthrough",
+            Kind::JavaPassthrough,
+        ),
+        (
+            "rdkafka passthrough",
+            "rdkafka-passthrough",
+            Kind::RdkafkaPassthrough,
+        ),
+        (
+            "Kafka Streams + Jackson",
+            "kafka-streams",
+            Kind::KafkaStreams,
+        ),
+        ("Quix Streams + Python", "quix-streams", Kind::Quix),
+        (
+            "worker + Rust enrich",
+            "worker-rust",
+            Kind::Worker {
+                component: rust.clone(),
+                otlp: false,
+            },
+        ),
+        (
+            "worker + Python enrich",
+            "worker-python",
+            Kind::Worker {
+                component: python,
+                otlp: false,
+            },
+        ),
+        (
+            "worker + Rust, OTLP",
+            "worker-rust-otlp",
+            Kind::Worker {
+                component: rust,
+                otlp: true,
+            },
+        ),
+    ];
+    let only: Option<Vec<String>> = std::env::var("BENCH_CANDIDATES")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.split(',').map(|s| s.trim().to_string()).collect());
+    println!(
+        "end-to-end: {} records backlog × {rounds} rounds, latency {} records paced at {}/s after {} warm-up, \
+         {PARTITIONS} partitions, broker {}",
+        thousands(ctx.records as f64),
+        thousands(ctx.latency_records as f64),
+        thousands(ctx.rate as f64),
+        thousands(ctx.warmup_records as f64),
+        brokers()
+    );
+    let mut cands = Vec::new();
+    for (name, slug, kind) in all {
+        let c = Candidate { name, slug, kind };
+        if only.as_ref().is_some_and(|o| !o.iter().any(|s| s == slug)) {
             continue;
         }
-        let f = measure(
-            name,
-            &mut WorkerCandidate {
-                component: path,
-                worker: None,
-                otlp,
-            },
-            n,
-            latency_n,
-            rate,
-        );
+        match c.missing(&ctx.peers) {
+            Some(why) => println!("{name:<24} skipped: {why}"),
+            None => cands.push(c),
+        }
+    }
+    let mut results: BTreeMap<&str, Vec<Figures>> = BTreeMap::new();
+    let mut failures = 0;
+    for round in 0..rounds {
+        let input = format!("bench-in-r{round}-{}", now_nanos());
+        let mut garbage = Vec::new();
+        create(&[&input], false);
+        let t = Instant::now();
+        produce(&producer(), &input, 0..ctx.records, None, "sent-ns");
         println!(
-            "{:<22} throughput ratio worker/passthrough = {:.2}",
-            "",
-            f.throughput / pass.throughput
+            "round {}/{rounds}: backlog of {} produced in {:.1} s (load average {})",
+            round + 1,
+            thousands(ctx.records as f64),
+            t.elapsed().as_secs_f64(),
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
         );
+        // Interleaved, the order rotated each round.
+        let k = if cands.is_empty() {
+            0
+        } else {
+            round % cands.len()
+        };
+        for cand in cands[k..].iter().chain(&cands[..k]) {
+            let tag = format!("{}-r{round}-{}", cand.slug, now_nanos());
+            let mut f = Figures::default();
+            let r = backlog(&ctx, cand, &input, &tag, &mut f, &mut garbage)
+                .and_then(|()| latency(&ctx, cand, &tag, &mut f, &mut garbage));
+            match r {
+                Ok(()) => {
+                    println!(
+                        "  {:<24} {:>9} rec/s (from start {:>9}, first output {:>5.0} ms)  cpu {:>6.2} µs/rec ({:.1} s)  rss {:>5.0} MiB  latency p50 {:>6.2} p99 {:>7.2} p999 {:>7.2} ms{}",
+                        cand.name,
+                        thousands(f.rate),
+                        thousands(f.rate_from_start),
+                        f.first_ms,
+                        f.cpu_us,
+                        f.cpu_total_s,
+                        f.rss_mib,
+                        f.p50,
+                        f.p99,
+                        f.p999,
+                        if f.behind { "  (falling behind the paced rate)" } else { "" }
+                    );
+                    results.entry(cand.slug).or_default().push(f);
+                }
+                Err(why) => {
+                    failures += 1;
+                    println!("  {:<24} failed: {why}", cand.name);
+                }
+            }
+        }
+        garbage.push(input);
+        delete(&garbage);
+    }
+    summary(&cands, &results, rounds);
+    if failures == 0 && std::env::var("BENCH_KEEP").as_deref() != Ok("1") {
+        let _ = std::fs::remove_dir_all(&ctx.dir);
+    } else {
+        println!("logs: {}", ctx.dir.display());
+    }
+}
+
+fn summary(cands: &[Candidate], results: &BTreeMap<&str, Vec<Figures>>, rounds: usize) {
+    let med = |slug: &str, get: fn(&Figures) -> f64| -> Option<f64> {
+        results
+            .get(slug)
+            .filter(|v| !v.is_empty())
+            .map(|v| median(v.iter().map(get).collect()))
+    };
+    let (base_slug, base_name) = if med("java-passthrough", |f| f.rate).is_some() {
+        ("java-passthrough", "Java passthrough")
+    } else {
+        ("rdkafka-passthrough", "rdkafka passthrough")
+    };
+    let base = med(base_slug, |f| f.rate);
+    let pass_p99 = med("rdkafka-passthrough", |f| f.p99);
+    println!();
+    println!("medians of {rounds} rounds; throughput first → last output (broker LogAppendTime); ratio to the {base_name}");
+    println!(
+        "| candidate | records/s | from start | CPU µs/rec | peak RSS MiB | p50 / p99 / p999 ms | p99 over rdkafka passthrough | vs {base_name} |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut marked = false;
+    for c in cands {
+        let Some(v) = results.get(c.slug).filter(|v| !v.is_empty()) else {
+            println!("| {} | failed | | | | | | |", c.name);
+            continue;
+        };
+        let m = |get: fn(&Figures) -> f64| median(v.iter().map(get).collect());
+        let added = match (pass_p99, c.slug) {
+            (_, "rdkafka-passthrough") | (None, _) => "—".to_string(),
+            (Some(p), _) => format!("{:+.1} ms", m(|f| f.p99) - p),
+        };
+        let ratio = base.map_or("—".to_string(), |b| format!("{:.2}", m(|f| f.rate) / b));
+        let behind = v.iter().filter(|f| f.behind).count();
+        let mark = if behind * 2 > v.len() {
+            marked = true;
+            " *"
+        } else {
+            ""
+        };
+        println!(
+            "| {} | {} | {} | {:.2} | {:.0} | {:.1} / {:.1} / {:.1}{mark} | {added} | {ratio} |",
+            c.name,
+            thousands(m(|f| f.rate)),
+            thousands(m(|f| f.rate_from_start)),
+            m(|f| f.cpu_us),
+            m(|f| f.rss_mib),
+            m(|f| f.p50),
+            m(|f| f.p99),
+            m(|f| f.p999),
+        );
+    }
+    if !marked {
+        return;
+    }
+    println!(
+        "* latency grew through the paced phase in most rounds: the candidate does not sustain \
+         BENCH_RATE here, so these percentiles are queueing"
+    );
+}
+
+/// `--passthrough BROKERS INPUT OUTPUT GROUP`: the rdkafka candidate, run as a
+/// child of the bench: consume, produce the same key, value and headers
+/// through an idempotent producer (acks=all, linger.ms=5), until killed.
+fn passthrough(args: &[String]) {
+    let [brokers, input, output, group] = args else {
+        eprintln!("usage: e2e --passthrough BROKERS INPUT OUTPUT GROUP");
+        std::process::exit(2);
+    };
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[input]).unwrap();
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    loop {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let mut rec = BaseRecord::to(output).payload(m.payload().unwrap_or_default());
+            if let Some(k) = m.key() {
+                rec = rec.key(k);
+            }
+            if let Some(h) = m.headers() {
+                rec = rec.headers(h.detach());
+            }
+            loop {
+                match p.send(rec) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        rec = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
     }
 }
 
