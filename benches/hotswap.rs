@@ -6,6 +6,9 @@
 //! - upload → active: POST of a component never seen before (validation and
 //!   Cranelift compilation on the control plane), activation, until every
 //!   partition (so every worker) emits a record stamped with the new version;
+//!   `python2` is a second, different Python component uploaded after the
+//!   first (tests/components/python/enrich_variant.py): the same CPython
+//!   runtime compiled again, which is what the 3 s goal would have to avoid;
 //! - activation → first record: from the activation being accepted (202) to
 //!   the first record of the new version on every partition, for versions
 //!   already precompiled (median and max of several swaps).
@@ -334,7 +337,20 @@ concurrency = 2
     let watch = Watch::start(&output);
 
     println!("hot swap, 2 workers × 4 partitions, continuous load of ~2,000 records/s");
-    for (lang, component) in [("rust", &rust), ("python", &python)] {
+    // A second Python function, uploaded after the first: a different
+    // component on the same CPython runtime.
+    let variant = root().join("target/components/py_enrich_variant.wasm");
+    let mut runs = vec![("rust", &rust), ("python", &python)];
+    if variant.exists() {
+        runs.push(("python2", &variant));
+    } else {
+        println!(
+            "python2: skipped, {} not built (scripts/build-python.sh tests/components/python/enrich_variant.py {})",
+            variant.display(),
+            variant.display()
+        );
+    }
+    for (lang, component) in runs {
         let name = format!("enrich-{lang}");
         // upload → active, compilation included (first time this digest is seen).
         let t0 = Instant::now();

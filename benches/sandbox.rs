@@ -1,8 +1,11 @@
 //! Sandbox micro-benchmarks, no Kafka: instantiate from `InstancePre`, one
-//! call, one batch call, for the Rust and the Python enrichment component,
-//! with fuel off and on. Prints figures; asserts nothing about speed.
+//! call, one batch call, and one record per fresh instance
+//! (`instance_max_records = 1`, instantiation + call + teardown per record),
+//! for the Rust and the Python enrichment component, with fuel off and on.
+//! Prints figures; asserts nothing about speed.
 //!
 //!   cargo bench -p pipeline-worker --bench sandbox
+//!   SANDBOX_BENCH_FILTER=python cargo bench -p pipeline-worker --bench sandbox   (rows whose label contains it)
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -37,6 +40,32 @@ fn record(i: usize) -> InputRecord {
     }
 }
 
+/// CPU time this thread has run, from the scheduler (ns precision): less
+/// sensitive than wall time to other work sharing the machine. Zero where
+/// /proc is not available.
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map(Duration::from_nanos)
+        .unwrap_or_default()
+}
+
+/// Minor page faults of the process so far (0 where /proc is not available).
+fn minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(7)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 fn per_op(total: Duration, n: usize) -> String {
     let ns = total.as_nanos() as f64 / n as f64;
     if ns > 10_000.0 {
@@ -58,24 +87,17 @@ fn bench(name: &str, path: &Path, fuel: Option<u64>, opts: &SandboxOptions) {
         "{name} (fuel {})",
         if fuel.is_some() { "on" } else { "off" }
     );
+    let big = f.load_report.size_bytes > 1 << 20;
     // Instantiate from InstancePre.
-    let n_inst = if f.load_report.size_bytes > 1 << 20 {
-        200
-    } else {
-        2_000
-    };
-    let t = Instant::now();
+    let n_inst = if big { 200 } else { 2_000 };
+    let (t, c) = (Instant::now(), thread_cpu());
     for _ in 0..n_inst {
         f.instantiate_only().unwrap();
     }
-    let inst = t.elapsed();
+    let (inst, inst_cpu) = (t.elapsed(), thread_cpu() - c);
     // wasm time counts the call only; wall adds the host side.
     let mut r = Runner::new(f.clone());
-    let n_call = if f.load_report.size_bytes > 1 << 20 {
-        500
-    } else {
-        5_000
-    };
+    let n_call = if big { 500 } else { 5_000 };
     let recs: Vec<InputRecord> = (0..64).map(record).collect();
     // One record per call, the instance kept across calls (as the worker
     // does, up to instance_max_records): the per-call cost.
@@ -102,17 +124,41 @@ fn bench(name: &str, path: &Path, fuel: Option<u64>, opts: &SandboxOptions) {
     }
     let batch_wall = t.elapsed();
     let batch_wasm = Duration::from_nanos(r.stats.wasm_nanos - before.wasm_nanos);
+    // A fresh instance for every record (instance_max_records = 1, the
+    // strictest isolation): instantiate + call + teardown, end to end.
+    let fresh_limits = Limits {
+        instance_max_records: 1,
+        ..limits.clone()
+    };
+    let fresh = Function::load_file(name, path, &fresh_limits, opts).unwrap();
+    let mut rf = Runner::new(fresh);
+    let n_fresh = if big { 200 } else { 2_000 };
+    let f1 = minor_faults();
+    let (t, c) = (Instant::now(), thread_cpu());
+    for i in 0..n_fresh {
+        let out = rf.run_batch(std::slice::from_ref(&recs[i % recs.len()]));
+        assert!(out[0].is_ok(), "{:?}", out[0]);
+    }
+    let (fresh_wall, fresh_cpu) = (t.elapsed(), thread_cpu() - c);
+    let fresh_faults = (minor_faults() - f1) / n_fresh as u64;
+    assert_eq!(rf.stats.instantiations as usize, n_fresh);
+    let fresh_inst = Duration::from_nanos(rf.stats.instantiate_nanos);
     println!(
-        "{label:<28} {:>8} KB  load {:>6} ms{}  instantiate {}  call {} (wall {})  batch-of-64 per record {} (wall {}){}",
+        "{label:<28} {:>8} KB  load {:>6} ms{}  instantiate {} (cpu {})  call {} (wall {})  batch-of-64 per record {} (wall {}){}  fresh instance per record {} (cpu {}, of which instantiate {}; {} page faults)",
         f.load_report.size_bytes / 1024,
         load.as_millis(),
         if f.load_report.from_cache { " (cached)" } else { " (compiled)" },
         per_op(inst, n_inst),
+        per_op(inst_cpu, n_inst),
         per_op(single_wasm, calls),
         per_op(single_wall, calls),
         per_op(batch_wasm, n_batches * 64),
         per_op(batch_wall, n_batches * 64),
         if f.exports_batch() { "" } else { " [no batch export]" },
+        per_op(fresh_wall, n_fresh),
+        per_op(fresh_cpu, n_fresh),
+        per_op(fresh_inst, n_fresh),
+        fresh_faults,
     );
 }
 
@@ -120,6 +166,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    let filter = std::env::var("SANDBOX_BENCH_FILTER").unwrap_or_default();
     let opts = SandboxOptions {
         cache: ArtifactCache::new(root().join(".cache/pipeline-worker-bench")),
         ticker: EpochTicker::start(Duration::from_millis(10)),
@@ -146,6 +193,13 @@ fn main() {
             continue;
         }
         for fuel in [None, Some(u64::MAX / 1024)] {
+            let label = format!(
+                "{name} (fuel {})",
+                if fuel.is_some() { "on" } else { "off" }
+            );
+            if !filter.is_empty() && !label.contains(filter.as_str()) {
+                continue;
+            }
             bench(name, path, fuel, &opts);
         }
     }

@@ -20,7 +20,7 @@ build() { # name source
 build enrich_event "$root/customer-examples/enrich_event/enrich_event.py"
 build pii_redaction "$root/customer-examples/pii_redaction/pii_redaction.py"
 build filter "$root/customer-examples/filter/filter.py"
-for f in raises wrong_type opens_file uses_socket sleeps; do
+for f in raises wrong_type opens_file uses_socket sleeps stateful; do
   [[ -f "$root/tests/components/python/$f.py" ]] && build "py_$f" "$root/tests/components/python/$f.py"
 done
 exit 0

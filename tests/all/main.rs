@@ -16,4 +16,5 @@ mod pipeline_e2e;
 mod poison;
 mod produce_errors;
 mod registry;
+mod sandbox_reuse;
 mod telemetry;

@@ -658,15 +658,27 @@ impl Runner {
     /// The kept instance if it may serve `n` more records, else a fresh one
     /// (under its own deadline).
     fn checkout(&mut self, f: &Function, n: u64) -> Result<(Live, u64), RecordError> {
-        match self.live.take() {
-            Some((l, served)) if served + n <= f.limits.instance_max_records => Ok((l, served)),
-            _ => {
-                self.stats.instantiations += 1;
-                let started = Instant::now();
-                let live = self.block_on(f, f.instantiate());
-                self.stats.instantiate_nanos += started.elapsed().as_nanos() as u64;
-                live.map(|l| (l, 0))
+        if let Some((l, served)) = self.live.take() {
+            if served + n <= f.limits.instance_max_records {
+                return Ok((l, served));
             }
+            // Spent: release its pool slot before taking another one.
+            drop(l);
+        }
+        self.stats.instantiations += 1;
+        let started = Instant::now();
+        let live = self.block_on(f, f.instantiate());
+        self.stats.instantiate_nanos += started.elapsed().as_nanos() as u64;
+        live.map(|l| (l, 0))
+    }
+
+    /// Keeps the instance for the next call if it may serve another record;
+    /// a spent one (always, with `instance_max_records = 1`) is dropped now,
+    /// so nothing of the record it served stays in memory while the thread
+    /// waits for the next one.
+    fn keep(&mut self, f: &Function, live: Live, served: u64) {
+        if served < f.limits.instance_max_records {
+            self.live = Some((live, served));
         }
     }
 
@@ -718,7 +730,7 @@ impl Runner {
         // midway) leaves the instance in an unknown state: drop it, the next
         // record gets a fresh one.
         let r = result?;
-        self.live = Some((live, served + 1));
+        self.keep(f, live, served + 1);
         guest_result(r, &f.limits)
     }
 
@@ -742,7 +754,7 @@ impl Runner {
         live.store.data_mut().flush_output();
         match result {
             Ok(results) if results.len() == inputs.len() => {
-                self.live = Some((live, served + n));
+                self.keep(f, live, served + n);
                 Some(
                     results
                         .into_iter()
