@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use rdkafka::producer::Producer as _;
 
 use crate::config::{Config, PipelineConfig};
-use crate::pipeline::{self, Control, FunctionSlot, PipelineHandle};
+use crate::pipeline::{self, FunctionSlot, PipelineHandle, Shutdown};
 use crate::registry::{self, activations::LogReader, Registry};
 use crate::sandbox::{ArtifactCache, EpochTicker, Function, SandboxOptions};
 use crate::sink::{FatalError, FatalKind, Sink};
@@ -60,7 +60,7 @@ pub fn load_functions(
 
 /// A running worker: its pipelines and the means to stop them.
 pub struct Worker {
-    pub control: Arc<Control>,
+    pub shutdown: Arc<Shutdown>,
     pub pipelines: Vec<PipelineHandle>,
     pub telemetry: Arc<TelemetryState>,
     sink: Arc<Sink>,
@@ -85,11 +85,11 @@ impl Worker {
         config: &Config,
         functions: Vec<(PipelineConfig, Arc<FunctionSlot>)>,
     ) -> anyhow::Result<Self> {
-        let control = Arc::new(Control::default());
+        let shutdown = Arc::new(Shutdown::default());
         let sink = Arc::new(
             Sink::create(
-                &pipeline::producer_config(&config.kafka),
-                control.fatal.clone(),
+                &crate::kafka::producer_config(&config.kafka),
+                shutdown.fatal.clone(),
                 config.message_max_bytes()?,
             )
             .context("creating the Kafka producer")?,
@@ -116,7 +116,7 @@ impl Worker {
                 &config.runtime,
                 slot.clone(),
                 sink.clone(),
-                control.clone(),
+                shutdown.clone(),
             )?;
             telemetry
                 .pipelines
@@ -132,7 +132,7 @@ impl Worker {
             pipelines.push(handle);
         }
         Ok(Self {
-            control,
+            shutdown,
             pipelines,
             telemetry,
             sink,
@@ -141,7 +141,7 @@ impl Worker {
 
     pub fn request_stop(&self) {
         self.telemetry.draining.store(true, Ordering::Relaxed);
-        self.control.stop.store(true, Ordering::Relaxed);
+        self.shutdown.stop.store(true, Ordering::Relaxed);
     }
 
     /// Stops fetching, drains, commits. Returns the fatal error, if any.
@@ -161,7 +161,7 @@ impl Worker {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "worker stopped"
         );
-        self.control.fatal.get()
+        self.shutdown.fatal.get()
     }
 }
 
@@ -229,7 +229,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         reader,
         slots,
         opts.clone(),
-        worker.control.clone(),
+        worker.shutdown.clone(),
         retry,
     );
     tracing::info!(pipelines = worker.pipelines.len(), brokers = %config.kafka.brokers, worker_id = %reg.worker_id, "worker running");
@@ -250,15 +250,15 @@ pub fn control(config: Config) -> anyhow::Result<()> {
     let bound = registry::api::serve(reg.clone(), &config, opts)
         .with_context(|| format!("control.listen: cannot listen on {}", c.listen))?;
     tracing::info!(%bound, store = %reg.store.describe(), "control API listening");
-    wait_for_stop(&Control::default());
+    wait_for_stop(&Shutdown::default());
     Ok(())
 }
 
 /// Until SIGTERM/SIGINT or a fatal error; a fatal error comes back as a
 /// [`FatalError`], which `main` maps to its exit code.
 fn finish(worker: Worker, config: &Config) -> anyhow::Result<()> {
-    wait_for_stop(&worker.control);
-    let fatal = worker.control.fatal.clone();
+    wait_for_stop(&worker.shutdown);
+    let fatal = worker.shutdown.fatal.clone();
     let stats: Vec<_> = worker
         .pipelines
         .iter()
@@ -282,6 +282,8 @@ fn finish(worker: Worker, config: &Config) -> anyhow::Result<()> {
 
 /// How long start-up waits for the cluster's metadata.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long start-up waits for a missing output topic to appear.
+const TOPIC_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Refuses to start when a declared output or dead-letter topic does not
 /// exist: producing to it would either fail every record or, with broker
@@ -306,22 +308,40 @@ fn check_output_topics(
     }
     // All topics, not one by one: a metadata request naming a topic can make
     // a broker with auto.create.topics.enable create it.
-    let metadata = sink
-        .producer()
-        .client()
-        .fetch_metadata(None, METADATA_TIMEOUT)
-        .with_context(|| {
-            format!(
-                "kafka.brokers ({}): cannot fetch cluster metadata to check the output topics",
-                config.kafka.brokers
-            )
-        })?;
-    let exists = |t: &str| {
-        metadata
-            .topics()
-            .iter()
-            .any(|m| m.name() == t && m.error().is_none())
+    let fetch = || {
+        sink.producer()
+            .client()
+            .fetch_metadata(None, METADATA_TIMEOUT)
+            .with_context(|| {
+                format!(
+                    "kafka.brokers ({}): cannot fetch cluster metadata to check the output topics",
+                    config.kafka.brokers
+                )
+            })
     };
+    let has = |m: &rdkafka::metadata::Metadata, t: &str| {
+        m.topics()
+            .iter()
+            .any(|x| x.name() == t && x.error().is_none())
+    };
+    let required: Vec<&String> = pipelines
+        .iter()
+        .filter(|(_, slot)| slot.get().is_some())
+        .flat_map(|(p, _)| {
+            p.output_topics
+                .iter()
+                .chain(std::iter::once(&p.dead_letter_topic))
+        })
+        .collect();
+    // A topic created just before start-up can take a moment to appear in
+    // every broker's metadata: look again for a few seconds before refusing.
+    let mut metadata = fetch()?;
+    let patience = Instant::now() + TOPIC_PATIENCE;
+    while required.iter().any(|t| !has(&metadata, t)) && Instant::now() < patience {
+        std::thread::sleep(Duration::from_millis(250));
+        metadata = fetch()?;
+    }
+    let exists = |t: &str| has(&metadata, t);
     for (p, slot) in pipelines {
         if slot.get().is_none() {
             // A managed pipeline with nothing activated does not start (it
@@ -363,7 +383,7 @@ fn check_output_topics(
 }
 
 /// Blocks until SIGTERM/SIGINT or a fatal error.
-pub fn wait_for_stop(control: &Control) {
+pub fn wait_for_stop(shutdown: &Shutdown) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -376,7 +396,7 @@ pub fn wait_for_stop(control: &Control) {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
                 _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: draining"); break; }
-                _ = tick.tick() => { if control.stopping() { break; } }
+                _ = tick.tick() => { if shutdown.stopping() { break; } }
             }
         }
     });

@@ -55,8 +55,6 @@ use crate::source::{
 };
 use crate::telemetry::otel;
 
-/// Kept for `app.rs` until it imports [`crate::kafka`] directly.
-pub use crate::kafka::{base_client_config, producer_config};
 /// Kept for callers that still import the stats from here.
 pub use crate::stats::{PipelineStats, VersionStats};
 
@@ -182,9 +180,6 @@ impl Shutdown {
         self.stop.load(Ordering::Relaxed) || self.fatal.get().is_some()
     }
 }
-
-/// The old name, kept while `app.rs` and `registry::watcher` still use it.
-pub type Control = Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {

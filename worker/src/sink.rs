@@ -453,7 +453,7 @@ fn function_meta(f: &Function) -> Arc<FunctionMeta> {
 }
 
 impl Sink {
-    /// Creates the producer (`config`, e.g. `pipeline::producer_config`) and
+    /// Creates the producer (`config`, e.g. `kafka::producer_config`) and
     /// the dead-letter thread. `message_max_bytes` is the producer's limit
     /// (`Config::message_max_bytes`), which dead letters are cut to fit.
     pub fn create(

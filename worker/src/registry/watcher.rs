@@ -14,7 +14,7 @@ use super::activations::{Activation, LogReader};
 use super::store::{now_rfc3339, WorkerStatus};
 use super::Registry;
 use crate::config::PipelineConfig;
-use crate::pipeline::{Control, FunctionSlot};
+use crate::pipeline::{FunctionSlot, Shutdown};
 use crate::sandbox::{Function, SandboxOptions};
 
 /// Fetches a deployed version and loads it under the pipeline's limits.
@@ -101,7 +101,7 @@ pub fn spawn(
     mut reader: LogReader,
     pipelines: Vec<(PipelineConfig, Arc<FunctionSlot>)>,
     opts: SandboxOptions,
-    control: Arc<Control>,
+    shutdown: Arc<Shutdown>,
     retry: Vec<Activation>,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
@@ -117,7 +117,7 @@ pub fn spawn(
                 let at = Instant::now() + RETRY_FIRST;
                 pending.insert(a.pipeline.clone(), (a, at, RETRY_FIRST));
             }
-            while !control.stopping() {
+            while !shutdown.stopping() {
                 match reader.poll(Duration::from_millis(200)) {
                     Ok(Some(a)) => match by_name.get(&a.pipeline) {
                         Some((p, _)) if applies(&a, p) => {
