@@ -61,29 +61,34 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub fn create_topics(topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("admin client");
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
         .collect();
+    create(&new, true);
+}
+
+/// Creates `new` on the test broker; an existing topic is an error unless
+/// `existing_ok`.
+fn create(new: &[NewTopic<'_>], existing_ok: bool) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let res = rt
         .block_on(admin.create_topics(
-            &new,
+            new,
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         ))
         .expect("create topics");
     for r in res {
         if let Err((t, e)) = r {
-            assert_eq!(
-                e,
-                rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+            assert!(
+                existing_ok && e == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
                 "creating {t}: {e}"
             );
         }
@@ -421,27 +426,11 @@ pub fn sample(metrics: &str, name: &str, label: &str) -> u64 {
 
 /// Creates a topic with topic-level configs (e.g. `compression.type`).
 pub fn create_topic_with(topic: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("admin client");
     let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     for (k, v) in configs {
         t = t.set(k, v);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let res = rt
-        .block_on(admin.create_topics(
-            [&t],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        ))
-        .expect("create topic");
-    for r in res {
-        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
-    }
+    create(&[t], false);
 }
 
 /// One record exactly as bytes, for what rdkafka's typed API cannot send

@@ -55,8 +55,7 @@ use crate::source::{
 };
 use crate::telemetry::otel;
 
-/// Kept for callers that still import the stats from here.
-pub use crate::stats::{PipelineStats, VersionStats};
+use crate::stats::{PipelineStats, VersionStats};
 
 /// Hidden fault injection for the dead-thread test: the sandbox thread that
 /// gets the record at this offset panics. Read once per pipeline start.
@@ -352,7 +351,9 @@ pub fn spawn(
             if let Err(p) = catch_unwind(run) {
                 let why = format!("consumer thread panicked: {}", panic_message(&*p));
                 thread_stats.thread_died(why.clone());
-                shutdown.fatal.set(format!("pipeline {name}: {why}"));
+                shutdown
+                    .fatal
+                    .thread_died(format!("pipeline {name}: {why}"));
             }
         })
         .map_err(|source| PipelineError::Thread {
@@ -593,6 +594,7 @@ fn sandbox_lane(ctx: LaneContext) {
     let mut cache = TrackerCache::new();
     let (mut known, mut feeds) = (u64::MAX, Vec::new());
     let mut start = 0usize;
+    let mut started: Vec<(Arc<PartitionTracker>, i64)> = Vec::new();
     while !ctx.shutdown.stopping() {
         if let Some((g, f)) = ctx.inbox.feeds_since(known) {
             (known, feeds) = (g, f);
@@ -616,15 +618,19 @@ fn sandbox_lane(ctx: LaneContext) {
         if batch.is_empty() {
             continue;
         }
-        let started: Vec<(Arc<PartitionTracker>, i64)> = batch
-            .iter()
-            .map(|m| (m.tracker.clone(), m.offset()))
-            .collect();
+        // The batch's first offset per partition (a batch spans a few), so
+        // a panic can give up the rest: abandoning it abandons the later ones.
+        started.clear();
+        for m in &batch {
+            if !started.iter().any(|(t, _)| Arc::ptr_eq(t, &m.tracker)) {
+                started.push((m.tracker.clone(), m.offset()));
+            }
+        }
         let run = AssertUnwindSafe(|| process_batch(&ctx, &mut runner, &mut batch));
         if let Err(p) = catch_unwind(run) {
             // Whatever of the batch was not acknowledged is read again.
-            for (t, o) in &started {
-                t.abandon(*o);
+            for (t, o) in started.drain(..) {
+                t.abandon(o);
             }
             let why = format!(
                 "sandbox thread {} panicked: {}",
@@ -634,7 +640,7 @@ fn sandbox_lane(ctx: LaneContext) {
             ctx.stats.thread_died(why.clone());
             ctx.shutdown
                 .fatal
-                .set(format!("pipeline {}: {why}", ctx.target.pipeline));
+                .thread_died(format!("pipeline {}: {why}", ctx.target.pipeline));
             batch.clear();
             break;
         }
@@ -753,16 +759,9 @@ fn process_batch(ctx: &LaneContext, runner: &mut LaneRunner, batch: &mut Vec<Inb
                     continue;
                 };
                 let span = spans.next();
-                let traceparent = span.as_ref().map(|s| s.traceparent.clone());
-                let (disposition, err) = deliver(
-                    ctx,
-                    &function,
-                    input,
-                    &tracker,
-                    result,
-                    traceparent.as_deref(),
-                    stats,
-                );
+                let traceparent = span.as_ref().map(|s| s.traceparent.as_str());
+                let (disposition, err) =
+                    deliver(ctx, &function, input, &tracker, result, traceparent, stats);
                 if let Some(span) = span {
                     match (&disposition, &err) {
                         (_, Some(e)) => span.end(Some(e.kind()), 0),
@@ -798,7 +797,7 @@ fn process_batch(ctx: &LaneContext, runner: &mut LaneRunner, batch: &mut Vec<Inb
 /// sink (the offset is stored only after the broker's ack), drop completes.
 fn tombstone(
     ctx: &LaneContext,
-    function: &Function,
+    function: &Arc<Function>,
     r: InputRecord,
     tracker: &Arc<PartitionTracker>,
     stats: &VersionStats,
@@ -840,34 +839,22 @@ fn dead_letter_poison(
     tracker: &Arc<PartitionTracker>,
     stats: &VersionStats,
 ) {
-    let r = p.raw;
-    // `sink::RawRecord` mirrors `record::RawRecord` field for field; the lead
-    // may make it a re-export of the latter.
-    let raw = crate::sink::RawRecord {
-        key: r.key,
-        value: r.value,
-        headers: r.headers,
-        topic: r.topic,
-        partition: r.partition,
-        offset: r.offset,
-        timestamp: r.timestamp,
-    };
     ctx.sink
-        .dead_letter_raw(&ctx.target, Some(function), raw, tracker, &p.error);
+        .dead_letter_raw(&ctx.target, Some(function), p.raw, tracker, &p.error);
     count_dead_letter(stats, &p.error);
 }
 
 /// The one call into the sink, with the counting of what happened.
 fn deliver(
     ctx: &LaneContext,
-    function: &Function,
+    function: &Arc<Function>,
     input: InputRecord,
     tracker: &Arc<PartitionTracker>,
     result: RecordResult,
     traceparent: Option<&str>,
     stats: &VersionStats,
 ) -> (Disposition, Option<RecordError>) {
-    let (topic, partition, offset) = (input.topic.clone(), input.partition, input.offset);
+    let offset = input.offset;
     let (disposition, err) =
         ctx.sink
             .deliver(&ctx.target, function, input, tracker, result, traceparent);
@@ -881,7 +868,7 @@ fn deliver(
         Disposition::DeadLettered => {
             if let Some(e) = &err {
                 count_dead_letter(stats, e);
-                tracing::debug!(pipeline = %ctx.target.pipeline, topic = %topic, partition, offset, kind = e.kind(), error = %e, "record dead-lettered");
+                tracing::debug!(pipeline = %ctx.target.pipeline, topic = %tracker.topic, partition = tracker.partition, offset, kind = e.kind(), error = %e, "record dead-lettered");
             }
         }
     }

@@ -155,19 +155,8 @@ pub enum Disposition {
     DeadLettered,
 }
 
-/// A consumed record that could not be decoded into an [`InputRecord`]
-/// (e.g. a header key that is not UTF-8), for [`Sink::dead_letter_raw`].
-/// `headers` are the message's own, detached (`BorrowedHeaders::detach`): they
-/// are passed on byte for byte, never read as strings.
-pub struct RawRecord {
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub headers: Option<OwnedHeaders>,
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp: Option<i64>,
-}
+/// A record exactly as consumed, for a dead letter that loses nothing.
+pub use crate::record::RawRecord;
 
 /// The original headers a dead letter carries.
 #[derive(Clone)]
@@ -209,22 +198,15 @@ enum Carried {
     /// Outputs of one input. The input is kept so that a refusal can
     /// dead-letter it once every output has settled.
     Outputs {
-        input: Mutex<Option<InputRecord>>,
-        rejected: Mutex<Option<String>>,
+        /// The input (taken by the last output to settle) and the first
+        /// refusal, under one lock.
+        settle: Mutex<(Option<InputRecord>, Option<String>)>,
         tracker: Arc<PartitionTracker>,
-        meta: Arc<FunctionMeta>,
-        dead_letter_topic: Arc<str>,
+        function: Arc<Function>,
+        target: Arc<SinkTarget>,
         traceparent: Option<String>,
     },
     DeadLetter(Box<DeadLetter>),
-}
-
-/// The function's dead-letter headers, shared by every input of a lane.
-#[derive(PartialEq, Eq)]
-struct FunctionMeta {
-    name: String,
-    digest: String,
-    version: String,
 }
 
 enum Job {
@@ -306,27 +288,26 @@ impl ProducerContext for SinkContext {
 /// would not take it). The last one completes the input or dead-letters it.
 fn settle_output(inflight: &InFlight, refused: Option<String>, ctx: &SinkContext) {
     let Carried::Outputs {
-        input,
-        rejected,
+        settle,
         tracker,
-        meta,
-        dead_letter_topic,
+        function,
+        target,
         traceparent,
     } = &inflight.carried
     else {
         return;
     };
     if let Some(why) = refused {
-        let mut r = rejected.lock().unwrap_or_else(|p| p.into_inner());
-        if r.is_none() {
-            *r = Some(why);
-        }
+        settle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .get_or_insert(why);
     }
     if inflight.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
         return;
     }
-    let why = rejected.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let input = input.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let (input, why) = std::mem::take(&mut *settle.lock().unwrap_or_else(|p| p.into_inner()));
     match (why, input) {
         (None, Some(input)) => tracker.complete(input.offset),
         (None, None) => {}
@@ -337,8 +318,8 @@ fn settle_output(inflight: &InFlight, refused: Option<String>, ctx: &SinkContext
             let dl = decoded_dead_letter(
                 input,
                 &err,
-                Some(meta),
-                dead_letter_topic,
+                Some(function),
+                &target.dead_letter_topic,
                 traceparent.as_deref().map(str::as_bytes),
                 tracker.clone(),
             );
@@ -410,48 +391,6 @@ pub struct Sink {
     pub stats: Arc<SinkStats>,
 }
 
-thread_local! {
-    /// The last function a lane delivered for: one allocation per version,
-    /// not per record.
-    static META: std::cell::RefCell<Option<Arc<FunctionMeta>>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The target's dead-letter topic, shared like [`function_meta`].
-fn dead_letter_topic(target: &SinkTarget) -> Arc<str> {
-    thread_local! {
-        static TOPIC: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
-    }
-    TOPIC.with(|t| {
-        let mut t = t.borrow_mut();
-        match t.as_ref() {
-            Some(cur) if **cur == *target.dead_letter_topic => cur.clone(),
-            _ => {
-                let topic: Arc<str> = target.dead_letter_topic.as_str().into();
-                *t = Some(topic.clone());
-                topic
-            }
-        }
-    })
-}
-
-fn function_meta(f: &Function) -> Arc<FunctionMeta> {
-    META.with(|m| {
-        let mut m = m.borrow_mut();
-        if let Some(cur) = m.as_ref() {
-            if cur.version == f.version && cur.digest == f.digest && cur.name == f.name {
-                return cur.clone();
-            }
-        }
-        let meta = Arc::new(FunctionMeta {
-            name: f.name.clone(),
-            digest: f.digest.clone(),
-            version: f.version.clone(),
-        });
-        *m = Some(meta.clone());
-        meta
-    })
-}
-
 impl Sink {
     /// Creates the producer (`config`, e.g. `kafka::producer_config`) and
     /// the dead-letter thread. `message_max_bytes` is the producer's limit
@@ -495,8 +434,8 @@ impl Sink {
     /// acknowledgements to the input's offset.
     pub fn deliver(
         &self,
-        target: &SinkTarget,
-        function: &Function,
+        target: &Arc<SinkTarget>,
+        function: &Arc<Function>,
         input: InputRecord,
         tracker: &Arc<PartitionTracker>,
         result: RecordResult,
@@ -511,8 +450,8 @@ impl Sink {
     /// no function produced it. Refusals are dead-lettered as for outputs.
     pub fn forward(
         &self,
-        target: &SinkTarget,
-        function: &Function,
+        target: &Arc<SinkTarget>,
+        function: &Arc<Function>,
         input: InputRecord,
         tracker: &Arc<PartitionTracker>,
         traceparent: Option<&str>,
@@ -552,13 +491,7 @@ impl Sink {
         let offset = raw.offset.to_string();
         let dl = DeadLetter {
             topic: target.dead_letter_topic.clone(),
-            ours: our_headers(
-                error,
-                function.map(function_meta).as_deref(),
-                &raw.topic,
-                &partition,
-                &offset,
-            ),
+            ours: our_headers(error, function, &raw.topic, &partition, &offset),
             key: raw.key,
             value: raw.value,
             timestamp: raw.timestamp,
@@ -578,8 +511,8 @@ impl Sink {
     #[allow(clippy::too_many_arguments)]
     fn deliver_inner(
         &self,
-        target: &SinkTarget,
-        function: &Function,
+        target: &Arc<SinkTarget>,
+        function: &Arc<Function>,
         input: InputRecord,
         tracker: &Arc<PartitionTracker>,
         result: RecordResult,
@@ -615,11 +548,10 @@ impl Sink {
                 let inflight = Arc::new(InFlight {
                     remaining: AtomicUsize::new(n),
                     carried: Carried::Outputs {
-                        input: Mutex::new(Some(input)),
-                        rejected: Mutex::new(None),
+                        settle: Mutex::new((Some(input), None)),
                         tracker: tracker.clone(),
-                        meta: function_meta(function),
-                        dead_letter_topic: dead_letter_topic(target),
+                        function: function.clone(),
+                        target: target.clone(),
                         traceparent: traceparent.map(str::to_owned),
                     },
                 });
@@ -670,7 +602,7 @@ impl Sink {
                 let dl = decoded_dead_letter(
                     input,
                     &err,
-                    Some(&function_meta(function)),
+                    Some(function),
                     &target.dead_letter_topic,
                     traceparent.map(str::as_bytes),
                     tracker.clone(),
@@ -890,7 +822,7 @@ fn dead_letter_thread(rx: Receiver<Job>, shared: Weak<Shared>) {
 fn decoded_dead_letter(
     input: InputRecord,
     err: &RecordError,
-    meta: Option<&FunctionMeta>,
+    function: Option<&Function>,
     dead_letter_topic: &str,
     traceparent: Option<&[u8]>,
     tracker: Arc<PartitionTracker>,
@@ -899,7 +831,7 @@ fn decoded_dead_letter(
     let offset = input.offset.to_string();
     DeadLetter {
         topic: dead_letter_topic.to_string(),
-        ours: our_headers(err, meta, &input.topic, &partition, &offset),
+        ours: our_headers(err, function, &input.topic, &partition, &offset),
         key: input.key,
         value: input.value,
         timestamp: input.timestamp,
@@ -916,7 +848,7 @@ fn decoded_dead_letter(
 
 fn our_headers(
     err: &RecordError,
-    meta: Option<&FunctionMeta>,
+    function: Option<&Function>,
     topic: &str,
     partition: &str,
     offset: &str,
@@ -926,7 +858,7 @@ fn our_headers(
         (headers::ERROR_KIND, err.kind().as_bytes().to_vec()),
         (headers::ERROR_MESSAGE, message.into_bytes()),
     ];
-    if let Some(m) = meta {
+    if let Some(m) = function {
         h.push((headers::FUNCTION_NAME, m.name.as_bytes().to_vec()));
         h.push((headers::FUNCTION_DIGEST, m.digest.as_bytes().to_vec()));
         h.push((headers::FUNCTION_VERSION, m.version.as_bytes().to_vec()));

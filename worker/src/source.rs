@@ -306,14 +306,6 @@ impl LaneInbox {
         self.notify();
     }
 
-    pub fn len(&self) -> usize {
-        self.feeds.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The feeds as of `generation`; `None` when `known` is current.
     pub fn feeds_since(&self, known: u64) -> Option<(u64, Vec<Arc<PartitionFeed>>)> {
         let g = self.generation.load(Ordering::Acquire);
