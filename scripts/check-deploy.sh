@@ -41,9 +41,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+KUBECONFORM_VERSION="${KUBECONFORM_VERSION:-v0.8.0}"
 # helm built by `go install` has no -ldflags, so `helm template` would assume
 # Kubernetes v1.20 (below the chart's kubeVersion); render for a current one.
-KUBE_VERSION="${KUBE_VERSION:-1.33.0}"
+# The same version's OpenAPI document (module k8s.io/kubernetes) gives the
+# schemas kubeconform validates the renders against.
+KUBE_VERSION="${KUBE_VERSION:-1.34.4}"
+SCHEMA_CACHE="${CHECK_DEPLOY_SCHEMA_CACHE:-${TMPDIR:-/tmp}/check-deploy-k8s-schemas}/v$KUBE_VERSION"
+CRD_SCHEMAS="$ROOT/compose/helm/ci/schemas"
 CHART="$ROOT/compose/helm/pipeline-worker"
 CI_VALUES="$ROOT/compose/helm/ci"
 COMPOSE_FILE="$ROOT/compose/docker-compose.yml"
@@ -96,6 +101,24 @@ else
     fi
 fi
 "$HELM" version --short >/dev/null 2>&1 || { echo "FAIL  $HELM does not run" >&2; exit 1; }
+
+KUBECONFORM="$GOBIN_DIR/kubeconform"
+kc_module_version() {
+    go version -m "$1" 2>/dev/null | awk '$1 == "mod" && $2 == "github.com/yannh/kubeconform" { print $3 }'
+}
+if [ -x "$KUBECONFORM" ] && [ "$(kc_module_version "$KUBECONFORM")" = "$KUBECONFORM_VERSION" ]; then
+    ok "kubeconform $KUBECONFORM_VERSION already installed at $KUBECONFORM"
+else
+    t0=$(date +%s)
+    if GOBIN="$GOBIN_DIR" go install "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION" >"$OUT/kubeconform-install.log" 2>&1; then
+        ok "kubeconform $KUBECONFORM_VERSION installed in $(( $(date +%s) - t0 ))s at $KUBECONFORM"
+        TIMINGS+=("$(( $(date +%s) - t0 ))s  go install github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION")
+    else
+        cat "$OUT/kubeconform-install.log" >&2
+        echo "FAIL  go install github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION" >&2
+        exit 1
+    fi
+fi
 
 PYTHON=python3
 if ! python3 -c 'import yaml' >/dev/null 2>&1; then
@@ -203,7 +226,53 @@ def config_of(ds, label):
 def grace_vs_drain(dep, cfg, label):
     grace = dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
     drain = cfg.get("runtime", {}).get("drain_timeout_ms", 20000)
-    check(grace * 1000 > drain, f"{label}: terminationGracePeriodSeconds {grace} <= drain {drain} ms")
+    check(grace * 1000 >= drain + 5000, f"{label}: terminationGracePeriodSeconds {grace} < drain {drain} ms + 5 s")
+
+def startup_probe(c, npipelines, label):
+    """On by default: liveness must not kill a pod that is still compiling
+    (the HTTP endpoint listens only after every component is loaded)."""
+    sp = c.get("startupProbe", {})
+    if check(sp, f"{label}: startupProbe present"):
+        check(sp.get("httpGet", {}).get("path") == "/livez" and sp["httpGet"].get("port") in ("metrics", 9464), f"{label}: startupProbe GET /livez on the metrics port")
+        budget = sp.get("failureThreshold", 3) * sp.get("periodSeconds", 10)
+        check(budget >= 15 * npipelines, f"{label}: startupProbe budget {budget} s < 15 s x {npipelines} pipelines")
+
+def pdb_policy(ds, label):
+    pdb = one(ds, "PodDisruptionBudget")
+    check(pdb.get("spec", {}).get("unhealthyPodEvictionPolicy") == "AlwaysAllow", f"{label}: PDB unhealthyPodEvictionPolicy AlwaysAllow")
+
+def rule_ports(rule):
+    return sorted((p.get("protocol", "TCP"), p["port"]) for p in rule.get("ports", []))
+
+def netpols(ds, label, worker_dep, ctl_dep=None):
+    """The NetworkPolicies: one per Deployment, selecting exactly its pods,
+    both policy types, ingress only on its port. Returns {name: policy}."""
+    nps = {n["metadata"]["name"]: n for n in find(ds, "NetworkPolicy")}
+    want = [worker_dep] + ([ctl_dep] if ctl_dep else [])
+    check(len(nps) == len(want), f"{label}: {len(want)} NetworkPolicies expected, found {sorted(nps)}")
+    for dep in want:
+        name = dep["metadata"]["name"]
+        np = nps.get(name)
+        if not check(np, f"{label}: NetworkPolicy {name}"):
+            continue
+        spec = np["spec"]
+        check(spec["podSelector"].get("matchLabels") == dep["spec"]["selector"]["matchLabels"], f"{label}: NetworkPolicy {name} selects the pods of Deployment {name}")
+        check(sorted(spec.get("policyTypes", [])) == ["Egress", "Ingress"], f"{label}: NetworkPolicy {name} policyTypes Ingress and Egress")
+        port = "control" if name.endswith("-control") else "metrics"
+        for r in spec.get("ingress", []):
+            check([p.get("port") for p in r.get("ports", [])] == [port], f"{label}: NetworkPolicy {name} ingress only on port {port}: {r.get('ports')}")
+            check(r.get("from"), f"{label}: NetworkPolicy {name} ingress rule without from (would allow everyone)")
+        eg = spec.get("egress", [])
+        dns = [r for r in eg if ("UDP", 53) in rule_ports(r)]
+        check(dns and ("TCP", 53) in rule_ports(dns[0]), f"{label}: NetworkPolicy {name} allows DNS over UDP and TCP")
+    return nps
+
+def ingress_namespaces(np):
+    out = set()
+    for r in np["spec"].get("ingress", []):
+        for f in r.get("from", []):
+            out.add(f.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name"))
+    return out
 
 def helm_default(path, *_):
     ds = docs(path)
@@ -215,6 +284,19 @@ def helm_default(path, *_):
     for kind in ("Service", "ServiceAccount", "PodDisruptionBudget", "ConfigMap"):
         check(find(ds, kind), f"default: {kind} expected")
     no_control(ds, "default")
+    startup_probe(c, 1, "default")
+    pdb_policy(ds, "default")
+    nps = netpols(ds, "default", dep)
+    np = nps.get(dep["metadata"]["name"])
+    if np:
+        check(ingress_namespaces(np) == {"monitoring"}, f"default: ingress only from the monitoring namespace, got {ingress_namespaces(np)}")
+        eg = np["spec"]["egress"]
+        dns = [r for r in eg if ("UDP", 53) in rule_ports(r)]
+        if dns:
+            check(dns[0].get("to") == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}], f"default: DNS only to kube-dns in kube-system: {dns[0].get('to')}")
+        check([rule_ports(r) for r in eg] == [[("TCP", 53), ("UDP", 53)], [("TCP", 9092)]], f"default: egress DNS and Kafka (9092 from kafka.brokers) only: {[rule_ports(r) for r in eg]}")
+        check("to" not in eg[-1], "default: Kafka egress to any address when no cidrs/selectors are given")
     cfg = config_of(ds, "default")
     if cfg:
         check(set(cfg) == {"kafka", "runtime", "telemetry", "pipelines"}, f"default: worker.toml tables {sorted(cfg)}")
@@ -327,9 +409,23 @@ def helm_full(path, *_):
     check(hpa.get("spec", {}).get("scaleTargetRef", {}).get("name") == dep["metadata"]["name"], "full: HPA targets the Deployment")
     check(len(hpa.get("spec", {}).get("metrics", [])) == 2, "full: HPA has cpu and memory metrics")
     check(not find(ds, "ScaledObject"), "full: no ScaledObject")
-    sm = one(ds, "ServiceMonitor")
+    sms = {s["metadata"]["name"]: s for s in find(ds, "ServiceMonitor")}
+    wname = dep["metadata"]["name"]
+    check(sorted(sms) == sorted([wname, wname + "-control"]), f"full: ServiceMonitors for the workers and the control plane, got {sorted(sms)}")
+    sm = sms.get(wname, {})
     check(sm.get("spec", {}).get("endpoints", [{}])[0].get("port") == "metrics", "full: ServiceMonitor scrapes port metrics")
     check(sm.get("metadata", {}).get("labels", {}).get("release") == "kube-prometheus-stack", "full: ServiceMonitor labels")
+    csm = sms.get(wname + "-control")
+    if csm:
+        ep = csm["spec"]["endpoints"]
+        check([(e.get("port"), e.get("path")) for e in ep] == [("control", "/metrics")], f"full: control ServiceMonitor scrapes GET /metrics on port control: {ep}")
+        check(csm["metadata"]["labels"].get("release") == "kube-prometheus-stack", "full: control ServiceMonitor labels")
+        csvc = [s for s in find(ds, "Service") if s["metadata"]["name"] == wname + "-control"]
+        check(csvc and selector_matches(csm["spec"]["selector"]["matchLabels"], csvc[0]["metadata"]["labels"]), "full: control ServiceMonitor selects the control Service")
+        wsvc = [s for s in find(ds, "Service") if s["metadata"]["name"] == wname]
+        check(wsvc and not selector_matches(csm["spec"]["selector"]["matchLabels"], wsvc[0]["metadata"]["labels"]), "full: control ServiceMonitor does not select the worker Service")
+        check("control" in [p["name"] for p in csvc[0]["spec"]["ports"]] if csvc else False, "full: control Service has the port named control")
+    startup_probe(c, 3, "full")
     pdb = one(ds, "PodDisruptionBudget")
     check(pdb.get("spec", {}).get("minAvailable") == 1, "full: PDB minAvailable 1")
     env = {e["name"]: e for e in c.get("env", [])}
@@ -384,6 +480,21 @@ def helm_full(path, *_):
         check(ps[2].get("tenant") == "globex" and "component" not in ps[2], "full: scoring has a tenant and no component")
     # S3 credentials: to both workers and control, from registry.existingSecret only.
     ctl_dep, cc = control_objects(ds, "full", dep)
+    nps = netpols(ds, "full", dep, ctl_dep or None)
+    for n, np in nps.items():
+        check(ingress_namespaces(np) == {"data-platform-ci", "monitoring", None}, f"full: NetworkPolicy {n} ingress from data-platform-ci, a selected namespace and monitoring: {ingress_namespaces(np)}")
+        mon = [f for r in np["spec"]["ingress"] for f in r["from"] if f.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == "monitoring"]
+        check(mon and mon[0].get("podSelector") == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}, f"full: NetworkPolicy {n} monitoring peer narrowed to the Prometheus pods")
+        eg = {tuple(rule_ports(r)): r for r in np["spec"]["egress"]}
+        k = eg.get((("TCP", 9093),))
+        check(k and k.get("to") == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kafka"}}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kafka"}}}],
+              f"full: NetworkPolicy {n} Kafka egress on 9093 (from kafka.brokers) to the selected broker pods: {k}")
+        s = eg.get((("TCP", 9000),))
+        check(s and s.get("to") == [{"ipBlock": {"cidr": "10.20.0.0/16"}}], f"full: NetworkPolicy {n} store egress on 9000 (from aws_endpoint) to its CIDR: {s}")
+        o = eg.get((("TCP", 4318),))
+        check(o and o.get("to") == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}], f"full: NetworkPolicy {n} OTLP egress on 4318: {o}")
+        check(len(eg) == 4, f"full: NetworkPolicy {n} egress DNS, Kafka, store, OTLP: {sorted(eg)}")
+    pdb_policy(ds, "full")
     for who, cont in (("worker", c), ("control", cc)):
         env = {e["name"]: e for e in cont.get("env", [])}
         for var, key in (("AWS_ACCESS_KEY_ID", "access-key-id"), ("AWS_SECRET_ACCESS_KEY", "secret-access-key")):
@@ -402,8 +513,11 @@ def helm_full(path, *_):
     if ctl_dep:
         check(ctl_dep["spec"]["template"]["metadata"]["annotations"].get("example.com/control") == "true", "full: control.podAnnotations")
         check(cc.get("resources", {}).get("limits", {}).get("memory") == "2Gi", "full: control.resources")
+        check(cc.get("resources", {}).get("requests", {}).get("memory") == "512Mi", "full: control.resources requests kept")
+        check(ctl_dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds") == 30, "full: control terminationGracePeriodSeconds")
         check(ctl_dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
               "full: control checksum covers [control] too, so it differs from the workers'")
+    check(len(find(ds, "PrometheusRule")) == 1, "full: PrometheusRule (metrics.prometheusRule.enabled)")
     svc = [s for s in find(ds, "Service") if s["metadata"]["name"].endswith("-control")]
     if svc:
         check(svc[0]["metadata"].get("annotations", {}).get("example.com/expose") == "internal", "full: control.service.annotations")
@@ -439,6 +553,23 @@ def helm_registry_pvc(path, *_):
         check(cfg.get("registry", {}).get("activations_topic") == "pipeline-worker.activations", "registry-pvc: default activations topic")
         check(cfg.get("control", {}).get("max_component_bytes") == 67108864, "registry-pvc: default max_component_bytes")
         check(cfg["pipelines"][0].get("tenant") == "demo", "registry-pvc: pipeline tenant rendered")
+    # Default sizing: 256 MiB + 23 x 64 MiB (control.maxComponentBytes) = 1728 MiB.
+    control_memory(path, "1728Mi")
+    nps = netpols(ds, "registry-pvc", dep, ctl_dep or None)
+    for n, np in nps.items():
+        check(len(np["spec"]["egress"]) == 2, f"registry-pvc: NetworkPolicy {n}: a file store needs no egress rule (DNS and Kafka only): {np['spec']['egress']}")
+
+def control_memory(path, want, *_):
+    """control.resources memory request and limit, both sized from control.maxComponentBytes."""
+    ds = docs(path)
+    deps = control_deployments(ds)
+    if not check(len(deps) == 1, f"control-memory: one control Deployment in {path}"):
+        return
+    c = [c for c in deps[0]["spec"]["template"]["spec"]["containers"] if c["name"] == "control"][0]
+    res = c.get("resources", {})
+    check(res.get("requests", {}).get("memory") == want, f"control-memory: requests.memory {res.get('requests', {}).get('memory')} != {want}")
+    check(res.get("limits", {}).get("memory") == want, f"control-memory: limits.memory {res.get('limits', {}).get('memory')} != {want}")
+    check(res.get("requests", {}).get("cpu") == "250m", "control-memory: the cpu request is kept")
 
 def checksum_split(a, b, *_):
     """b = a with only [control] changed: the workers' checksum stays, the control plane's moves."""
@@ -470,15 +601,74 @@ def helm_keda(path, *_):
         check(t["type"] == "kafka", "keda: trigger type kafka")
         md = t["metadata"]
         check(all(isinstance(v, str) for v in md.values()), f"keda: trigger metadata values are strings: {md}")
-        check(md.get("bootstrapServers") == "kafka.kafka.svc:9092", "keda: bootstrapServers")
+        check(md.get("bootstrapServers") == "kafka.kafka.svc:9093", "keda: bootstrapServers")
         check(md.get("lagThreshold") == "500" and md.get("activationLagThreshold") == "10", "keda: thresholds")
-        check(md.get("sasl") == "plaintext", "keda: extraMetadata")
+        # SASL_SSL + SCRAM-SHA-512 in kafka.librdkafka: the scaler connects the same way.
+        check(md.get("sasl") == "scram_sha512", f"keda: trigger sasl from sasl.mechanism, got {md.get('sasl')}")
+        check(md.get("tls") == "enable", f"keda: trigger tls from security.protocol, got {md.get('tls')}")
+        check(md.get("unsafeSsl") == "false", "keda: extraMetadata passed through")
         check(t.get("authenticationRef", {}).get("name") == so["metadata"]["name"], "keda: authenticationRef")
     ta = one(ds, "TriggerAuthentication")
     refs = ta.get("spec", {}).get("secretTargetRef", [])
-    check({(r["parameter"], r["name"], r["key"]) for r in refs} ==
-          {("username", "kafka-credentials", "username"), ("password", "kafka-credentials", "password")},
+    # The workers' Secrets: SASL credentials from kafka.auth.existingSecret under
+    # the keys of kafka.auth.secretKeys, the CA and the client certificate from kafka.tls.
+    check(sorted((r["parameter"], r["name"], r["key"]) for r in refs) == sorted([
+          ("username", "kafka-credentials", "user"), ("password", "kafka-credentials", "pass"),
+          ("keyPassword", "kafka-credentials", "key-pass"),
+          ("ca", "kafka-ca", "ca.crt"), ("cert", "kafka-client", "tls.crt"), ("key", "kafka-client", "tls.key")]),
           f"keda: TriggerAuthentication refs {refs}")
+    env = {e["name"]: e for e in c.get("env", [])}
+    for prop, key in (("sasl.username", "user"), ("sasl.password", "pass"), ("ssl.key.password", "key-pass")):
+        secret_env(env, f"PIPELINE_WORKER__KAFKA__LIBRDKAFKA__{prop}", "kafka-credentials", key, "keda worker")
+
+def helm_alerts(path, telemetry_rs, readme_md, *_):
+    """The PrometheusRule: one alert per README "alert when" row, on metric
+    names the worker exports (worker/src/telemetry/mod.rs)."""
+    ds = docs(path)
+    prs = find(ds, "PrometheusRule")
+    if not check(len(prs) == 1, f"alerts: one PrometheusRule, found {len(prs)}"):
+        return
+    pr = prs[0]
+    check(pr["metadata"]["labels"].get("release") == "kube-prometheus-stack", "alerts: PrometheusRule labels")
+    rules = [r for g in pr["spec"]["groups"] for r in g["rules"]]
+    names = [r.get("alert") or r.get("record") for r in rules]
+    exported = set(re.findall(r'^\s*"((?:messaging|pipeline)_[a-z_]+)",', open(telemetry_rs).read(), re.M))
+    check(len(exported) >= 10, f"alerts: found only {sorted(exported)} in {telemetry_rs}")
+    histograms = {n for n in exported if n.endswith("_seconds")}
+    valid = exported | {h + s for h in histograms for s in ("_bucket", "_sum", "_count")}
+    for r in rules:
+        if not r.get("alert", "").startswith("PipelineWorker"):
+            continue
+        used = set(re.findall(r"\b((?:messaging|pipeline)_[a-z_]+)\{", r["expr"]))
+        check(used, f"alerts: {r['alert']} uses no worker metric")
+        check(used <= valid, f"alerts: {r['alert']} uses metrics the worker does not export: {sorted(used - valid)}")
+        check('namespace="streaming",service="pw-pipeline-worker"' in r["expr"], f"alerts: {r['alert']} selects this release's series")
+        check(r["labels"].get("team") == "data-platform" and r["labels"].get("severity") in ("warning", "critical"), f"alerts: {r['alert']} labels {r['labels']}")
+        check(r.get("annotations", {}).get("summary"), f"alerts: {r['alert']} has a summary")
+    # Every row of the README's metrics table with an "alert when" has a rule on its metric.
+    table = re.search(r"\| metric \| meaning \| alert when \|\n\|[-|]+\|\n((?:\|.*\|\n)+)", open(readme_md).read())
+    if check(table, "alerts: README.md metrics table not found"):
+        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.group(1).splitlines()]
+        alerting = [row for row in rows if len(row) >= 3 and row[2]]
+        check(len(alerting) >= 7, f"alerts: README rows with an alert: {len(alerting)}")
+        exprs = " ".join(r["expr"] for r in rules if r.get("alert", "").startswith("PipelineWorker") and r["alert"] != "PipelineWorkerTraps")
+        for row in alerting:
+            metric = re.match(r"`([a-z_]+)", row[0]).group(1)
+            check(metric in valid, f"alerts: README metric {metric} is not exported by the worker")
+            if metric == "pipeline_traps_total":
+                check("PipelineWorkerTraps" not in names, "alerts: metrics.prometheusRule.disabled leaves PipelineWorkerTraps out")
+                continue
+            check(re.search(re.escape(metric) + r"(_bucket)?\{", exprs), f"alerts: no rule for README row {metric} ({row[2]})")
+    ded = [r for r in rules if r.get("alert") == "PipelineWorkerDeadLettersOverLimits"]
+    check(ded and 'error_kind=~"deadline|memory|fuel"' in ded[0]["expr"], "alerts: dead-letter alert on the deadline/memory/fuel kinds")
+    lat = {re.search(r'pipeline="([^"]+)"', r["expr"]).group(1): r["expr"] for r in rules if r.get("alert") == "PipelineWorkerLatencyNearDeadline"}
+    check(sorted(lat) == ["enrich"], f"alerts: one latency alert per pipeline: {sorted(lat)}")
+    if "enrich" in lat:
+        check(lat["enrich"].rstrip().endswith("> 0.8"), f"alerts: enrich p99 threshold 0.8 x deadlineMs 1000: {lat['enrich']}")
+    check("CustomExtraRule" in names, "alerts: metrics.prometheusRule.extraRules appended")
+
+def no_kind(path, kind, label, *_):
+    check(not find(docs(path), kind), f"{label}: no {kind} expected")
 
 def compose(path, root, drain_default="20000"):
     import os
@@ -626,10 +816,42 @@ def dockerfile(path, root):
     images = [s[0] for s in stages]
     check("rust:1.95-bookworm" in images, f"Dockerfile: a builder stage FROM rust:1.95-bookworm (stages: {images})")
     final_image, final_name, final = stages[-1]
-    check(re.fullmatch(r"debian:bookworm-slim", final_image) is not None, f"Dockerfile: final stage FROM debian:bookworm-slim, got {final_image}")
+    # Shell-less base: distroless (not its :debug variants, which add busybox),
+    # the same Debian release as the builder (the binary links its glibc and libssl3).
+    check(re.fullmatch(r"gcr\.io/distroless/cc-debian12:nonroot(@sha256:[0-9a-f]{64})?", final_image) is not None,
+          f"Dockerfile: final stage FROM gcr.io/distroless/cc-debian12:nonroot, got {final_image}")
+    check("debug" not in final_image and not re.search(r"\b(debian|ubuntu|alpine|busybox)[:@]", final_image), f"Dockerfile: final base {final_image} has no shell")
+    check(args.get("DEBIAN_SUITE") == "bookworm", f"Dockerfile: builder on bookworm (Debian 12) like the distroless cc-debian12 base, got {args.get('DEBIAN_SUITE')}")
     users = [r for op, r in final if op == "USER"]
-    check(users and users[-1].split(":")[0] not in ("root", "0"), f"Dockerfile: final stage USER is non-root ({users})")
-    check(users and users[-1].split(":")[0] == "10001", "Dockerfile: final stage USER 10001")
+    check(users and re.fullmatch(r"[0-9]+:[0-9]+", users[-1]) is not None, f"Dockerfile: final stage USER numeric uid:gid (runAsNonRoot needs a number), got {users}")
+    check(users and users[-1] == "65532:65532", f"Dockerfile: final stage USER 65532:65532 (distroless nonroot), got {users}")
+    # No shell in the final stage: every RUN there must be in exec form.
+    for op, r in final:
+        if op == "RUN":
+            check(r.lstrip().startswith("["), f"Dockerfile: shell-form RUN in the shell-less final stage: {r[:80]}")
+        if op in ("CMD", "ENTRYPOINT"):
+            check(r.lstrip().startswith("["), f"Dockerfile: {op} must be exec form (no shell): {r}")
+    check(any(op == "RUN" and "pipeline-worker" in r and "--help" in r for op, r in final), "Dockerfile: the final stage runs the binary once (its libraries resolve in the base)")
+    # Debug info stripped in the image build only (the workspace profile keeps line tables).
+    build = [s for s in stages if s[1] == "build"]
+    benv = " ".join(r for op, r in (build[0][2] if build else []) if op == "ENV")
+    check(re.search(r"CARGO_PROFILE_RELEASE_DEBUG=(false|0|none)\b", benv), f"Dockerfile: build stage sets CARGO_PROFILE_RELEASE_DEBUG=false: {benv}")
+    check(re.search(r"CARGO_PROFILE_RELEASE_STRIP=debuginfo\b", benv), f"Dockerfile: build stage sets CARGO_PROFILE_RELEASE_STRIP=debuginfo (symbols kept for backtraces): {benv}")
+    brun = " ".join(r for op, r in (build[0][2] if build else []) if op == "RUN")
+    check("libz.so.1" in brun and "/out/rootfs" in brun, "Dockerfile: build stage copies libz.so.1 (not in distroless) for the runtime")
+    check(any(op == "COPY" and "--from=build" in r and "/out/rootfs/" in r for op, r in final), "Dockerfile: final stage copies the extra libraries")
+    # The chart and compose run as the image's user (volume ownership, fsGroup).
+    if users:
+        uid, gid = (int(x) for x in users[-1].split(":"))
+        vals = yaml.safe_load(open(os.path.join(root, "compose/helm/pipeline-worker/values.yaml")))
+        psc, csc = vals["podSecurityContext"], vals["containerSecurityContext"]
+        check((psc.get("runAsUser"), psc.get("runAsGroup"), psc.get("fsGroup"), csc.get("runAsUser"), csc.get("runAsGroup")) == (uid, gid, gid, uid, gid),
+              f"chart values: runAsUser/runAsGroup/fsGroup match the image's USER {uid}:{gid}")
+        comp = yaml.safe_load(open(os.path.join(root, "compose/docker-compose.yml")))
+        for s in ("worker", "control"):
+            check(comp["services"][s].get("user") == f"{uid}:{gid}", f"compose: {s} user matches the image's USER {uid}:{gid}")
+    ws = open(os.path.join(root, "Cargo.toml")).read()
+    check(re.search(r'\[profile\.release\][^\[]*debug\s*=', ws), "Cargo.toml: [profile.release] keeps its debug setting (profiling); the image overrides it")
     compilers = re.compile(r"\b(gcc|g\+\+|clang|cmake|make|build-essential|rustc|cargo|rustup|libssl-dev|zlib1g-dev|pkg-config)\b")
     for op, r in final:
         if op == "RUN" and "apt-get install" in r:
@@ -648,9 +870,9 @@ def dockerfile(path, root):
     copies = " ".join(r for op, r in final if op == "COPY")
     check("/usr/local/bin/pipeline-worker" in copies, "Dockerfile: binary at /usr/local/bin/pipeline-worker")
     check("/opt/pipeline-worker/functions/" in copies, "Dockerfile: example component in /opt/pipeline-worker/functions/")
-    check(any(op == "RUN" and "/var/cache/pipeline-worker" in r and "10001" in r for op, r in final), "Dockerfile: cache dir owned by 10001")
-    check(any(op == "RUN" and re.search(r"chown 10001:10001 [^&]*/var/lib/pipeline-worker/registry", r) for op, r in final),
-          "Dockerfile: registry store dir (compose/worker.toml [registry].store) owned by 10001, so a fresh named volume is writable")
+    check(any(op == "COPY" and "--chown=65532:65532" in r and r.rstrip().endswith("/var/cache/pipeline-worker") for op, r in final), "Dockerfile: cache dir owned by 65532")
+    check(any(op == "COPY" and "--chown=65532:65532" in r and r.rstrip().endswith("/var/lib/pipeline-worker/registry") for op, r in final),
+          "Dockerfile: registry store dir (compose/worker.toml [registry].store) owned by 65532, so a fresh named volume is writable")
     check("8081" in ops.get("EXPOSE", ""), "Dockerfile: EXPOSE 8081 (control API)")
     alltext = "\n".join(r for _, _, ins in stages for _, r in ins)
     check("rustup target add wasm32-wasip2" in alltext, "Dockerfile: rustup target add wasm32-wasip2")
@@ -757,6 +979,69 @@ def toml_of_configmap(path, out):
     cm = one(docs(path), "ConfigMap")
     open(out, "w").write(cm.get("data", {}).get("worker.toml", ""))
 
+def k8s_schemas(swagger, outdir):
+    """Kubernetes' OpenAPI v2 document -> one standalone, strict JSON schema per
+    kind, named as kubeconform looks them up ({kind}{-group}-{version}.json):
+    the approach of kubeconform's openapi2jsonschema.py. $refs are inlined
+    (a recursive type, only CRD's JSONSchemaProps, is cut to {}), objects with
+    properties get additionalProperties: false (a typo is an error), and
+    int-or-string / Quantity accept what the API server accepts."""
+    import os
+    spec = json.load(open(swagger))
+    defs = spec["definitions"]
+    special = {
+        "io.k8s.apimachinery.pkg.util.intstr.IntOrString": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+        "io.k8s.apimachinery.pkg.api.resource.Quantity": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+    }
+    def expand(node, stack):
+        if isinstance(node, list):
+            return [expand(x, stack) for x in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            name = node["$ref"].rsplit("/", 1)[-1]
+            if name in special:
+                return special[name]
+            if name in stack:
+                return {}
+            return expand(defs[name], stack | {name})
+        if node.get("format") == "int-or-string":
+            return {"oneOf": [{"type": "string"}, {"type": "integer"}]}
+        out = {}
+        for k, v in node.items():
+            if k == "properties":
+                out[k] = {pk: expand(pv, stack) for pk, pv in v.items()}
+            elif k in ("items", "additionalProperties") and isinstance(v, dict):
+                out[k] = expand(v, stack)
+            elif k in ("allOf", "anyOf", "oneOf"):
+                out[k] = [expand(x, stack) for x in v]
+            elif k.startswith("x-kubernetes-") and k != "x-kubernetes-preserve-unknown-fields":
+                continue
+            elif k == "description":
+                continue
+            else:
+                out[k] = v
+        if "properties" in out and "additionalProperties" not in out and not node.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+        return out
+    os.makedirs(outdir, exist_ok=True)
+    n = 0
+    for name, d in defs.items():
+        for gvk in d.get("x-kubernetes-group-version-kind", []):
+            group, version, kind = gvk.get("group", ""), gvk["version"], gvk["kind"]
+            suffix = f"-{group.split('.')[0].lower()}-{version.lower()}" if group else f"-{version.lower()}"
+            schema = expand(d, frozenset({name}))
+            schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+            # apiVersion and kind: exactly this GVK (the document has them as plain strings).
+            props = schema.setdefault("properties", {})
+            props["apiVersion"] = {"const": f"{group}/{version}" if group else version}
+            props["kind"] = {"const": kind}
+            with open(os.path.join(outdir, f"{kind.lower()}{suffix}.json"), "w") as f:
+                json.dump(schema, f, separators=(",", ":"))
+            n += 1
+    check(n > 100, f"k8s-schemas: only {n} kinds in {swagger}")
+    print(f"{n} kinds")
+
 if __name__ == "__main__":
     cmd, *a = sys.argv[1:]
     globals()[cmd.replace("-", "_")](*a)
@@ -798,10 +1083,12 @@ step_done
 ###############################################################################
 step "helm template"
 
+RENDERED=()   # every successful render, for kubeconform
 render() {  # render NAME [helm args...]
     local name="$1"; shift
     if "$HELM" template pw "$CHART" --namespace streaming --kube-version "$KUBE_VERSION" "$@" >"$OUT/$name.yaml" 2>"$OUT/$name.err"; then
         ok "helm template: $name ($(grep -c '^kind:' "$OUT/$name.yaml") objects)"
+        RENDERED+=("$OUT/$name.yaml")
         return 0
     fi
     fail "helm template: $name"; cat "$OUT/$name.err" >&2
@@ -809,7 +1096,27 @@ render() {  # render NAME [helm args...]
 }
 render default && pycheck "default render" helm-default "$OUT/default.yaml"
 render full --values "$CI_VALUES/full-values.yaml" && pycheck "full render (HPA, PDB, ServiceMonitor, existingSecret, TLS, persistence)" helm-full "$OUT/full.yaml"
-render keda --values "$CI_VALUES/keda-values.yaml" && pycheck "keda render" helm-keda "$OUT/keda.yaml"
+render keda --values "$CI_VALUES/keda-values.yaml" && pycheck "keda render (sasl/tls and the TriggerAuthentication from the workers' Kafka settings)" helm-keda "$OUT/keda.yaml"
+
+# Alerts: off by default, the README's "alert when" column when enabled.
+pycheck "no PrometheusRule by default" no-kind "$OUT/default.yaml" PrometheusRule default
+render alerts --set metrics.prometheusRule.enabled=true \
+    --set metrics.prometheusRule.labels.release=kube-prometheus-stack,metrics.prometheusRule.alertLabels.team=data-platform \
+    --set 'metrics.prometheusRule.disabled={PipelineWorkerTraps}' \
+    --set 'metrics.prometheusRule.extraRules[0].alert=CustomExtraRule,metrics.prometheusRule.extraRules[0].expr=vector(1)' \
+    && pycheck "PrometheusRule (README alerts, exported metric names, disabled, extraRules)" helm-alerts "$OUT/alerts.yaml" "$ROOT/worker/src/telemetry/mod.rs" "$ROOT/README.md"
+# The full values' per-pipeline latency alerts use each pipeline's deadlineMs.
+if grep -q 'pipeline="enrich"}\[5m\]))) > 0.4$' "$OUT/full.yaml"; then
+    ok "PrometheusRule (full): enrich latency alert at 0.8 x its 500 ms deadline"
+else
+    fail "PrometheusRule (full): enrich latency alert is not at 0.8 x 500 ms"
+fi
+
+render netpol-off --set networkPolicy.enabled=false && pycheck "networkPolicy.enabled=false: no NetworkPolicy" no-kind "$OUT/netpol-off.yaml" NetworkPolicy netpol-off
+# Grace period: the drain plus 5 s is the smallest accepted.
+render grace-edge --set terminationGracePeriodSeconds=25
+# A file location is not a secret (the file is a mounted Secret): allowed.
+render key-location --set-string 'kafka.librdkafka.ssl\.key\.location=/etc/kafka-tls/client/tls.key'
 
 # The registry on a shared PVC with the control plane (full-values.yaml uses S3):
 # the store volume is created ReadWriteMany and mounted read-write in both.
@@ -835,7 +1142,12 @@ pipelines:
     deadLetterTopic: events-dlq
 YAML
 render registry-pvc --values "$OUT/registry-pvc-values.yaml" \
-    && pycheck "registry-pvc render (shared RWX store, control plane, no S3 credentials)" helm-registry-pvc "$OUT/registry-pvc.yaml"
+    && pycheck "registry-pvc render (shared RWX store, control plane, no S3 credentials, control memory 1728Mi)" helm-registry-pvc "$OUT/registry-pvc.yaml"
+# 128 MiB uploads: 256 MiB + 23 x 128 MiB = 3200 MiB.
+render control-128m --values "$OUT/registry-pvc-values.yaml" --set control.maxComponentBytes=134217728 \
+    && pycheck "control memory from control.maxComponentBytes (128 MiB -> 3200Mi)" control-memory "$OUT/control-128m.yaml" 3200Mi
+# An explicit limit at exactly the need is accepted (and kept).
+render control-limit-edge --values "$OUT/registry-pvc-values.yaml" --set control.resources.limits.memory=1728Mi,control.resources.requests.memory=1Gi
 # A single worker without control may keep a directory store on a volume of its own (NOTES warns).
 render registry-single-dir --set registry.enabled=true,registry.store=/var/lib/pipeline-worker/registry \
     && pycheck "registry with a directory store, one replica, no control" no-control-objects "$OUT/registry-single-dir.yaml"
@@ -873,8 +1185,31 @@ printf 'pipelines:\n  - name: a\n    inputTopics: [in]\n    component: a.wasm\n 
 must_fail "typo'd limits key (deadlineMS)" "additional propert(y|ies).*deadlineMS|deadlineMS.*not allowed" --values "$OUT/typo-limits.yaml"
 printf 'kafka:\n  librdkafka:\n    acks: "1"\n' >"$OUT/managed.yaml"
 must_fail "managed librdkafka key (acks)" "/kafka/librdkafka/acks" --values "$OUT/managed.yaml"
-must_fail "grace period not above the drain" "terminationGracePeriodSeconds \\(20\\) must be larger" \
+must_fail "grace period not above the drain" "terminationGracePeriodSeconds \\(20\\) must be at least runtime.drainTimeoutMs/1000 \\+ 5" \
     --set terminationGracePeriodSeconds=20
+must_fail "grace period below the drain + 5 s" "terminationGracePeriodSeconds \\(34\\) must be at least .*= 35 s" \
+    --set terminationGracePeriodSeconds=34,runtime.drainTimeoutMs=30000
+must_fail "startupProbe budget below 15 s per pipeline" "startupProbe allows 10 s .* 1 pipelines" \
+    --set startupProbe.failureThreshold=2
+# Secrets in kafka.librdkafka (the ConfigMap), in any letter case.
+for key in sasl.password SASL.Password ssl.key.password ssl.key.pem ssl.keystore.password sasl.oauthbearer.client.secret \
+           sasl.oauthbearer.client.credentials.client.secret sasl.username sasl.oauthbearer.config; do
+    must_fail "secret librdkafka key $key in kafka.librdkafka" "kafka.librdkafka.\"${key//./\\.}\" holds a secret .* kafka.auth.existingSecret" \
+        --set-string "kafka.librdkafka.${key//./\\.}=hunter2"
+done
+must_fail "control memory limit below the compile peak" "control.resources.limits.memory \\(1Gi\\) is below .* = 1728Mi" \
+    --values "$OUT/registry-pvc-values.yaml" --set control.resources.limits.memory=1Gi
+must_fail "control memory limit not a quantity" "control.resources.limits.memory: \"lots\" is not a memory quantity" \
+    --values "$OUT/registry-pvc-values.yaml" --set control.resources.limits.memory=lots
+must_fail "KEDA with Kafka credentials and no TriggerAuthentication" "the KEDA scaler could not authenticate" \
+    --values "$CI_VALUES/keda-values.yaml" --set keda.triggerAuthentication.create=false
+must_fail "TriggerAuthentication with nothing to refer to" "keda.triggerAuthentication.create: nothing to put in it" \
+    --set keda.enabled=true,keda.triggerAuthentication.create=true
+must_fail "unknown sasl.mechanism for KEDA" "has no KEDA kafka scaler equivalent" \
+    --values "$CI_VALUES/keda-values.yaml" --set-string 'kafka.librdkafka.sasl\.mechanism=AWS_MSK_IAM'
+printf 'networkPolicy:\n  egress:\n    kafka:\n      cidr: [10.0.0.0/8]\n' >"$OUT/typo-netpol.yaml"
+must_fail "typo'd networkPolicy key (egress.kafka.cidr)" "additional propert(y|ies).*cidr|cidr.*not allowed" --values "$OUT/typo-netpol.yaml"
+must_fail "pdb.unhealthyPodEvictionPolicy not a policy" "/pdb/unhealthyPodEvictionPolicy" --set pdb.unhealthyPodEvictionPolicy=Sometimes
 must_fail "secretKeys without existingSecret" "existingSecret is empty" \
     --set-string 'kafka.auth.secretKeys.sasl\.password=password'
 # Registry and control plane.
@@ -960,6 +1295,74 @@ for v in default full keda registry-pvc; do
         pycheck "rendered worker.toml ($v) uses only keys worker/src/config.rs knows" config-keys "$OUT/$v-worker.toml" "$ROOT/worker/src/config.rs" "helm $v"
     fi
 done
+step_done
+
+###############################################################################
+step "kubeconform (every render against the Kubernetes $KUBE_VERSION schemas)"
+
+# Schemas without a download at check time: the OpenAPI document of
+# Kubernetes ships in the Go module k8s.io/kubernetes (api/openapi-spec,
+# 18 MB zip), served by the Go module proxy like any module; checks.py turns
+# it into kubeconform's layout (standalone, strict) once per version, cached
+# in $SCHEMA_CACHE. The CRDs (ServiceMonitor, PrometheusRule, ScaledObject,
+# TriggerAuthentication) are validated with the strict schemas of what the
+# chart renders in compose/helm/ci/schemas/, written for this check.
+schemas_ok=0
+if [ -f "$SCHEMA_CACHE/.complete" ]; then
+    ok "Kubernetes $KUBE_VERSION schemas cached in $SCHEMA_CACHE"; schemas_ok=1
+else
+    t0=$(date +%s)
+    if go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" >"$OUT/k8s-module.json" 2>"$OUT/k8s-module.err"; then
+        swagger="$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["Dir"])' "$OUT/k8s-module.json")/api/openapi-spec/swagger.json"
+        rm -rf "$SCHEMA_CACHE.tmp"
+        if "$PYTHON" "$OUT/checks.py" k8s-schemas "$swagger" "$SCHEMA_CACHE.tmp" >"$OUT/k8s-schemas.out" 2>&1; then
+            rm -rf "$SCHEMA_CACHE" && mkdir -p "$(dirname "$SCHEMA_CACHE")" && mv "$SCHEMA_CACHE.tmp" "$SCHEMA_CACHE" && touch "$SCHEMA_CACHE/.complete"
+            ok "Kubernetes $KUBE_VERSION schemas: $(cat "$OUT/k8s-schemas.out") from k8s.io/kubernetes@v$KUBE_VERSION in $(( $(date +%s) - t0 ))s"
+            TIMINGS+=("$(( $(date +%s) - t0 ))s  k8s.io/kubernetes@v$KUBE_VERSION download + schema generation")
+            schemas_ok=1
+        else
+            fail "schema generation from $swagger:"; cat "$OUT/k8s-schemas.out" >&2
+        fi
+    else
+        fail "go mod download k8s.io/kubernetes@v$KUBE_VERSION:"; cat "$OUT/k8s-module.err" >&2
+    fi
+fi
+kubeconform() {
+    "$KUBECONFORM" -strict -summary -kubernetes-version "$KUBE_VERSION" \
+        -schema-location "$SCHEMA_CACHE/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+        -schema-location "$CRD_SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" "$@"
+}
+if [ "$schemas_ok" = 1 ]; then
+    for f in "${RENDERED[@]}"; do
+        name="$(basename "$f" .yaml)"
+        if kubeconform "$f" >"$OUT/kubeconform-$name.out" 2>&1; then
+            ok "kubeconform $name: $(tail -1 "$OUT/kubeconform-$name.out")"
+        else
+            fail "kubeconform $name:"; cat "$OUT/kubeconform-$name.out" >&2
+        fi
+    done
+    # The validator must reject what the API server would: an unknown field in
+    # a core kind, a wrong type, and an unknown field in a CRD.
+    kc_must_reject() {  # LABEL FILE EXPECTED_REGEX
+        if kubeconform "$2" >"$OUT/kc-neg.out" 2>&1; then
+            fail "kubeconform accepted $1"
+        elif grep -Eq "$3" "$OUT/kc-neg.out"; then
+            ok "kubeconform rejects $1"
+        else
+            fail "kubeconform rejected $1 for another reason:"; cat "$OUT/kc-neg.out" >&2
+        fi
+    }
+    sed 's/unhealthyPodEvictionPolicy:/unhealthyPodEvictionPolicyy:/' "$OUT/default.yaml" >"$OUT/kc-typo-pdb.yaml"
+    kc_must_reject "a typo'd PDB field" "$OUT/kc-typo-pdb.yaml" "PodDisruptionBudget.*unhealthyPodEvictionPolicyy"
+    sed 's/readOnlyRootFilesystem: true/readOnlyRootFilesystem: "yes"/' "$OUT/default.yaml" >"$OUT/kc-type.yaml"
+    kc_must_reject "a string where the Deployment wants a boolean" "$OUT/kc-type.yaml" "readOnlyRootFilesystem.*want boolean"
+    sed 's/^  egress:/  egres:/' "$OUT/default.yaml" >"$OUT/kc-typo-np.yaml"
+    kc_must_reject "a typo'd NetworkPolicy field" "$OUT/kc-typo-np.yaml" "NetworkPolicy.*egres"
+    sed 's/^  secretTargetRef:/  secretTargetRefs:/' "$OUT/keda.yaml" >"$OUT/kc-typo-ta.yaml"
+    kc_must_reject "a typo'd TriggerAuthentication field (CRD schema)" "$OUT/kc-typo-ta.yaml" "TriggerAuthentication.*secretTargetRefs"
+    sed 's/^          for: /          fore: /' "$OUT/alerts.yaml" >"$OUT/kc-typo-pr.yaml"
+    kc_must_reject "a typo'd PrometheusRule rule field (CRD schema)" "$OUT/kc-typo-pr.yaml" "PrometheusRule.*fore"
+fi
 step_done
 
 ###############################################################################

@@ -299,9 +299,18 @@ Render-time checks that the schema cannot express. Included by the Deployment.
 {{- end -}}
 {{- $drain := int64 .Values.runtime.drainTimeoutMs -}}
 {{- $grace := int64 .Values.terminationGracePeriodSeconds -}}
-{{- if le (mul $grace 1000) $drain -}}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than runtime.drainTimeoutMs/1000 (%d ms = %s s): Kubernetes would SIGKILL the worker before it has drained and committed; allow a margin of a few seconds on top of the drain" $grace $drain (toString (divf $drain 1000))) -}}
+{{- if lt (mul $grace 1000) (add $drain 5000) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least runtime.drainTimeoutMs/1000 + 5 (%d ms + 5 s = %s s): the drain, then the final commit and exit; Kubernetes would SIGKILL the worker before it has drained and committed" $grace $drain (toString (divf (add $drain 5000) 1000))) -}}
 {{- end -}}
+{{- if .Values.startupProbe.enabled -}}
+{{- $budget := mul (int64 .Values.startupProbe.failureThreshold) (int64 .Values.startupProbe.periodSeconds) -}}
+{{- $need := mul 15 (len .Values.pipelines) -}}
+{{- if lt $budget (int64 $need) -}}
+{{- fail (printf "startupProbe allows %d s (failureThreshold %d x periodSeconds %d) but %d pipelines may take up to 15 s each to compile (%d s) before the worker listens: raise startupProbe.failureThreshold" $budget (int64 .Values.startupProbe.failureThreshold) (int64 .Values.startupProbe.periodSeconds) (len .Values.pipelines) $need) -}}
+{{- end -}}
+{{- end -}}
+{{- include "pipeline-worker.validateSecretKeys" . -}}
+{{- $_ := include "pipeline-worker.controlMemory" . -}}
 {{- $names := dict -}}
 {{- range $i, $p := .Values.pipelines -}}
 {{- if hasKey $names $p.name -}}
@@ -312,8 +321,11 @@ Render-time checks that the schema cannot express. Included by the Deployment.
 {{- if and .Values.keda.triggerAuthentication.create .Values.keda.authenticationRef -}}
 {{- fail "keda.triggerAuthentication.create and keda.authenticationRef are mutually exclusive" -}}
 {{- end -}}
-{{- if and .Values.keda.triggerAuthentication.create (not .Values.keda.triggerAuthentication.secretTargetRef) -}}
-{{- fail "keda.triggerAuthentication.create needs keda.triggerAuthentication.secretTargetRef entries" -}}
+{{- if and .Values.keda.enabled .Values.keda.triggerAuthentication.create (not (include "pipeline-worker.kedaSecretRefs" . | fromJsonArray)) -}}
+{{- fail "keda.triggerAuthentication.create: nothing to put in it: no kafka.auth.secretKeys (sasl.username, sasl.password, ssl.key.password), no kafka.tls secrets and no keda.triggerAuthentication.secretTargetRef" -}}
+{{- end -}}
+{{- if and .Values.keda.enabled (not (or .Values.keda.triggerAuthentication.create .Values.keda.authenticationRef)) (or .Values.kafka.auth.secretKeys .Values.kafka.tls.clientCertSecret.name) -}}
+{{- fail "keda.enabled with Kafka credentials (kafka.auth.secretKeys or kafka.tls.clientCertSecret) but no TriggerAuthentication: the KEDA scaler could not authenticate to the brokers. Set keda.triggerAuthentication.create=true (it uses the workers' Secrets) or keda.authenticationRef" -}}
 {{- end -}}
 {{- range .Values.keda.triggerAuthentication.secretTargetRef -}}
 {{- if and (not .name) (not $.Values.kafka.auth.existingSecret) -}}
@@ -403,4 +415,253 @@ Registry, control plane and the pipelines that depend on them.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+One egress rule, as JSON: to the peers of a destination ({cidrs,
+namespaceSelector, podSelector}: one ipBlock per CIDR, plus one selector peer
+when either selector is set; none: any destination) on its ports (TCP, and UDP
+too when .udp). Usage: include "pipeline-worker.networkPolicyEgressRule" (dict "dest" $d "ports" $ports "udp" false "what" "...")
+*/}}
+{{- define "pipeline-worker.networkPolicyEgressRule" -}}
+{{- $peers := list -}}
+{{- range .dest.cidrs -}}
+{{- $peers = append $peers (dict "ipBlock" (dict "cidr" .)) -}}
+{{- end -}}
+{{- if or .dest.namespaceSelector .dest.podSelector -}}
+{{- $peer := dict -}}
+{{- with .dest.namespaceSelector }}{{ $_ := set $peer "namespaceSelector" . }}{{ end -}}
+{{- with .dest.podSelector }}{{ $_ := set $peer "podSelector" . }}{{ end -}}
+{{- $peers = append $peers $peer -}}
+{{- end -}}
+{{- $ports := list -}}
+{{- range .ports -}}
+{{- $p := include "pipeline-worker.scalarString" . -}}
+{{- if not (regexMatch "^[0-9]+$" $p) -}}
+{{- fail (printf "networkPolicy: no port for %s (got %q): set networkPolicy.egress.*.ports" $.what $p) -}}
+{{- end -}}
+{{- $ports = append $ports (dict "protocol" "TCP" "port" (int $p)) -}}
+{{- if $.udp }}{{ $ports = append $ports (dict "protocol" "UDP" "port" (int $p)) }}{{ end -}}
+{{- end -}}
+{{- $rule := dict "ports" $ports -}}
+{{- with $peers }}{{ $_ := set $rule "to" . }}{{ end -}}
+{{- toJson $rule -}}
+{{- end -}}
+
+{{/*
+Port of a URL (explicit, else 443 for https, 80 for http); empty without a host.
+*/}}
+{{- define "pipeline-worker.urlPort" -}}
+{{- $u := urlParse . -}}
+{{- $hostport := $u.host -}}
+{{- if regexMatch ":[0-9]+$" $hostport -}}
+{{- regexReplaceAll "^.*:([0-9]+)$" $hostport "${1}" -}}
+{{- else if and $hostport (eq $u.scheme "https") -}}443
+{{- else if $hostport -}}80
+{{- end -}}
+{{- end -}}
+
+{{/*
+Kafka broker ports, comma-separated: networkPolicy.egress.kafka.ports, else
+the ports of kafka.brokers (9092 for a broker without one).
+*/}}
+{{- define "pipeline-worker.kafkaPorts" -}}
+{{- $ports := list -}}
+{{- range (splitList "," .Values.kafka.brokers) -}}
+{{- $b := trim . -}}
+{{- if regexMatch ":[0-9]+$" $b -}}
+{{- $ports = append $ports (regexReplaceAll "^.*:([0-9]+)$" $b "${1}") -}}
+{{- else if $b -}}
+{{- $ports = append $ports "9092" -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.networkPolicy.egress.kafka.ports -}}
+{{- $ports = list -}}
+{{- range . }}{{ $ports = append $ports (include "pipeline-worker.scalarString" .) }}{{ end -}}
+{{- end -}}
+{{- $ports | uniq | join "," -}}
+{{- end -}}
+
+{{/*
+Egress rules shared by the workers and the control plane, as YAML: DNS, Kafka,
+the object store (registry.enabled with an s3://-like store; a file store is a
+volume, mounted by the kubelet), the OTLP receiver, then networkPolicy.egress.extra.
+*/}}
+{{- define "pipeline-worker.networkPolicyEgress" -}}
+{{- $eg := .Values.networkPolicy.egress -}}
+{{- $rules := list -}}
+{{- if $eg.dns.enabled -}}
+{{- $rules = append $rules (include "pipeline-worker.networkPolicyEgressRule" (dict "dest" $eg.dns "ports" $eg.dns.ports "udp" true "what" "DNS") | fromJson) -}}
+{{- end -}}
+{{- $rules = append $rules (include "pipeline-worker.networkPolicyEgressRule" (dict "dest" $eg.kafka "ports" (splitList "," (include "pipeline-worker.kafkaPorts" .)) "udp" false "what" "the Kafka brokers") | fromJson) -}}
+{{- if and .Values.registry.enabled (not (include "pipeline-worker.registryStoreIsLocal" .)) -}}
+{{- $ports := $eg.store.ports -}}
+{{- if not $ports -}}
+{{- $endpoint := toString (default "" (index .Values.registry.storeOptions "aws_endpoint")) -}}
+{{- $ports = list (ternary (include "pipeline-worker.urlPort" $endpoint) "443" (ne $endpoint "")) -}}
+{{- end -}}
+{{- $rules = append $rules (include "pipeline-worker.networkPolicyEgressRule" (dict "dest" $eg.store "ports" $ports "udp" false "what" "the function store (registry.storeOptions.aws_endpoint)") | fromJson) -}}
+{{- end -}}
+{{- with .Values.telemetry.otlpEndpoint -}}
+{{- $ports := $eg.otlp.ports | default (list (include "pipeline-worker.urlPort" .)) -}}
+{{- $rules = append $rules (include "pipeline-worker.networkPolicyEgressRule" (dict "dest" $eg.otlp "ports" $ports "udp" false "what" "the OTLP receiver (telemetry.otlpEndpoint)") | fromJson) -}}
+{{- end -}}
+{{- $rules = concat $rules (default list $eg.extra) -}}
+{{- toYaml $rules -}}
+{{- end -}}
+
+{{/*
+Ingress rules on one named port (metrics or control), from
+networkPolicy.ingress.namespaces / namespaceSelectors and the monitoring
+namespace; plus networkPolicy.ingress.extra. Indented by the caller; renders
+[] (deny all) when nothing is allowed.
+*/}}
+{{- define "pipeline-worker.networkPolicyIngress" -}}
+{{- $in := .ctx.Values.networkPolicy.ingress -}}
+{{- $peers := list -}}
+{{- range $in.namespaces -}}
+{{- $peers = append $peers (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .))) -}}
+{{- end -}}
+{{- range $in.namespaceSelectors -}}
+{{- $peers = append $peers (dict "namespaceSelector" .) -}}
+{{- end -}}
+{{- with $in.monitoringNamespace -}}
+{{- $peer := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .)) -}}
+{{- with $in.monitoringPodSelector }}{{ $_ := set $peer "podSelector" (dict "matchLabels" .) }}{{ end -}}
+{{- $peers = append $peers $peer -}}
+{{- end -}}
+{{- $rules := list -}}
+{{- if $peers -}}
+{{- $rules = append $rules (dict "from" $peers "ports" (list (dict "protocol" "TCP" "port" .port))) -}}
+{{- end -}}
+{{- $rules = concat $rules (default list $in.extra) -}}
+{{- if $rules -}}
+{{- toYaml $rules -}}
+{{- else -}}
+[]
+{{- end -}}
+{{- end -}}
+
+{{/*
+librdkafka properties that hold secrets (marked _RK_SENSITIVE in librdkafka's
+rdkafka_conf.c, plus the alias of the OIDC client secret), refused in
+kafka.librdkafka: the ConfigMap is plain text for anyone who may read the
+namespace. File locations (ssl.key.location, ...) are not secrets and stay allowed.
+*/}}
+{{- define "pipeline-worker.secretLibrdkafkaKeys" -}}
+sasl.username sasl.password ssl.key.password ssl.key.pem ssl.keystore.password sasl.oauthbearer.client.secret sasl.oauthbearer.client.credentials.client.secret sasl.oauthbearer.config sasl.oauthbearer.assertion.private.key.pem sasl.oauthbearer.assertion.private.key.passphrase
+{{- end -}}
+
+{{- define "pipeline-worker.validateSecretKeys" -}}
+{{- $secret := splitList " " (include "pipeline-worker.secretLibrdkafkaKeys" .) -}}
+{{- range $k, $_ := .Values.kafka.librdkafka -}}
+{{- if has (lower (trim $k)) $secret -}}
+{{- fail (printf "kafka.librdkafka.%q holds a secret and would be written to the ConfigMap in plain text: put it in the Secret named by kafka.auth.existingSecret and map it with kafka.auth.secretKeys (e.g. --set-string 'kafka.auth.secretKeys.%s=<key in the Secret>')" $k (lower (trim $k) | replace "." "\\.")) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A Kubernetes memory quantity in bytes (float). Usage: include "pipeline-worker.quantityBytes" (dict "q" "1Gi" "field" "control.resources.limits.memory")
+*/}}
+{{- define "pipeline-worker.quantityBytes" -}}
+{{- $q := include "pipeline-worker.scalarString" .q -}}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$" $q) -}}
+{{- fail (printf "%s: %q is not a memory quantity this chart understands (e.g. 2Gi, 1536Mi, 2147483648)" .field $q) -}}
+{{- end -}}
+{{- $units := dict "" 1.0 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "k" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 "P" 1000000000000000.0 -}}
+{{- $num := regexReplaceAll "[A-Za-z]+$" $q "" -}}
+{{- $unit := regexReplaceAll "^[0-9.]+" $q "" -}}
+{{- mulf (float64 $num) (get $units $unit) -}}
+{{- end -}}
+
+{{/*
+Memory the control plane needs to compile the largest upload it accepts:
+control.memory.baseBytes + control.memory.compileFactor x control.maxComponentBytes,
+rounded up to a MiB, as a quantity ("1728Mi").
+*/}}
+{{- define "pipeline-worker.controlMemory" -}}
+{{- $ctl := .Values.control -}}
+{{- if $ctl.enabled -}}
+{{- $need := addf (float64 $ctl.memory.baseBytes) (mulf (float64 $ctl.memory.compileFactor) (float64 $ctl.maxComponentBytes)) -}}
+{{- $mi := ceil (divf $need 1048576) | int64 -}}
+{{- $limit := dig "limits" "memory" "" (default dict $ctl.resources) -}}
+{{- if $limit -}}
+{{- $have := include "pipeline-worker.quantityBytes" (dict "q" $limit "field" "control.resources.limits.memory") | float64 -}}
+{{- if lt $have (mulf $mi 1048576.0) -}}
+{{- fail (printf "control.resources.limits.memory (%s) is below what compiling the largest allowed upload needs: control.memory.baseBytes %s + control.memory.compileFactor %s x control.maxComponentBytes %s = %dMi; raise the limit, or lower control.maxComponentBytes (or leave limits.memory unset: it is then sized from it)" (include "pipeline-worker.scalarString" $limit) (include "pipeline-worker.scalarString" $ctl.memory.baseBytes) (include "pipeline-worker.scalarString" $ctl.memory.compileFactor) (include "pipeline-worker.scalarString" $ctl.maxComponentBytes) $mi) -}}
+{{- end -}}
+{{- end -}}
+{{- printf "%dMi" $mi -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+control.resources with the memory request and limit filled in from
+pipeline-worker.controlMemory where unset. Rendered as YAML.
+*/}}
+{{- define "pipeline-worker.controlResources" -}}
+{{- $res := deepCopy (default dict .Values.control.resources) -}}
+{{- $mem := include "pipeline-worker.controlMemory" . -}}
+{{- $req := default dict (get $res "requests") -}}
+{{- $lim := default dict (get $res "limits") -}}
+{{- if not (get $req "memory") }}{{ $_ := set $req "memory" $mem }}{{ end -}}
+{{- if not (get $lim "memory") }}{{ $_ := set $lim "memory" $mem }}{{ end -}}
+{{- $_ := set $res "requests" $req -}}
+{{- $_ := set $res "limits" $lim -}}
+{{- toYaml $res -}}
+{{- end -}}
+
+{{/*
+KEDA kafka scaler modes from kafka.librdkafka, as JSON {sasl, tls}: the scaler
+connects the way the workers do. Empty values are left out.
+*/}}
+{{- define "pipeline-worker.kedaModes" -}}
+{{- $lk := .Values.kafka.librdkafka -}}
+{{- $proto := upper (toString (default "PLAINTEXT" (index $lk "security.protocol"))) -}}
+{{- $mech := upper (toString (default "GSSAPI" (index $lk "sasl.mechanism"))) -}}
+{{- $modes := dict -}}
+{{- if hasPrefix "SASL_" $proto -}}
+{{- $sasl := get (dict "PLAIN" "plaintext" "SCRAM-SHA-256" "scram_sha256" "SCRAM-SHA-512" "scram_sha512" "OAUTHBEARER" "oauthbearer" "GSSAPI" "gssapi") $mech -}}
+{{- if not $sasl -}}
+{{- fail (printf "kafka.librdkafka.\"sasl.mechanism\" %q has no KEDA kafka scaler equivalent (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, GSSAPI); set keda.extraMetadata.sasl yourself" $mech) -}}
+{{- end -}}
+{{- $_ := set $modes "sasl" $sasl -}}
+{{- end -}}
+{{- if or (eq $proto "SSL") (eq $proto "SASL_SSL") -}}
+{{- $_ := set $modes "tls" "enable" -}}
+{{- end -}}
+{{- toJson $modes -}}
+{{- end -}}
+
+{{/*
+secretTargetRef entries of the chart's TriggerAuthentication, as JSON: derived
+from the Secrets the workers use, then keda.triggerAuthentication.secretTargetRef
+(which replaces a derived entry of the same parameter).
+*/}}
+{{- define "pipeline-worker.kedaSecretRefs" -}}
+{{- $refs := dict -}}
+{{- $auth := .Values.kafka.auth -}}
+{{- if $auth.existingSecret -}}
+{{- range $param, $prop := dict "username" "sasl.username" "password" "sasl.password" "keyPassword" "ssl.key.password" -}}
+{{- with index $auth.secretKeys $prop -}}
+{{- $_ := set $refs $param (dict "parameter" $param "name" $auth.existingSecret "key" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.kafka.tls.caSecret.name -}}
+{{- $_ := set $refs "ca" (dict "parameter" "ca" "name" . "key" $.Values.kafka.tls.caSecret.key) -}}
+{{- end -}}
+{{- with .Values.kafka.tls.clientCertSecret.name -}}
+{{- $_ := set $refs "cert" (dict "parameter" "cert" "name" . "key" $.Values.kafka.tls.clientCertSecret.certKey) -}}
+{{- $_ := set $refs "key" (dict "parameter" "key" "name" . "key" $.Values.kafka.tls.clientCertSecret.keyKey) -}}
+{{- end -}}
+{{- range .Values.keda.triggerAuthentication.secretTargetRef -}}
+{{- $_ := set $refs .parameter (dict "parameter" .parameter "name" (default $.Values.kafka.auth.existingSecret .name) "key" .key) -}}
+{{- end -}}
+{{- $out := list -}}
+{{- range $p := keys $refs | sortAlpha -}}
+{{- $out = append $out (get $refs $p) -}}
+{{- end -}}
+{{- toJson $out -}}
 {{- end -}}
