@@ -7,6 +7,13 @@
 #            (skipped when that version is already there). The first install
 #            compiles helm: 11m20s wall / 282 s CPU measured on 2 cores that
 #            were busy with a cargo build; 19 s with a warm Go build cache.
+#   kubeconform  `go install github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION`
+#            (same way; 5m24s wall / 72 s CPU measured with cold Go caches on a busy
+#            machine). Its Kubernetes schemas come from the OpenAPI document in the
+#            Go module k8s.io/kubernetes@v$KUBE_VERSION (`go mod download`, 18 MB,
+#            6 s cold), converted by checks.py (about 4 s) and cached in
+#            $TMPDIR/check-deploy-k8s-schemas (CHECK_DEPLOY_SCHEMA_CACHE); the CRD
+#            schemas are compose/helm/ci/schemas/*.json
 #   compose  `docker compose config` when the compose plugin is installed, else
 #            compose/tools/composecheck (the same loader, compose-go, built with
 #            Go: about a minute the first time)
@@ -15,16 +22,23 @@
 # What it checks: helm lint --strict (default values and compose/helm/ci/*);
 # helm template with each, plus assertions on the manifests (replicas vs
 # HPA/KEDA, ScaledObject triggers, existingSecret env refs, checksum/config,
-# securityContext, probes, volumes; the registry and the control plane: control
+# securityContext, probes (the startup probe on by default), volumes; the
+# NetworkPolicies and their ports; the PDB's unhealthyPodEvictionPolicy; the
+# control plane's memory from control.maxComponentBytes; KEDA sasl/tls and the
+# TriggerAuthentication's refs; the PrometheusRule against the README's metrics
+# table and worker/src/telemetry/mod.rs; the registry and the control plane: control
 # Deployment + Service only when enabled, its selector apart from the workers',
 # S3 and tenant token secret refs, [registry]/[control] in the ConfigMap, the
 # shared registry PVC variant); renders that must fail (HPA + KEDA, typo'd keys
-# against values.schema.json, grace period <= drain, control without registry,
-# a directory store not shared by several pods, ...); NOTES.txt; the chart
+# against values.schema.json, grace period < drain + 5 s, secret librdkafka keys
+# in any case, a control memory limit below the compile peak, control without
+# registry, a directory store not shared by several pods, ...); kubeconform over
+# every render (and that it rejects typos); NOTES.txt; the chart
 # README lists every value; every worker.toml key (compose and rendered) is a
 # field of worker/src/config.rs; the compose model (worker + control sharing
-# the store volume); the Dockerfile (final stage non-root, no compiler,
-# entrypoint; static only).
+# the store volume); the Dockerfile (final stage on distroless without a shell,
+# numeric USER 65532 matching the chart and compose, exec-form RUN only, debug
+# info stripped in the build stage, no compiler, entrypoint; static only).
 #
 #   scripts/check-deploy.sh                 # everything
 #   CHECK_DEPLOY_OUT=/tmp/x scripts/check-deploy.sh   # keep rendered manifests there
@@ -667,6 +681,15 @@ def helm_alerts(path, telemetry_rs, readme_md, *_):
         check(lat["enrich"].rstrip().endswith("> 0.8"), f"alerts: enrich p99 threshold 0.8 x deadlineMs 1000: {lat['enrich']}")
     check("CustomExtraRule" in names, "alerts: metrics.prometheusRule.extraRules appended")
 
+def netpol_ports(path, label, *ports):
+    """The TCP ports every NetworkPolicy allows egress to (DNS included)."""
+    want = sorted(int(p) for p in ports)
+    nps = find(docs(path), "NetworkPolicy")
+    check(nps, f"{label}: no NetworkPolicy")
+    for np in nps:
+        got = sorted(p["port"] for r in np["spec"]["egress"] for p in r.get("ports", []) if p.get("protocol", "TCP") == "TCP")
+        check(got == want, f"{label}: NetworkPolicy {np['metadata']['name']} egress TCP ports {got} != {want}")
+
 def no_kind(path, kind, label, *_):
     check(not find(docs(path), kind), f"{label}: no {kind} expected")
 
@@ -1112,6 +1135,15 @@ else
     fail "PrometheusRule (full): enrich latency alert is not at 0.8 x 500 ms"
 fi
 
+# Egress ports follow the endpoints: the store's endpoint URL (any object_store
+# spelling of the key; https without a port is 443), an AWS bucket (443), the
+# brokers' ports, or the ports given.
+render netpol-store --set registry.enabled=true,registry.store=s3://b/p,registry.storeOptions.endpoint=https://s3.example:8443 \
+    --set kafka.brokers='a:9094\,b:9094\,c' \
+    && pycheck "NetworkPolicy egress ports from the store endpoint and kafka.brokers" netpol-ports "$OUT/netpol-store.yaml" netpol-store 53 8443 9094 9092
+render netpol-aws --set registry.enabled=true,registry.store=s3://b/p,telemetry.otlpEndpoint=http://collector.obs \
+    --set 'networkPolicy.egress.kafka.ports={9096}' \
+    && pycheck "NetworkPolicy egress ports: AWS S3 443, OTLP URL without a port 80, kafka ports given" netpol-ports "$OUT/netpol-aws.yaml" netpol-aws 53 9096 443 80
 render netpol-off --set networkPolicy.enabled=false && pycheck "networkPolicy.enabled=false: no NetworkPolicy" no-kind "$OUT/netpol-off.yaml" NetworkPolicy netpol-off
 # Grace period: the drain plus 5 s is the smallest accepted.
 render grace-edge --set terminationGracePeriodSeconds=25
@@ -1278,6 +1310,8 @@ for v in default full keda registry-pvc; do
     fi
 done
 grep -q 'KEDA scales the Deployment' "$OUT/notes-keda.yaml" 2>/dev/null || fail "NOTES.txt (keda) does not describe KEDA scaling"
+grep -q 'NetworkPolicy: inbound only to the metrics port from namespace monitoring' "$OUT/notes-default.yaml" 2>/dev/null || fail "NOTES.txt (default) does not describe the NetworkPolicy"
+grep -q 'namespace data-platform-ci, 1 namespace selector(s);' "$OUT/notes-full.yaml" 2>/dev/null || fail "NOTES.txt (full) does not list the allowed namespaces"
 for want in 'Control API: service/pw-pipeline-worker-control' 'pipeline-worker functions upload NAME function.wasm --activate PIPELINE' \
             'functions rollback PIPELINE' 'functions status' 'no component: idle until tenant globex' 'store s3://pipeline-functions/prod'; do
     grep -qF -- "$want" "$OUT/notes-full.yaml" 2>/dev/null || fail "NOTES.txt (full) lacks: $want"

@@ -497,7 +497,8 @@ volume, mounted by the kubelet), the OTLP receiver, then networkPolicy.egress.ex
 {{- if and .Values.registry.enabled (not (include "pipeline-worker.registryStoreIsLocal" .)) -}}
 {{- $ports := $eg.store.ports -}}
 {{- if not $ports -}}
-{{- $endpoint := toString (default "" (index .Values.registry.storeOptions "aws_endpoint")) -}}
+{{- $o := .Values.registry.storeOptions -}}
+{{- $endpoint := toString (default "" (coalesce (index $o "aws_endpoint") (index $o "aws_endpoint_url") (index $o "endpoint_url") (index $o "endpoint"))) -}}
 {{- $ports = list (ternary (include "pipeline-worker.urlPort" $endpoint) "443" (ne $endpoint "")) -}}
 {{- end -}}
 {{- $rules = append $rules (include "pipeline-worker.networkPolicyEgressRule" (dict "dest" $eg.store "ports" $ports "udp" false "what" "the function store (registry.storeOptions.aws_endpoint)") | fromJson) -}}
