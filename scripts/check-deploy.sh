@@ -690,6 +690,19 @@ def netpol_ports(path, label, *ports):
         got = sorted(p["port"] for r in np["spec"]["egress"] for p in r.get("ports", []) if p.get("protocol", "TCP") == "TCP")
         check(got == want, f"{label}: NetworkPolicy {np['metadata']['name']} egress TCP ports {got} != {want}")
 
+def keda_modes(path, sasl, tls, *_):
+    """sasl / tls of every trigger ("-": absent) and, when the chart makes one,
+    never the same mode in its TriggerAuthentication too (KEDA refuses both)."""
+    ds = docs(path)
+    so = one(ds, "ScaledObject")
+    ta = find(ds, "TriggerAuthentication")
+    in_ta = {r["parameter"] for r in (ta[0]["spec"].get("secretTargetRef", []) if ta else [])}
+    for trig in so.get("spec", {}).get("triggers", []):
+        md = trig["metadata"]
+        for k, want in (("sasl", sasl), ("tls", tls)):
+            check(md.get(k, "-") == want, f"keda-modes: trigger {trig.get('name')} {k} {md.get(k, '-')!r} != {want!r}")
+            check(not (k in md and k in in_ta), f"keda-modes: {k} both in the trigger and the TriggerAuthentication")
+
 def no_kind(path, kind, label, *_):
     check(not find(docs(path), kind), f"{label}: no {kind} expected")
 
@@ -1120,6 +1133,16 @@ render() {  # render NAME [helm args...]
 render default && pycheck "default render" helm-default "$OUT/default.yaml"
 render full --values "$CI_VALUES/full-values.yaml" && pycheck "full render (HPA, PDB, ServiceMonitor, existingSecret, TLS, persistence)" helm-full "$OUT/full.yaml"
 render keda --values "$CI_VALUES/keda-values.yaml" && pycheck "keda render (sasl/tls and the TriggerAuthentication from the workers' Kafka settings)" helm-keda "$OUT/keda.yaml"
+
+# A mode the TriggerAuthentication carries leaves the trigger; an external
+# TriggerAuthentication that sets them: keda.authModesFromLibrdkafka=false.
+render keda-sasl-in-ta --values "$CI_VALUES/keda-values.yaml" \
+    --set 'keda.triggerAuthentication.secretTargetRef[0].parameter=sasl,keda.triggerAuthentication.secretTargetRef[0].key=sasl-mode' \
+    && pycheck "KEDA: sasl from secretTargetRef is not also in the triggers" keda-modes "$OUT/keda-sasl-in-ta.yaml" - enable
+render keda-external-ta --values "$CI_VALUES/keda-values.yaml" \
+    --set keda.authModesFromLibrdkafka=false,keda.triggerAuthentication.create=false,keda.authenticationRef=kafka-auth \
+    && pycheck "KEDA: keda.authModesFromLibrdkafka=false leaves sasl/tls to the external TriggerAuthentication" keda-modes "$OUT/keda-external-ta.yaml" - -
+pycheck "KEDA: keda-values triggers connect like the workers (SASL_SSL, SCRAM-SHA-512)" keda-modes "$OUT/keda.yaml" scram_sha512 enable
 
 # Alerts: off by default, the README's "alert when" column when enabled.
 pycheck "no PrometheusRule by default" no-kind "$OUT/default.yaml" PrometheusRule default
