@@ -38,7 +38,9 @@
 # field of worker/src/config.rs; the compose model (worker + control sharing
 # the store volume); the Dockerfile (final stage on distroless without a shell,
 # numeric USER 65532 matching the chart and compose, exec-form RUN only, debug
-# info stripped in the build stage, no compiler, entrypoint; static only).
+# info stripped in the build stage, no compiler, entrypoint; static only) and,
+# when a built binary exists, that its shared libraries (ldd) are all in the
+# runtime base or copied into it by the Dockerfile.
 #
 #   scripts/check-deploy.sh                 # everything
 #   CHECK_DEPLOY_OUT=/tmp/x scripts/check-deploy.sh   # keep rendered manifests there
@@ -702,6 +704,20 @@ def keda_modes(path, sasl, tls, *_):
         for k, want in (("sasl", sasl), ("tls", tls)):
             check(md.get(k, "-") == want, f"keda-modes: trigger {trig.get('name')} {k} {md.get(k, '-')!r} != {want!r}")
             check(not (k in md and k in in_ta), f"keda-modes: {k} both in the trigger and the TriggerAuthentication")
+
+def binary_libs(dockerfile, ldd_out, *_):
+    """Every shared library of the built binary is one the Dockerfile's build
+    stage accepts (the distroless base's, or libz.so.1, which it copies): the
+    same list the image build enforces, checked here without Docker."""
+    m = re.search(r"grep -Ev '([^']+)'", open(dockerfile).read())
+    if not check(m, "binary-libs: no library allow-list (grep -Ev '...') in the Dockerfile"):
+        return
+    allowed = re.compile(m.group(1))  # ERE, which Python's re reads the same here
+    libs = [l.split()[0] for l in open(ldd_out) if l.strip() and l.split()[0].startswith("lib")]
+    check(libs, f"binary-libs: no libraries in {ldd_out}")
+    for lib in libs:
+        check(allowed.fullmatch(lib), f"binary-libs: {lib} is not in the distroless runtime base nor copied by the Dockerfile")
+    check("libz.so.1" in libs, "binary-libs: the binary no longer links libz.so.1: drop its copy from the Dockerfile")
 
 def no_kind(path, kind, label, *_):
     check(not find(docs(path), kind), f"{label}: no {kind} expected")
@@ -1470,6 +1486,12 @@ step_done
 step "Dockerfile (static)"
 
 pycheck "Dockerfile: stages, non-root final stage, no compiler, entrypoint, ignore file" dockerfile "$DOCKERFILE" "$ROOT"
+BIN="${PIPELINE_WORKER_BIN:-$ROOT/target/release/pipeline-worker}"
+if [ -x "$BIN" ] && command -v ldd >/dev/null 2>&1 && ldd "$BIN" >"$OUT/ldd.out" 2>&1; then
+    pycheck "the built binary's shared libraries ($(awk '$1 ~ /^lib/ {printf "%s ", $1}' "$OUT/ldd.out")) are in the runtime base or copied" binary-libs "$DOCKERFILE" "$OUT/ldd.out"
+else
+    echo "  (no built binary at $BIN: its shared libraries are checked by the image build only)"
+fi
 echo "  (not built here: no Docker engine on this machine)"
 step_done
 
