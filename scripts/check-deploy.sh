@@ -719,6 +719,16 @@ def binary_libs(dockerfile, ldd_out, *_):
         check(allowed.fullmatch(lib), f"binary-libs: {lib} is not in the distroless runtime base nor copied by the Dockerfile")
     check("libz.so.1" in libs, "binary-libs: the binary no longer links libz.so.1: drop its copy from the Dockerfile")
 
+def netpol_no_ingress(path, *_):
+    """No allowed source: every NetworkPolicy denies all ingress (an empty list, not a missing one)."""
+    for np in find(docs(path), "NetworkPolicy"):
+        check(np["spec"].get("ingress", None) == [], f"netpol-no-ingress: {np['metadata']['name']} ingress {np['spec'].get('ingress')!r} != []")
+        check("Ingress" in np["spec"]["policyTypes"], f"netpol-no-ingress: {np['metadata']['name']} policyTypes lack Ingress")
+
+def pdb_no_policy(path, *_):
+    pdb = one(docs(path), "PodDisruptionBudget")
+    check("unhealthyPodEvictionPolicy" not in pdb.get("spec", {}), "pdb-no-policy: unhealthyPodEvictionPolicy rendered for Kubernetes < 1.26")
+
 def no_kind(path, kind, label, *_):
     check(not find(docs(path), kind), f"{label}: no {kind} expected")
 
@@ -757,7 +767,7 @@ def compose(path, root, drain_default="20000"):
     if check(os.path.isfile(toml_src), f"compose: {toml_src} exists") and tomllib:
         cfg = tomllib.load(open(toml_src, "rb"))
         check(cfg["runtime"]["cache_dir"] == "/var/cache/pipeline-worker", "compose: worker.toml cache_dir is the volume")
-        check(gs * 1000 > cfg["runtime"].get("drain_timeout_ms", 20000), f"compose: stop_grace_period {grace} must exceed the drain")
+        check(gs * 1000 >= cfg["runtime"].get("drain_timeout_ms", 20000) + 5000, f"compose: stop_grace_period {grace} must be at least the drain + 5 s")
         comp = cfg["pipelines"][0].get("component", "")
         check(comp.startswith("/opt/pipeline-worker/functions/"), f"compose: component {comp} is the one in the image")
         check(cfg["kafka"]["brokers"].split(",")[0].split(":")[0] == "kafka", "compose: brokers on the compose network")
@@ -1183,6 +1193,14 @@ render netpol-store --set registry.enabled=true,registry.store=s3://b/p,registry
 render netpol-aws --set registry.enabled=true,registry.store=s3://b/p,telemetry.otlpEndpoint=http://collector.obs \
     --set 'networkPolicy.egress.kafka.ports={9096}' \
     && pycheck "NetworkPolicy egress ports: AWS S3 443, OTLP URL without a port 80, kafka ports given" netpol-ports "$OUT/netpol-aws.yaml" netpol-aws 53 9096 443 80
+render netpol-closed --set networkPolicy.ingress.monitoringNamespace= \
+    && pycheck "NetworkPolicy with no allowed source denies all ingress" netpol-no-ingress "$OUT/netpol-closed.yaml"
+# unhealthyPodEvictionPolicy exists from Kubernetes 1.26 on; the chart supports 1.25.
+if "$HELM" template pw "$CHART" --kube-version 1.25.0 >"$OUT/kube-1.25.yaml" 2>"$OUT/kube-1.25.err"; then
+    pycheck "PDB without unhealthyPodEvictionPolicy on Kubernetes 1.25" pdb-no-policy "$OUT/kube-1.25.yaml"
+else
+    fail "helm template --kube-version 1.25.0:"; cat "$OUT/kube-1.25.err" >&2
+fi
 render netpol-off --set networkPolicy.enabled=false && pycheck "networkPolicy.enabled=false: no NetworkPolicy" no-kind "$OUT/netpol-off.yaml" NetworkPolicy netpol-off
 # Grace period: the drain plus 5 s is the smallest accepted.
 render grace-edge --set terminationGracePeriodSeconds=25
