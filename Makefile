@@ -53,9 +53,15 @@ bench: examples kafka-start
 	-benches/peers/setup.sh
 	$(CARGO) bench -p pipeline-worker
 
-# Fuzz the Kafka record decoding (nightly + cargo-fuzz), bounded in time.
+# Fuzz both directions (nightly + cargo-fuzz), each target bounded in time:
+# Kafka message -> WIT input record (decode_record) and WIT outputs ->
+# producer records (encode_outputs). LDFLAGS: the sanitizer-instrumented
+# zstd-sys needs the ASan runtime in librdkafka's configure link checks.
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= decode_record encode_outputs
 .PHONY: fuzz
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	$(CARGO) +nightly fuzz run decode_record -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  LDFLAGS=-fsanitize=address $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done

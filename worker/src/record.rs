@@ -234,6 +234,26 @@ pub fn from_message(msg: &BorrowedMessage<'_>) -> Result<InputRecord, Box<Poison
 /// Headers as owned bytes: key, value (`None` = null).
 pub type HeaderBytes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
+/// The headers of a list the producer will send, keys as bytes, read the
+/// way a consumer's are (C strings): what the broker will store. The encode
+/// fuzz target checks outputs against it.
+pub fn owned_header_bytes(headers: &OwnedHeaders) -> Result<HeaderBytes, DecodeError> {
+    let borrowed: &rdkafka::message::BorrowedHeaders = headers.as_borrowed();
+    // SAFETY: `BorrowedHeaders` is librdkafka's list itself (rdkafka casts
+    // the reference to the native pointer the same way), alive and unchanged
+    // while `headers` is borrowed, which outlives this call.
+    let raw = unsafe {
+        read_native_headers(
+            (borrowed as *const rdkafka::message::BorrowedHeaders)
+                .cast::<rdsys::rd_kafka_headers_t>(),
+        )
+    }?;
+    Ok(raw
+        .iter()
+        .map(|h| (h.key.to_vec(), h.value.map(<[u8]>::to_vec)))
+        .collect())
+}
+
 /// Builds a native headers list from raw bytes and reads it back through
 /// [`read_native_headers`]: the fuzz target's and the tests' way to exercise
 /// the unsafe path with keys no rdkafka API lets one construct.

@@ -519,7 +519,7 @@ impl Sink {
         traceparent: Option<&str>,
         stamp_version: bool,
     ) -> (Disposition, Option<RecordError>) {
-        let result = result.and_then(|outs| check_topics(target, outs));
+        let result = result.and_then(|outs| check_outputs(target, outs));
         match result {
             Ok(outs) if outs.is_empty() => {
                 tracker.complete(input.offset);
@@ -558,16 +558,17 @@ impl Sink {
                 let ctx = self.shared.producer.context();
                 let mut refused_now = 0;
                 for o in &outs {
-                    let topic = o.topic.as_deref().unwrap_or(&target.output_topics[0]);
-                    let mut rec = BaseRecord::with_opaque_to(topic, inflight.clone())
-                        .headers(to_kafka_headers(&o.headers, version, trace));
-                    if let Some(v) = &o.value {
+                    let e = encode_output(o, &target.output_topics[0], version, trace);
+                    let topic = e.topic;
+                    let mut rec =
+                        BaseRecord::with_opaque_to(topic, inflight.clone()).headers(e.headers);
+                    if let Some(v) = e.payload {
                         rec = rec.payload(v);
                     }
-                    if let Some(k) = &o.key {
+                    if let Some(k) = e.key {
                         rec = rec.key(k);
                     }
-                    if let Some(ts) = o.timestamp {
+                    if let Some(ts) = e.timestamp {
                         rec = rec.timestamp(ts);
                     }
                     match enqueue(&self.shared, rec) {
@@ -1018,6 +1019,57 @@ fn dead_letter_headers(dl: &DeadLetter) -> OwnedHeaders {
     out
 }
 
+/// Checks a record's outputs before any of them is enqueued, so that a
+/// record is produced whole or dead-lettered whole: every topic declared, and
+/// every header key one Kafka can carry. librdkafka keeps header keys as C
+/// strings, so a key with a NUL would reach the broker cut short, silently;
+/// such a record is refused (`produce-rejected`) instead.
+pub fn check_outputs(target: &SinkTarget, outs: Vec<OutputRecord>) -> RecordResult {
+    let outs = check_topics(target, outs)?;
+    for (i, o) in outs.iter().enumerate() {
+        if let Some((j, h)) = o
+            .headers
+            .iter()
+            .enumerate()
+            .find(|(_, h)| h.key.contains('\0'))
+        {
+            return Err(RecordError::ProduceRejected(format!(
+                "output {i}: header {j} key {:?} contains a NUL byte, which a Kafka header key cannot carry",
+                h.key
+            )));
+        }
+    }
+    Ok(outs)
+}
+
+/// One output as the producer gets it.
+pub struct Encoded<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub headers: OwnedHeaders,
+    pub timestamp: Option<i64>,
+}
+
+/// Turns one output that [`check_outputs`] accepted into what is produced:
+/// its topic (`default_topic` when it names none), key and value as they are
+/// (a `None` value stays a tombstone), its headers then `extra`, and
+/// `traceparent`, when given, replacing any the output had.
+pub fn encode_output<'a>(
+    o: &'a OutputRecord,
+    default_topic: &'a str,
+    extra: &[(&str, &[u8])],
+    traceparent: Option<&[u8]>,
+) -> Encoded<'a> {
+    Encoded {
+        topic: o.topic.as_deref().unwrap_or(default_topic),
+        key: o.key.as_deref(),
+        payload: o.value.as_deref(),
+        headers: to_kafka_headers(&o.headers, extra, traceparent),
+        timestamp: o.timestamp,
+    }
+}
+
 fn check_topics(target: &SinkTarget, outs: Vec<OutputRecord>) -> RecordResult {
     for o in &outs {
         if let Some(t) = &o.topic {
@@ -1158,6 +1210,63 @@ mod tests {
         }
         assert_eq!(dl.value_limit, Some(0));
         assert!(dl.drop_headers && dl.drop_key);
+    }
+
+    fn out(topic: Option<&str>, header_keys: &[&str]) -> OutputRecord {
+        OutputRecord {
+            key: None,
+            value: Some(b"v".to_vec()),
+            headers: header_keys
+                .iter()
+                .map(|k| crate::sandbox::Header {
+                    key: (*k).into(),
+                    value: Vec::new(),
+                })
+                .collect(),
+            topic: topic.map(Into::into),
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn outputs_are_checked_whole_before_any_is_enqueued() {
+        let target = SinkTarget {
+            pipeline: "p".into(),
+            output_topics: vec!["out".into(), "side".into()],
+            dead_letter_topic: "dlq".into(),
+            group: "g".into(),
+        };
+        let ok = vec![out(None, &["a"]), out(Some("side"), &[])];
+        assert_eq!(check_outputs(&target, ok).unwrap().len(), 2);
+        let e = check_outputs(&target, vec![out(None, &[]), out(Some("nope"), &[])]).unwrap_err();
+        assert_eq!(e.kind(), "unknown-topic");
+        let e =
+            check_outputs(&target, vec![out(None, &["a"]), out(None, &["b", "x\0y"])]).unwrap_err();
+        assert_eq!(e.kind(), "produce-rejected");
+        assert!(
+            e.to_string().contains("output 1: header 1 key \"x\\0y\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_encoded_output_keeps_its_bytes_and_header_order() {
+        let mut o = out(Some("side"), &["b", "traceparent", "a"]);
+        o.key = Some(vec![0xff, 0]);
+        o.value = None;
+        let e = encode_output(&o, "out", &[("pw.function.version", b"v1")], Some(b"tp"));
+        assert_eq!(
+            (e.topic, e.key, e.payload),
+            ("side", Some(&[0xff, 0][..]), None)
+        );
+        let got = crate::record::owned_header_bytes(&e.headers).unwrap();
+        let keys: Vec<&[u8]> = got.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(
+            keys,
+            [&b"b"[..], b"a", b"pw.function.version", b"traceparent"]
+        );
+        assert_eq!(got[3].1.as_deref(), Some(&b"tp"[..]));
+        assert_eq!(got[0].1.as_deref(), Some(&b""[..]), "empty stays empty");
     }
 
     #[test]
