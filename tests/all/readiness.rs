@@ -35,6 +35,11 @@ fn wait_ready(worker: &WorkerProcess, port: u16, code: u16, timeout: Duration) -
 /// One tenant pipeline `p` (no component file) with a registry and a
 /// control API on `control_port`.
 fn tenant_config(topics: &TestTopics, control_port: u16) -> PathBuf {
+    // Created here, and waited for: a log reader that opens a topic created
+    // a moment ago can see it with 0 partitions and refuse to start.
+    let activations = unique("ready-activations");
+    create_topic_with(&activations, 1, &[("cleanup.policy", "compact")]);
+    wait_for_partitions(&activations);
     let dir = std::env::temp_dir().join(unique("pw-ready"));
     std::fs::create_dir_all(&dir).unwrap();
     let token_sha256: String = {
@@ -74,7 +79,7 @@ concurrency = 1
         brokers = brokers(),
         group = unique("ready-group"),
         cache = repo_root().join(".cache/pipeline-worker-tests").display(),
-        activations = unique("ready-activations"),
+        activations = activations,
         input = topics.input,
         output = topics.output,
         dlq = topics.dlq,
@@ -84,11 +89,50 @@ concurrency = 1
     path
 }
 
+fn wait_for_partitions(topic: &str) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = c.fetch_metadata(Some(topic), Duration::from_secs(5));
+        if md.is_ok_and(|m| m.topics().first().is_some_and(|t| t.partitions().len() == 1)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{topic} never had its partition");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_tenant_pipeline_is_not_ready_until_its_first_activation() {
     let topics = TestTopics::create("ready", 2);
     let control_port = free_port();
     let config = tenant_config(&topics, control_port);
+    // The control plane first: it creates the activation topic, which two
+    // workers starting at once on a fresh cluster would race to create.
+    let control = WorkerProcess::start_verb("control", &config);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{control_port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http
+        .get(format!("{api}/v1/functions"))
+        .bearer_auth(TOKEN)
+        .send()
+        .map_or(true, |r| !r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "control API never came up:\n{}",
+            control.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (port, relaxed_port) = (free_port(), free_port());
     let listen = format!("127.0.0.1:{port}");
     let relaxed_listen = format!("127.0.0.1:{relaxed_port}");
@@ -127,29 +171,12 @@ fn a_tenant_pipeline_is_not_ready_until_its_first_activation() {
         body.contains("pipeline p") && body.contains("first activation"),
         "{body}"
     );
-    let control = WorkerProcess::start_verb("control", &config);
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()
-        .unwrap();
-    let api = format!("http://127.0.0.1:{control_port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let upload = loop {
-        let r = http
-            .post(format!("{api}/v1/functions/enrich/versions"))
-            .bearer_auth(TOKEN)
-            .body(std::fs::read(guest("enrich_rs")).unwrap())
-            .send();
-        if let Ok(r) = r {
-            break r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "control API never came up:\n{}",
-            control.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let upload = http
+        .post(format!("{api}/v1/functions/enrich/versions"))
+        .bearer_auth(TOKEN)
+        .body(std::fs::read(guest("enrich_rs")).unwrap())
+        .send()
+        .expect("upload");
     let status = upload.status().as_u16();
     let body: serde_json::Value = serde_json::from_str(&upload.text().unwrap()).unwrap();
     assert_eq!(status, 201, "upload: {body}");
