@@ -98,7 +98,11 @@ fn wait_for_partitions(topic: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let md = c.fetch_metadata(Some(topic), Duration::from_secs(5));
-        if md.is_ok_and(|m| m.topics().first().is_some_and(|t| t.partitions().len() == 1)) {
+        if md.is_ok_and(|m| {
+            m.topics()
+                .first()
+                .is_some_and(|t| t.partitions().len() == 1)
+        }) {
             return;
         }
         assert!(Instant::now() < deadline, "{topic} never had its partition");

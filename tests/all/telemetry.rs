@@ -293,16 +293,18 @@ fn traceparent_is_continued_and_exported_over_otlp() {
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
 }
 
-/// Readiness through a start, a broker outage and a drain, on the mock cluster.
-#[test]
-fn readiness_follows_broker_outage_and_drain() {
+/// A worker on librdkafka's mock cluster (topics in, out, dlq) serving
+/// `/readyz` on the returned port, with librdkafka statistics every
+/// `statistics_ms`.
+fn mock_worker(
+    cluster: &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    statistics_ms: u64,
+) -> (pipeline_worker::app::Worker, u16) {
     use pipeline_worker::app;
     use pipeline_worker::config::{
         Config, KafkaConfig, Limits, PipelineConfig, RuntimeConfig, TelemetryConfig,
     };
-    use rdkafka::mocking::MockCluster;
 
-    let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("in", 2, 1).unwrap();
     cluster.create_topic("out", 2, 1).unwrap();
     cluster.create_topic("dlq", 1, 1).unwrap();
@@ -312,9 +314,12 @@ fn readiness_follows_broker_outage_and_drain() {
             brokers: cluster.bootstrap_servers(),
             group_id: unique("ready"),
             auto_offset_reset: "earliest".into(),
-            librdkafka: [("statistics.interval.ms".to_string(), "500".to_string())]
-                .into_iter()
-                .collect(),
+            librdkafka: [(
+                "statistics.interval.ms".to_string(),
+                statistics_ms.to_string(),
+            )]
+            .into_iter()
+            .collect(),
         },
         runtime: RuntimeConfig {
             cache_dir: repo_root().join(".cache/pipeline-worker-tests"),
@@ -342,7 +347,14 @@ fn readiness_follows_broker_outage_and_drain() {
     };
     let opts = app::sandbox_options(&config);
     let fs = app::load_functions(&config, &opts).unwrap();
-    let worker = app::Worker::start(&config, fs).unwrap();
+    (app::Worker::start(&config, fs).unwrap(), port)
+}
+
+/// Readiness through a start, a broker outage and a drain, on the mock cluster.
+#[test]
+fn readiness_follows_broker_outage_and_drain() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let (worker, port) = mock_worker(&cluster, 500);
     wait_for(port, "/readyz", 200, Duration::from_secs(60));
     cluster.broker_down(1).unwrap();
     let body = wait_for(port, "/readyz", 503, Duration::from_secs(60));
@@ -357,6 +369,21 @@ fn readiness_follows_broker_outage_and_drain() {
     worker.request_stop();
     let body = wait_for(port, "/readyz", 503, Duration::from_secs(5));
     assert!(body.contains("draining"), "{body}");
+    assert_eq!(worker.shutdown(Duration::from_secs(10)), None);
+}
+
+/// With statistics only every 10 minutes, readiness still follows the
+/// client: ready once joined, and not ready when librdkafka reports all
+/// brokers down, long before any statistics tick.
+#[test]
+fn readiness_follows_the_client_without_statistics() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let (worker, port) = mock_worker(&cluster, 600_000);
+    wait_for(port, "/readyz", 200, Duration::from_secs(60));
+    cluster.broker_down(1).unwrap();
+    let body = wait_for(port, "/readyz", 503, Duration::from_secs(60));
+    assert!(body.contains("no broker reachable"), "{body}");
+    cluster.broker_up(1).unwrap();
     assert_eq!(worker.shutdown(Duration::from_secs(10)), None);
 }
 
