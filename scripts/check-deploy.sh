@@ -1526,7 +1526,7 @@ if [ -x "$BIN" ] && [ -f "$GUEST" ]; then
         [ -s "$cfg" ] || continue
         if env PIPELINE_WORKER__PIPELINES__0__COMPONENT="$GUEST" \
                PIPELINE_WORKER__RUNTIME__CACHE_DIR="$OUT/cache" \
-               "$BIN" validate --config "$cfg" >"$OUT/validate.out" 2>&1; then
+               "$BIN" validate --offline --config "$cfg" >"$OUT/validate.out" 2>&1; then
             ok "pipeline-worker validate ${cfg#"$ROOT"/}"
         elif [ "${CHECK_DEPLOY_STRICT_CONFIG:-0}" = 1 ]; then
             fail "pipeline-worker validate ${cfg#"$ROOT"/}: $(tail -1 "$OUT/validate.out")"

@@ -293,16 +293,18 @@ fn traceparent_is_continued_and_exported_over_otlp() {
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
 }
 
-/// Readiness through a start, a broker outage and a drain, on the mock cluster.
-#[test]
-fn readiness_follows_broker_outage_and_drain() {
+/// A worker on librdkafka's mock cluster (topics in, out, dlq) serving
+/// `/readyz` on the returned port, with librdkafka statistics every
+/// `statistics_ms`.
+fn mock_worker(
+    cluster: &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    statistics_ms: u64,
+) -> (pipeline_worker::app::Worker, u16) {
     use pipeline_worker::app;
     use pipeline_worker::config::{
         Config, KafkaConfig, Limits, PipelineConfig, RuntimeConfig, TelemetryConfig,
     };
-    use rdkafka::mocking::MockCluster;
 
-    let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("in", 2, 1).unwrap();
     cluster.create_topic("out", 2, 1).unwrap();
     cluster.create_topic("dlq", 1, 1).unwrap();
@@ -312,9 +314,12 @@ fn readiness_follows_broker_outage_and_drain() {
             brokers: cluster.bootstrap_servers(),
             group_id: unique("ready"),
             auto_offset_reset: "earliest".into(),
-            librdkafka: [("statistics.interval.ms".to_string(), "500".to_string())]
-                .into_iter()
-                .collect(),
+            librdkafka: [(
+                "statistics.interval.ms".to_string(),
+                statistics_ms.to_string(),
+            )]
+            .into_iter()
+            .collect(),
         },
         runtime: RuntimeConfig {
             cache_dir: repo_root().join(".cache/pipeline-worker-tests"),
@@ -342,7 +347,14 @@ fn readiness_follows_broker_outage_and_drain() {
     };
     let opts = app::sandbox_options(&config);
     let fs = app::load_functions(&config, &opts).unwrap();
-    let worker = app::Worker::start(&config, fs).unwrap();
+    (app::Worker::start(&config, fs).unwrap(), port)
+}
+
+/// Readiness through a start, a broker outage and a drain, on the mock cluster.
+#[test]
+fn readiness_follows_broker_outage_and_drain() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let (worker, port) = mock_worker(&cluster, 500);
     wait_for(port, "/readyz", 200, Duration::from_secs(60));
     cluster.broker_down(1).unwrap();
     let body = wait_for(port, "/readyz", 503, Duration::from_secs(60));
@@ -358,4 +370,122 @@ fn readiness_follows_broker_outage_and_drain() {
     let body = wait_for(port, "/readyz", 503, Duration::from_secs(5));
     assert!(body.contains("draining"), "{body}");
     assert_eq!(worker.shutdown(Duration::from_secs(10)), None);
+}
+
+/// With statistics only every 10 minutes, readiness still follows the
+/// client: ready once joined, and not ready when librdkafka reports all
+/// brokers down, long before any statistics tick.
+#[test]
+fn readiness_follows_the_client_without_statistics() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let (worker, port) = mock_worker(&cluster, 600_000);
+    wait_for(port, "/readyz", 200, Duration::from_secs(60));
+    cluster.broker_down(1).unwrap();
+    let body = wait_for(port, "/readyz", 503, Duration::from_secs(60));
+    assert!(body.contains("no broker reachable"), "{body}");
+    cluster.broker_up(1).unwrap();
+    assert_eq!(worker.shutdown(Duration::from_secs(10)), None);
+}
+
+/// Runs a worker whose sandbox thread panics (fault injection) with
+/// `env`; returns its exit code and everything it wrote to stderr (a file).
+fn panicking_worker(prefix: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let topics = TestTopics::create(prefix, 1);
+    let config = topics.config("doomed", &guest("enrich_rs"), "", "");
+    let mut env = env.to_vec();
+    env.push(("PIPELINE_WORKER_FAULT_PANIC_AT_OFFSET", "1"));
+    let mut worker = WorkerProcess::start_env("run", &config, &env);
+    produce_all(
+        &topics.input,
+        &(0..3)
+            .map(|i| {
+                In::new(
+                    format!("k{i}"),
+                    format!(r#"{{"id":{i},"session_start":0,"session_end":1}}"#),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(st) = worker.child.try_wait().unwrap() {
+            break st.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker kept running:\n{}",
+            worker.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, worker.log_text())
+}
+
+/// Logs written to a file carry no ANSI colour codes, and a panic in text
+/// logs is one line (no default multi-line report after it).
+#[test]
+fn text_logs_in_a_file_have_no_colour_and_one_line_per_panic() {
+    let (code, log) = panicking_worker("tlog", &[("PIPELINE_WORKER_LOG_FORMAT", "text")]);
+    assert_eq!(code, Some(4), "dead-thread exit; log:\n{log}");
+    assert!(log.contains("INFO"), "the log has lines: {log}");
+    assert!(!log.contains("\x1b["), "ANSI codes in a file: {log:?}");
+    let panics: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("thread panicked"))
+        .collect();
+    assert_eq!(panics.len(), 1, "one line per panic; log:\n{log}");
+    assert!(
+        panics[0].contains("fault injection") && panics[0].contains("pipeline.rs:"),
+        "message and location on the one line: {}",
+        panics[0]
+    );
+    // Rust's own report starts "thread '<name>' panicked at <file>:" and
+    // continues on further lines.
+    assert!(
+        !log.contains("' panicked at ") && !log.contains("note: run with `RUST_BACKTRACE"),
+        "the default report was printed too:\n{log}"
+    );
+}
+
+/// In JSON logs every line is one JSON object, the panic included, with its
+/// backtrace inside the event when RUST_BACKTRACE asks for one.
+#[test]
+fn a_panic_in_json_logs_is_one_json_line() {
+    let (code, log) = panicking_worker(
+        "jlog",
+        &[
+            ("PIPELINE_WORKER_LOG_FORMAT", "json"),
+            ("RUST_BACKTRACE", "1"),
+        ],
+    );
+    assert_eq!(code, Some(4), "dead-thread exit; log:\n{log}");
+    let mut panics = Vec::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}\nlog:\n{log}"));
+        if v["message"] == "thread panicked" {
+            panics.push(v);
+        }
+    }
+    assert_eq!(panics.len(), 1, "one panic event; log:\n{log}");
+    let p = &panics[0];
+    assert!(
+        p["thread"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("sandbox-doomed")
+            && p["panic"]
+                .as_str()
+                .unwrap_or("")
+                .contains("fault injection")
+            && p["location"]
+                .as_str()
+                .unwrap_or("")
+                .contains("pipeline.rs:"),
+        "{p}"
+    );
+    assert!(
+        p["backtrace"].as_str().is_some_and(|b| b.contains('\n')),
+        "backtrace inside the one event: {p}"
+    );
 }

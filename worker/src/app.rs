@@ -95,7 +95,10 @@ impl Worker {
             .context("creating the Kafka producer")?,
         );
         check_output_topics(config, &functions, &sink)?;
-        let telemetry = Arc::new(TelemetryState::default());
+        let telemetry = Arc::new(TelemetryState {
+            ready_without_activation: config.telemetry.ready_without_activation,
+            ..TelemetryState::default()
+        });
         if let Some(addr) = config.telemetry.http_listen {
             telemetry::serve(addr, telemetry.clone())
                 .with_context(|| format!("telemetry.http_listen: cannot listen on {addr}"))?;
@@ -125,6 +128,7 @@ impl Worker {
                 .push(PipelineView {
                     name: handle.name.clone(),
                     group: handle.group.clone(),
+                    tenant: p.tenant.clone(),
                     slot,
                     stats: handle.stats.clone(),
                     trackers: handle.trackers.clone(),
@@ -285,6 +289,92 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long start-up waits for a missing output topic to appear.
 const TOPIC_PATIENCE: Duration = Duration::from_secs(5);
 
+/// The topics pipeline `i` declares, each with the config key that declares
+/// it: outputs and dead-letter topic, and inputs when `inputs`.
+fn declared_topics(i: usize, p: &PipelineConfig, inputs: bool) -> Vec<(String, &str)> {
+    let mut out = Vec::new();
+    if inputs {
+        for (j, t) in p.input_topics.iter().enumerate() {
+            out.push((format!("pipelines[{i}].input_topics[{j}]"), t.as_str()));
+        }
+    }
+    for (j, t) in p.output_topics.iter().enumerate() {
+        out.push((format!("pipelines[{i}].output_topics[{j}]"), t.as_str()));
+    }
+    out.push((
+        format!("pipelines[{i}].dead_letter_topic"),
+        p.dead_letter_topic.as_str(),
+    ));
+    out
+}
+
+fn auto_create_topics(config: &Config) -> bool {
+    config
+        .kafka
+        .librdkafka
+        .get("allow.auto.create.topics")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Fetches the cluster's metadata (all topics, not one by one: a metadata
+/// request naming a topic can make a broker with auto.create.topics.enable
+/// create it) and returns it with the `required` topics missing from it.
+/// A topic created just before can take a moment to appear in every
+/// broker's metadata, so missing ones are looked for again until `patience`;
+/// nothing waits past `deadline`.
+fn missing_topics<'a, C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    brokers: &str,
+    purpose: &str,
+    required: &'a [(String, &'a str)],
+    deadline: Instant,
+    patience: Instant,
+) -> anyhow::Result<(rdkafka::metadata::Metadata, Vec<&'a (String, &'a str)>)> {
+    let fetch = || {
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        // The error's Display already names its code; as a source it would
+        // be printed twice.
+        client.fetch_metadata(None, timeout).map_err(|e| {
+            anyhow::anyhow!(
+                "kafka.brokers ({brokers}): cannot fetch cluster metadata {purpose}: {e}"
+            )
+        })
+    };
+    let missing = |m: &rdkafka::metadata::Metadata| {
+        required
+            .iter()
+            .filter(|(_, t)| {
+                !m.topics()
+                    .iter()
+                    .any(|x| x.name() == *t && x.error().is_none())
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut metadata = fetch()?;
+    let patience = patience.min(deadline);
+    while !missing(&metadata).is_empty() && Instant::now() < patience {
+        std::thread::sleep(Duration::from_millis(250));
+        metadata = fetch()?;
+    }
+    let gone = missing(&metadata);
+    Ok((metadata, gone))
+}
+
+/// One error naming every missing topic by its key.
+fn missing_error(brokers: &str, missing: &[&(String, &str)]) -> anyhow::Error {
+    let each: Vec<String> = missing
+        .iter()
+        .map(|(key, t)| format!("{key}: topic {t:?} does not exist on {brokers}"))
+        .collect();
+    anyhow::anyhow!(
+        "{}; create {} first (the worker does not create topics)",
+        each.join("; "),
+        if missing.len() == 1 { "it" } else { "them" }
+    )
+}
+
 /// Refuses to start when a declared output or dead-letter topic does not
 /// exist: producing to it would either fail every record or, with broker
 /// auto-creation, create a topic nobody configured. Skipped only when the
@@ -297,89 +387,96 @@ fn check_output_topics(
     if pipelines.is_empty() {
         return Ok(());
     }
-    let auto_create = config
-        .kafka
-        .librdkafka
-        .get("allow.auto.create.topics")
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-    if auto_create {
+    if auto_create_topics(config) {
         tracing::info!("allow.auto.create.topics is on; not checking that output topics exist");
         return Ok(());
     }
-    // All topics, not one by one: a metadata request naming a topic can make
-    // a broker with auto.create.topics.enable create it.
-    let fetch = || {
-        sink.producer()
-            .client()
-            .fetch_metadata(None, METADATA_TIMEOUT)
-            .with_context(|| {
-                format!(
-                    "kafka.brokers ({}): cannot fetch cluster metadata to check the output topics",
-                    config.kafka.brokers
-                )
-            })
-    };
-    let has = |m: &rdkafka::metadata::Metadata, t: &str| {
-        m.topics()
-            .iter()
-            .any(|x| x.name() == t && x.error().is_none())
-    };
-    let required: Vec<&String> = pipelines
-        .iter()
-        .filter(|(_, slot)| slot.get().is_some())
-        .flat_map(|(p, _)| {
-            p.output_topics
-                .iter()
-                .chain(std::iter::once(&p.dead_letter_topic))
-        })
-        .collect();
-    // A topic created just before start-up can take a moment to appear in
-    // every broker's metadata: look again for a few seconds before refusing.
-    let mut metadata = fetch()?;
-    let patience = Instant::now() + TOPIC_PATIENCE;
-    while required.iter().any(|t| !has(&metadata, t)) && Instant::now() < patience {
-        std::thread::sleep(Duration::from_millis(250));
-        metadata = fetch()?;
-    }
-    let exists = |t: &str| has(&metadata, t);
-    for (p, slot) in pipelines {
-        if slot.get().is_none() {
-            // A managed pipeline with nothing activated does not start (it
-            // joins no group) until its first activation; its topics may be
-            // created before that.
-            let missing: Vec<&String> = p
-                .output_topics
-                .iter()
-                .chain(std::iter::once(&p.dead_letter_topic))
-                .filter(|t| !exists(t))
-                .collect();
-            if !missing.is_empty() {
-                tracing::warn!(pipeline = %p.name, topics = ?missing, "declared topics do not exist; records this pipeline refuses or cannot deliver will stop the worker once it is activated");
-            }
-            continue;
-        }
-        let i = config
+    let index = |p: &PipelineConfig| {
+        config
             .pipelines
             .iter()
             .position(|c| c.name == p.name)
-            .unwrap_or_default();
-        for (j, t) in p.output_topics.iter().enumerate() {
-            if !exists(t) {
-                anyhow::bail!(
-                    "pipelines[{i}].output_topics[{j}]: topic {t:?} does not exist on {}; create it first (the worker does not create topics)",
-                    config.kafka.brokers
-                );
-            }
-        }
-        let t = &p.dead_letter_topic;
-        if !exists(t) {
-            anyhow::bail!(
-                "pipelines[{i}].dead_letter_topic: topic {t:?} does not exist on {}; create it first (the worker does not create topics)",
-                config.kafka.brokers
-            );
+            .unwrap_or_default()
+    };
+    // A managed pipeline with nothing activated does not start (it joins no
+    // group) until its first activation; its topics may be created before
+    // that, so they are only warned about.
+    let (running, waiting): (Vec<_>, Vec<_>) =
+        pipelines.iter().partition(|(_, slot)| slot.get().is_some());
+    let required: Vec<(String, &str)> = running
+        .iter()
+        .flat_map(|(p, _)| declared_topics(index(p), p, false))
+        .collect();
+    let optional: Vec<(String, &str)> = waiting
+        .iter()
+        .flat_map(|(p, _)| declared_topics(index(p), p, false))
+        .collect();
+    let now = Instant::now();
+    let (metadata, missing) = missing_topics(
+        sink.producer().client(),
+        &config.kafka.brokers,
+        "to check the output topics",
+        &required,
+        now + METADATA_TIMEOUT + TOPIC_PATIENCE,
+        now + TOPIC_PATIENCE,
+    )?;
+    if !missing.is_empty() {
+        return Err(missing_error(&config.kafka.brokers, &missing));
+    }
+    for (key, t) in &optional {
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|x| x.name() == *t && x.error().is_none());
+        if !exists {
+            tracing::warn!(key = %key, topic = %t, "declared topic does not exist; records this pipeline refuses or cannot deliver will stop the worker once it is activated");
         }
     }
     Ok(())
+}
+
+/// `validate` against the cluster: the brokers answer within `timeout` and
+/// every declared topic (inputs, outputs, dead letters, of every pipeline)
+/// exists. Returns what was checked, for the user.
+pub fn check_cluster(config: &Config, timeout: Duration) -> anyhow::Result<String> {
+    let client: rdkafka::consumer::BaseConsumer = crate::kafka::base_client_config(&config.kafka)
+        .create()
+        .context("creating a Kafka client for the broker check")?;
+    let brokers = &config.kafka.brokers;
+    let required: Vec<(String, &str)> = if auto_create_topics(config) {
+        Vec::new()
+    } else {
+        config
+            .pipelines
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| declared_topics(i, p, true))
+            .collect()
+    };
+    let now = Instant::now();
+    let (metadata, missing) = missing_topics(
+        rdkafka::consumer::Consumer::client(&client),
+        brokers,
+        &format!("within {}", humantime::format_duration(timeout)),
+        &required,
+        now + timeout,
+        now + TOPIC_PATIENCE.min(timeout),
+    )?;
+    if !missing.is_empty() {
+        return Err(missing_error(brokers, &missing));
+    }
+    Ok(if auto_create_topics(config) {
+        format!(
+            "kafka.brokers {brokers}: {} broker(s) answered; topics not checked (allow.auto.create.topics is on)",
+            metadata.brokers().len()
+        )
+    } else {
+        format!(
+            "kafka.brokers {brokers}: {} broker(s) answered; all {} declared topic(s) exist",
+            metadata.brokers().len(),
+            required.len()
+        )
+    })
 }
 
 /// Blocks until SIGTERM/SIGINT or a fatal error.

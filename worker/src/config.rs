@@ -209,6 +209,11 @@ pub struct TelemetryConfig {
     /// with a sampled parent follow the parent). 1.0 = every record.
     #[serde(default = "default_sample_ratio")]
     pub trace_sample_ratio: f64,
+    /// `/readyz` counts a tenant pipeline still waiting for its first
+    /// activation as ready (it has joined no group and processes nothing).
+    /// Off by default: a worker is ready only when every pipeline runs.
+    #[serde(default)]
+    pub ready_without_activation: bool,
 }
 
 fn default_sample_ratio() -> f64 {
@@ -227,6 +232,7 @@ impl Default for TelemetryConfig {
             otlp_endpoint: None,
             otlp_interval_ms: default_otlp_interval_ms(),
             trace_sample_ratio: default_sample_ratio(),
+            ready_without_activation: false,
         }
     }
 }
@@ -422,14 +428,30 @@ impl Config {
             message: e.to_string(),
         })?;
         let mut doc = toml::Value::Table(table);
+        let mut overrides = Vec::new();
         for (var, value) in env {
             if let Some(rest) = var.strip_prefix(ENV_PREFIX) {
-                apply_override(&mut doc, &var, rest, &value)?;
+                let written = apply_override(&mut doc, &var, rest, &value)?;
+                overrides.push((var, written));
             }
         }
-        let mut config: Config = Config::deserialize(doc).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
+        // Through serde_path_to_error: serde alone says "unknown field `foo`"
+        // without saying in which table or array element.
+        let mut config: Config = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let key = e.path().to_string();
+            // `message()`, not Display: that appends toml's own key
+            // path, which lacks the array index.
+            let message = with_hint(e.inner().message());
+            match blame(&overrides, &key) {
+                Some(var) => ConfigError::Env {
+                    var: var.to_string(),
+                    message: format!("key `{key}`: {message}"),
+                },
+                None => ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: format!("key `{key}`: {message}"),
+                },
+            }
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.base_dir = base.to_path_buf();
@@ -440,7 +462,16 @@ impl Config {
                 }
             }
         }
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, message } => match blame(&overrides, &key) {
+                Some(var) => ConfigError::Invalid {
+                    message: format!("{message} (set by environment variable {var})"),
+                    key,
+                },
+                None => ConfigError::Invalid { key, message },
+            },
+            e => e,
+        })?;
         Ok(config)
     }
 
@@ -725,12 +756,77 @@ fn check_topic(key: &str, topic: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// What one `PIPELINE_WORKER__*` variable wrote: the key path of the value
+/// it set, or of the first table it had to create on the way there, in the
+/// form errors use (`pipelines[0].limits`). An error at or below it is the
+/// variable's, not the file's.
+type Written = Vec<KeySegment>;
+
+#[derive(Debug, Clone, PartialEq)]
+enum KeySegment {
+    Key(String),
+    Index(usize),
+}
+
+fn render_key(segments: &[KeySegment]) -> String {
+    let mut out = String::new();
+    for s in segments {
+        match s {
+            KeySegment::Index(i) => out.push_str(&format!("[{i}]")),
+            KeySegment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+        }
+    }
+    out
+}
+
+/// The variable whose write contains `key` (the last one, as later
+/// variables win). `key` is as serde_path_to_error or `validate` print it;
+/// a `validate` key may quote a dotted map key (`kafka.librdkafka."a.b"`).
+fn blame<'a>(overrides: &'a [(String, Written)], key: &str) -> Option<&'a str> {
+    let key = key.replace('"', "");
+    overrides.iter().rev().find_map(|(var, written)| {
+        let w = render_key(written);
+        let inside = key == w
+            || key
+                .strip_prefix(w.as_str())
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['));
+        inside.then_some(var.as_str())
+    })
+}
+
+/// serde's unknown-field message lists the expected keys: name the closest
+/// one, since a typo is the usual cause.
+fn with_hint(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|candidate| (strsim::jaro_winkler(unknown, candidate), candidate))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, candidate)) => format!("{message} (did you mean `{candidate}`?)"),
+        None => message.to_string(),
+    }
+}
+
 fn apply_override(
     doc: &mut toml::Value,
     var: &str,
     path: &str,
     raw: &str,
-) -> Result<(), ConfigError> {
+) -> Result<Written, ConfigError> {
     let env_err = |message: String| ConfigError::Env {
         var: var.to_string(),
         message,
@@ -745,14 +841,21 @@ fn apply_override(
     } else {
         parse_env_value(raw)
     };
+    let mut written: Written = Vec::new();
+    // Once a table had to be created, everything below it is this variable's.
+    let mut created = false;
     let mut cur: &mut toml::Value = doc;
     for (n, seg) in segments.iter().enumerate() {
         let last = n + 1 == segments.len();
         match cur {
             toml::Value::Table(t) => {
+                if !created {
+                    written.push(KeySegment::Key(seg.clone()));
+                    created = !t.contains_key(seg.as_str());
+                }
                 if last {
                     t.insert(seg.clone(), value);
-                    return Ok(());
+                    return Ok(written);
                 }
                 cur = t
                     .entry(seg.clone())
@@ -768,9 +871,12 @@ fn apply_override(
                         "index {idx} is out of range (the array has {len} elements)"
                     ))
                 })?;
+                if !created {
+                    written.push(KeySegment::Index(idx));
+                }
                 if last {
                     *slot = value;
-                    return Ok(());
+                    return Ok(written);
                 }
                 cur = slot;
             }
@@ -782,7 +888,7 @@ fn apply_override(
             }
         }
     }
-    Ok(())
+    Ok(written)
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -793,5 +899,101 @@ fn parse_env_value(raw: &str) -> toml::Value {
             .remove("v")
             .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[kafka]
+brokers = "b:9092"
+
+[[pipelines]]
+name = "p"
+input_topics = ["in"]
+output_topics = ["out"]
+dead_letter_topic = "dlq"
+component = "p.wasm"
+
+[[pipelines]]
+name = "q"
+input_topics = ["in2"]
+output_topics = ["out"]
+dead_letter_topic = "dlq"
+component = "q.wasm"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_str_with_env(
+            text,
+            Path::new("w.toml"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn unknown_keys_carry_their_index_and_a_hint() {
+        let e = load(&format!("{BASE}[pipelines.limits]\ndeadlin_ms = 5\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config file w.toml: key `pipelines[1].limits.deadlin_ms`: unknown field `deadlin_ms`"),
+            "{e}"
+        );
+        assert!(e.ends_with("(did you mean `deadline_ms`?)"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e:?}");
+    }
+
+    #[test]
+    fn overrides_are_blamed_for_what_they_wrote() {
+        let e = load(BASE, &[("PIPELINE_WORKER__KAFKA__BROKER", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "environment variable PIPELINE_WORKER__KAFKA__BROKER: key `kafka.broker`"
+            ),
+            "{e}"
+        );
+        // A whole new table: the error is at its root, still the variable's.
+        let e = load(BASE, &[("PIPELINE_WORKER__NOPE__X", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("PIPELINE_WORKER__NOPE__X") && e.contains("`nope`"),
+            "{e}"
+        );
+        let e = load(
+            BASE,
+            &[("PIPELINE_WORKER__PIPELINES__1__LIMITS__DEADLINE_MS", "0")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("pipelines[1].limits.deadline_ms")
+                && e.contains("PIPELINE_WORKER__PIPELINES__1__LIMITS__DEADLINE_MS"),
+            "{e}"
+        );
+        // An override of another key is not blamed for the file's mistake.
+        let e = load(
+            &BASE.replace("brokers =", "broker ="),
+            &[("PIPELINE_WORKER__KAFKA__GROUP_ID", "g")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("config file w.toml: key `kafka.broker`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn no_hint_for_a_key_like_none() {
+        let e = load(&format!("{BASE}zzzzzz = 1\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("did you mean"), "{e}");
     }
 }

@@ -50,10 +50,17 @@ enum Command {
     /// Upload, list, show, activate, roll back and delete functions through
     /// the control API.
     Functions(registry::client::FunctionsArgs),
-    /// Check the config and load every component, without consuming.
+    /// Check the config, load every component, and check that the brokers
+    /// answer and every declared topic exists, without consuming.
     Validate {
         #[arg(long, short, env = "PIPELINE_WORKER_CONFIG")]
         config: PathBuf,
+        /// Skip the broker and topic checks (CI of config files, no Kafka).
+        #[arg(long)]
+        offline: bool,
+        /// How long the broker and topic checks may take (e.g. 10s, 500ms).
+        #[arg(long, default_value = "10s")]
+        timeout: humantime::Duration,
     },
     /// Run the main job on an in-process Kafka cluster: sample records through
     /// the bundled example function, enriched output printed.
@@ -79,11 +86,12 @@ fn main() -> ExitCode {
         .as_ref()
         .and_then(|r| r.as_ref().ok())
         .and_then(|c| c.telemetry.log_format.clone());
-    init_logging(cli.log_format.unwrap_or(match configured.as_deref() {
+    let format = cli.log_format.unwrap_or(match configured.as_deref() {
         Some("json") => LogFormat::Json,
         _ => LogFormat::Text,
-    }));
-    install_panic_hook();
+    });
+    init_logging(format);
+    install_panic_hook(format);
     let result = match cli.command {
         Command::Run { .. } => run_config
             .take()
@@ -96,7 +104,11 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(app::control),
         Command::Functions(args) => registry::client::run(args).map_err(anyhow::Error::from),
-        Command::Validate { config } => Config::load(&config)
+        Command::Validate {
+            config,
+            offline,
+            timeout,
+        } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| {
                 let opts = app::sandbox_options(&c);
@@ -116,7 +128,12 @@ fn main() -> ExitCode {
                         }
                     );
                 }
-                println!("config valid: {} pipeline(s)", fs.len());
+                if offline {
+                    println!("--offline: brokers and topics not checked");
+                } else {
+                    println!("ok  {}", app::check_cluster(&c, timeout.into())?);
+                }
+                println!("config valid: {} pipeline(s)", c.pipelines.len());
                 Ok(())
             }),
         Command::Dev(args) => dev::run(args),
@@ -127,7 +144,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match format {
+                // A collector keeps JSON lines: the last word is one too.
+                LogFormat::Json => tracing::error!(error = %format!("{e:#}"), "exiting"),
+                LogFormat::Text => eprintln!("error: {e:#}"),
+            }
             match e.downcast_ref::<FatalError>() {
                 Some(f) => ExitCode::from(f.kind.exit_code()),
                 None => ExitCode::from(EXIT_ERROR),
@@ -136,11 +157,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Every panic, on any thread, becomes one log line (thread, message,
-/// location) in the configured format before the default report, so a dead
-/// thread is visible in the logs a collector keeps.
-fn install_panic_hook() {
-    let default = std::panic::take_hook();
+/// Every panic, on any thread, becomes exactly one log line (thread,
+/// message, location; the backtrace as a field when `RUST_BACKTRACE` asks for
+/// one) in the configured format, so a dead thread is visible in the logs a
+/// collector keeps. The default report is not printed as well: its several
+/// lines would reach a JSON collector as garbage.
+fn install_panic_hook(format: LogFormat) {
     std::panic::set_hook(Box::new(move |info| {
         let thread = std::thread::current();
         let thread = thread.name().unwrap_or("<unnamed>");
@@ -154,20 +176,60 @@ fn install_panic_hook() {
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
             .unwrap_or_default();
-        tracing::error!(thread, panic = %message, location = %location, "thread panicked");
-        default(info);
+        // Captured only when RUST_BACKTRACE / RUST_LIB_BACKTRACE ask for it.
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() != std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(thread, panic = %message, location = %location, "thread panicked");
+            return;
+        }
+        let backtrace = backtrace.to_string();
+        match format {
+            // serde escapes the newlines inside the JSON string.
+            LogFormat::Json => {
+                tracing::error!(thread, panic = %message, location = %location, backtrace = %backtrace, "thread panicked")
+            }
+            // Debug quotes it with `\n` escapes: still one line.
+            LogFormat::Text => {
+                tracing::error!(thread, panic = %message, location = %location, backtrace = ?backtrace, "thread panicked")
+            }
+        }
     }));
 }
 
+/// Colour only for a person at a terminal: never in a file or a pipe, and
+/// never when NO_COLOR is set to anything non-empty (no-color.org).
+fn ansi(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")
     });
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().flatten_event(true).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colour_only_at_a_terminal_without_no_color() {
+        assert!(super::ansi(true, None));
+        assert!(
+            super::ansi(true, Some("".into())),
+            "empty NO_COLOR is unset"
+        );
+        assert!(!super::ansi(true, Some("1".into())));
+        assert!(!super::ansi(false, None));
     }
 }

@@ -429,7 +429,18 @@ pub struct SourceContext {
     pub lanes: Arc<Lanes>,
 }
 
+/// Broker reachability comes from what the client itself reports: a group
+/// join (which needs the coordinator) sets it at once, so readiness does not
+/// wait for the first statistics tick; librdkafka's "all brokers down" error
+/// clears it without waiting for one; statistics keep it current either way.
 impl ClientContext for SourceContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.stats.broker_up.store(false, Ordering::Relaxed);
+        }
+        tracing::error!(pipeline = %self.pipeline, "librdkafka: {error}: {reason}");
+    }
+
     fn stats(&self, s: rdkafka::Statistics) {
         let up = s.brokers.values().any(|b| b.state == "UP");
         self.stats.broker_up.store(up, Ordering::Relaxed);
@@ -510,8 +521,18 @@ impl ConsumerContext for SourceContext {
         }
     }
 
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        // A commit the coordinator accepted: brokers are back after an outage
+        // even when no statistics tick (or no rebalance) says so.
+        if result.is_ok() {
+            self.stats.broker_up.store(true, Ordering::Relaxed);
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            // An assignment came from the group coordinator: a broker answered.
+            self.stats.broker_up.store(true, Ordering::Relaxed);
             self.stats.joined.store(true, Ordering::Relaxed);
             tracing::info!(pipeline = %self.pipeline, partitions = ?tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>(), "partitions assigned");
         }

@@ -63,7 +63,8 @@ impl Histogram {
 pub struct PipelineStats {
     /// Set once the consumer received its first assignment.
     pub joined: AtomicBool,
-    /// Whether librdkafka's last statistics saw at least one broker up.
+    /// Whether a broker answers, as the consumer last heard (join, commit,
+    /// statistics, "all brokers down"; see `source::SourceContext`).
     pub broker_up: AtomicBool,
     /// Consumer lag per assigned partition, from librdkafka statistics.
     pub lag: std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>,

@@ -28,6 +28,9 @@ use crate::stats::{PipelineStats, VersionStats};
 pub struct PipelineView {
     pub name: String,
     pub group: String,
+    /// The tenant of a registry-managed pipeline (named while it waits for
+    /// its first activation).
+    pub tenant: Option<String>,
     pub slot: Arc<FunctionSlot>,
     pub stats: Arc<PipelineStats>,
     pub trackers: Arc<Trackers>,
@@ -37,6 +40,9 @@ pub struct PipelineView {
 pub struct TelemetryState {
     pub pipelines: std::sync::RwLock<Vec<PipelineView>>,
     pub draining: AtomicBool,
+    /// `telemetry.ready_without_activation`: a pipeline waiting for its
+    /// first activation does not hold readiness back.
+    pub ready_without_activation: bool,
 }
 
 impl TelemetryState {
@@ -57,7 +63,20 @@ impl TelemetryState {
                 continue;
             }
             if p.slot.get().is_none() {
-                // Waits for its first activation; nothing to be ready for.
+                // It has joined no group and processes nothing: traffic sent
+                // to this worker for it would wait, so it is not ready unless
+                // the operator said a rollout may go on without it.
+                if !self.ready_without_activation {
+                    let tenant = p
+                        .tenant
+                        .as_deref()
+                        .map(|t| format!(" (tenant {t})"))
+                        .unwrap_or_default();
+                    why.push(format!(
+                        "pipeline {}{tenant} waits for its first activation",
+                        p.name
+                    ));
+                }
                 continue;
             }
             if !p.stats.joined.load(Ordering::Relaxed) {
@@ -296,4 +315,42 @@ pub fn render(s: &TelemetryState) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(name: &str, slot: Option<Arc<crate::sandbox::Function>>) -> PipelineView {
+        PipelineView {
+            name: name.into(),
+            group: format!("g.{name}"),
+            tenant: Some("acme".into()),
+            slot: Arc::new(FunctionSlot::new(slot)),
+            stats: Arc::default(),
+            trackers: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn a_pipeline_waiting_for_activation_is_not_ready() {
+        let s = TelemetryState::default();
+        s.pipelines.write().unwrap().push(view("p", None));
+        assert_eq!(
+            s.not_ready(),
+            vec!["pipeline p (tenant acme) waits for its first activation".to_string()]
+        );
+    }
+
+    #[test]
+    fn ready_without_activation_lets_it_pass() {
+        let s = TelemetryState {
+            ready_without_activation: true,
+            ..Default::default()
+        };
+        s.pipelines.write().unwrap().push(view("p", None));
+        assert!(s.not_ready().is_empty(), "{:?}", s.not_ready());
+        s.draining.store(true, Ordering::Relaxed);
+        assert_eq!(s.not_ready(), vec!["draining".to_string()]);
+    }
 }
