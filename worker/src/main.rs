@@ -58,8 +58,9 @@ enum Command {
     /// Run the main job on an in-process Kafka cluster: sample records through
     /// the bundled example function, enriched output printed.
     Dev(dev::DevArgs),
-    /// Run sample records through a component in the production sandbox (no
-    /// Kafka); compare with a golden file; non-zero exit on a mismatch or trap.
+    /// Run sample records as a pipeline would, minus Kafka: same sandbox,
+    /// limits, batch size, tombstones and output-topic check; compare with a
+    /// golden file; non-zero exit on a mismatch or an unexpected error.
     Test(localtest::TestArgs),
     /// Create a function project: source, sample records, expected output.
     Init(scaffold::InitArgs),
@@ -120,7 +121,7 @@ fn main() -> ExitCode {
                 Ok(())
             }),
         Command::Dev(args) => dev::run(args),
-        Command::Test(args) => localtest::run(args),
+        Command::Test(args) => localtest::run(args).map_err(anyhow::Error::from),
         Command::Init(args) => scaffold::init(args),
         Command::Build(args) => scaffold::build(args),
     };

@@ -1018,7 +1018,7 @@ fn dead_letter_headers(dl: &DeadLetter) -> OwnedHeaders {
     out
 }
 
-fn check_topics(target: &SinkTarget, outs: Vec<OutputRecord>) -> RecordResult {
+pub(crate) fn check_topics(target: &SinkTarget, outs: Vec<OutputRecord>) -> RecordResult {
     for o in &outs {
         if let Some(t) = &o.topic {
             if !target.output_topics.iter().any(|d| d == t) {
