@@ -1266,6 +1266,154 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TestArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<TestArgs, clap::Error> {
+        use clap::Parser as _;
+        Cli::try_parse_from(std::iter::once("test").chain(args.iter().copied())).map(|c| c.args)
+    }
+
+    /// The error `resolve` gives for these arguments.
+    fn refused(args: &[&str]) -> LocalTestError {
+        match resolve(&parse(args).unwrap()) {
+            Err(e) => e,
+            Ok(_) => panic!("{args:?} was accepted"),
+        }
+    }
+
+    /// A config with a file pipeline and a registry pipeline (no component).
+    fn two_pipelines(dir: &Path) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("worker.toml");
+        std::fs::write(
+            &path,
+            r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+[registry]
+store = "store"
+[[pipelines]]
+name = "orders"
+input_topics = ["in"]
+component = "router.wasm"
+output_topics = ["eu", "us"]
+dead_letter_topic = "dlq"
+batch_size = 3
+tombstones = "dead-letter"
+[pipelines.limits]
+fuel = 77
+deadline_ms = 250
+max_outputs = 2
+instance_max_records = 5
+[[pipelines]]
+name = "hosted"
+tenant = "acme"
+input_topics = ["in2"]
+output_topics = ["out2"]
+dead_letter_topic = "dlq2"
+"#,
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn a_config_pipeline_brings_its_whole_context() {
+        let dir = std::env::temp_dir().join(format!("pw-resolve-{}", std::process::id()));
+        let config = two_pipelines(&dir);
+        let c = config.to_str().unwrap();
+        let ctx =
+            resolve(&parse(&["--config", c, "--pipeline", "orders", "--input", "x"]).unwrap())
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ctx.index, Some(0));
+        assert_eq!(ctx.component, dir.join("router.wasm"));
+        assert_eq!(ctx.pipeline.output_topics, ["eu", "us"]);
+        assert_eq!(ctx.pipeline.batch_size, 3);
+        assert_eq!(ctx.pipeline.tombstones, TombstoneMode::DeadLetter);
+        assert_eq!(ctx.pipeline.limits.fuel, Some(77));
+        assert_eq!(ctx.pipeline.limits.deadline_ms, 250);
+        assert_eq!(ctx.pipeline.limits.max_outputs, 2);
+        assert_eq!(ctx.pipeline.limits.instance_max_records, 5);
+
+        let e = refused(&["--config", c, "--input", "x"]);
+        assert!(
+            e.to_string().contains("orders, hosted") && e.to_string().contains("--pipeline"),
+            "{e}"
+        );
+        let e = refused(&["--config", c, "--pipeline", "nope", "--input", "x"]);
+        assert!(e.to_string().contains("no pipeline named \"nope\""), "{e}");
+        let e = refused(&["--config", c, "--pipeline", "hosted", "--input", "x"]);
+        assert!(
+            e.to_string().contains("hosted") && e.to_string().contains("--component"),
+            "{e}"
+        );
+        let ctx = resolve(
+            &parse(&[
+                "--config",
+                c,
+                "--pipeline",
+                "hosted",
+                "--component",
+                "f.wasm",
+                "--input",
+                "x",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(ctx.component, PathBuf::from("f.wasm"));
+        // The pipeline's settings come from the config, never from flags.
+        let e = parse(&["--config", c, "--output-topic", "t", "--input", "x"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn flags_make_the_context_without_a_config() {
+        let a = parse(&[
+            "--component",
+            "dir/f.wasm",
+            "--output-topic",
+            "a",
+            "--output-topic",
+            "b",
+            "--default-topic",
+            "b",
+            "--batch-size",
+            "2",
+            "--tombstones",
+            "function",
+            "--max-outputs",
+            "3",
+            "--deadline-ms",
+            "40",
+            "--input",
+            "x",
+        ])
+        .unwrap();
+        let ctx = resolve(&a).unwrap();
+        assert_eq!(ctx.index, None);
+        assert_eq!(ctx.pipeline.name, "f");
+        assert_eq!(ctx.pipeline.output_topics, ["b", "a"]);
+        assert_eq!(ctx.pipeline.batch_size, 2);
+        assert_eq!(ctx.pipeline.tombstones, TombstoneMode::Function);
+        assert_eq!(ctx.pipeline.limits.max_outputs, 3);
+        assert_eq!(ctx.pipeline.limits.deadline_ms, 40);
+        assert_eq!(
+            ctx.pipeline.limits.memory_bytes,
+            Limits::default().memory_bytes
+        );
+        assert!(parse(&["--component", "f.wasm", "--batch-size", "0", "--input", "x"]).is_err());
+        assert!(matches!(
+            resolve(&parse(&["--input", "x"]).unwrap()),
+            Err(LocalTestError::NoComponent)
+        ));
+    }
+
     #[test]
     fn numbers_compare_by_value_everything_else_exactly() {
         assert!(same(
