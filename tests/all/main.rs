@@ -12,6 +12,7 @@ mod dev_mode;
 mod examples;
 mod group;
 mod hostile;
+mod localtest;
 mod pipeline_e2e;
 mod poison;
 mod produce_errors;

@@ -35,6 +35,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once at start-up, so `test`'s many flags making the enum large cost nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Join the consumer group(s) and process records until SIGTERM.
@@ -65,8 +67,9 @@ enum Command {
     /// Run the main job on an in-process Kafka cluster: sample records through
     /// the bundled example function, enriched output printed.
     Dev(dev::DevArgs),
-    /// Run sample records through a component in the production sandbox (no
-    /// Kafka); compare with a golden file; non-zero exit on a mismatch or trap.
+    /// Run sample records as a pipeline would, minus Kafka: same sandbox,
+    /// limits, batch size, tombstones and output-topic check; compare with a
+    /// golden file; non-zero exit on a mismatch or an unexpected error.
     Test(localtest::TestArgs),
     /// Create a function project: source, sample records, expected output.
     Init(scaffold::InitArgs),
@@ -137,7 +140,7 @@ fn main() -> ExitCode {
                 Ok(())
             }),
         Command::Dev(args) => dev::run(args),
-        Command::Test(args) => localtest::run(args),
+        Command::Test(args) => localtest::run(args).map_err(anyhow::Error::from),
         Command::Init(args) => scaffold::init(args),
         Command::Build(args) => scaffold::build(args),
     };

@@ -17,6 +17,9 @@ pub enum Lang {
     Python,
     Rust,
     Js,
+    /// TypeScript: built like `js` after its types are stripped (no type
+    /// checking in the build; `tsconfig.json` lets `tsc --noEmit` check it).
+    Ts,
 }
 
 #[derive(clap::Args, Debug)]
@@ -118,6 +121,29 @@ export default transform((record) => {
 });
 "#;
 
+// Types must be erasable: build-js.sh strips them (amaro, strip-only) rather
+// than compiling, so the template avoids enum / namespace / parameter properties.
+const TS_TEMPLATE: &str = r#"import { transform, Record } from "pipeline-sdk";
+
+// pipeline:transform@0.2.0. A tombstone (null value) reaches the function only
+// with the pipeline's tombstones = "function": record.value === null then,
+// and record.fields throws InvalidInput. Types are stripped at build time, not
+// checked: run `npx tsc --noEmit` for that (tsconfig.json maps pipeline-sdk).
+interface Session {
+  session_start: number;
+  session_end: number;
+  session_duration_minutes?: number;
+}
+
+export default transform((record: Record): Record => {
+  if (record.value === null) return record; // a tombstone: pass the delete on, keyed
+  const start: number = record.require("session_start", "number");
+  const end: number = record.require("session_end", "number");
+  (record.fields as Session).session_duration_minutes = (end - start) / 60;
+  return record;
+});
+"#;
+
 const SAMPLE: &str = "{\"event_id\":\"e1\",\"session_start\":1700000000,\"session_end\":1700003600}\n{\"event_id\":\"e2\",\"session_start\":1700000000,\"session_end\":1700000300}\n";
 const EXPECTED: &str = "{\"event_id\":\"e1\",\"session_start\":1700000000,\"session_end\":1700003600,\"session_duration_minutes\":60.0}\n{\"event_id\":\"e2\",\"session_start\":1700000000,\"session_end\":1700000300,\"session_duration_minutes\":5.0}\n";
 
@@ -144,6 +170,18 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     match args.lang {
         Lang::Python => write(&format!("{name}.py"), &PY_TEMPLATE.replace("NAME", name))?,
         Lang::Js => write(&format!("{name}.js"), JS_TEMPLATE)?,
+        Lang::Ts => {
+            write(&format!("{name}.ts"), TS_TEMPLATE)?;
+            write(
+                "tsconfig.json",
+                &format!(
+                    "{{\n  \"compilerOptions\": {{\n    \"target\": \"es2022\",\n    \"module\": \"es2022\",\n    \"moduleResolution\": \"bundler\",\n    \"strict\": true,\n    \"noEmit\": true,\n    \"paths\": {{ \"pipeline-sdk\": [{}] }}\n  }},\n  \"files\": [\"{name}.ts\"]\n}}\n",
+                    serde_json::Value::String(
+                        sdk.join("sdk-wit/js/pipeline-sdk.d.ts").display().to_string()
+                    )
+                ),
+            )?;
+        }
         Lang::Rust => {
             std::fs::create_dir_all(dir.join("src"))?;
             write("src/lib.rs", RUST_TEMPLATE)?;
@@ -185,7 +223,7 @@ fn detect(dir: &Path) -> anyhow::Result<(Lang, String, PathBuf)> {
         v.sort();
         Ok(v)
     };
-    for (lang, ext) in [(Lang::Python, "py"), (Lang::Js, "js"), (Lang::Js, "ts")] {
+    for (lang, ext) in [(Lang::Python, "py"), (Lang::Js, "js"), (Lang::Ts, "ts")] {
         let files = by_ext(ext)?;
         match files.as_slice() {
             [] => continue,
@@ -204,7 +242,10 @@ fn detect(dir: &Path) -> anyhow::Result<(Lang, String, PathBuf)> {
             ),
         }
     }
-    bail!("{}: no Cargo.toml, .py or .js file to build", dir.display())
+    bail!(
+        "{}: no Cargo.toml, .py, .js or .ts file to build",
+        dir.display()
+    )
 }
 
 pub fn build(args: BuildArgs) -> anyhow::Result<()> {
@@ -218,7 +259,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     println!("building {} ({lang:?}) → {}", src.display(), out.display());
     let status = match lang {
         Lang::Python => Command::new(sdk.join("scripts/build-python.sh")).arg(&src).arg(&out).status(),
-        Lang::Js => Command::new(sdk.join("scripts/build-js.sh")).arg(&src).arg(&out).status(),
+        Lang::Js | Lang::Ts => Command::new(sdk.join("scripts/build-js.sh")).arg(&src).arg(&out).status(),
         Lang::Rust => {
             println!("cargo build --release --target wasm32-wasip2 (the first build compiles the SDK; later ones take seconds)");
             let target_dir = std::env::var_os("CARGO_TARGET_DIR")

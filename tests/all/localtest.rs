@@ -1,0 +1,421 @@
+//! `pipeline-worker test` is production minus Kafka: routing checked against
+//! the pipeline's declared topics with the message `run` dead-letters, golden
+//! files that expect errors, mismatches named by JSON path, outputs printed as
+//! the producer's bytes, and the TypeScript `init` → `build` → `test` loop.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+fn cache_dir() -> PathBuf {
+    repo_root().join(".cache/pipeline-worker-tests")
+}
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("localtest"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    p
+}
+
+/// Runs `pipeline-worker test ARGS`; (success, stdout + stderr).
+fn pw_test(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
+        .arg("test")
+        .arg("--cache-dir")
+        .arg(cache_dir())
+        .args(args)
+        .output()
+        .expect("run pipeline-worker test");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn os<S: AsRef<std::ffi::OsStr> + ?Sized>(s: &S) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+/// The router sends every order to `orders-eu`/`orders-us`, neither of which
+/// this pipeline declares. `run` dead-letters them as `unknown-topic`; `test
+/// --config` must fail them the same way, with the very message the dead
+/// letter carries, and a golden file can expect exactly that.
+#[test]
+fn undeclared_route_fails_test_as_run_dead_letters_it() {
+    let topics = TestTopics::create("lt-route", 1);
+    let component = guest("router");
+    let config = topics.config("router", &component, "batch_size = 4", "");
+    let dir = scratch();
+    let sample = write(
+        &dir,
+        "sample.jsonl",
+        &[
+            r#"{"order_id":"o-1","region":"eu","amount":250.0}"#,
+            r#"{"order_id":"o-2","region":"us","amount":9.5}"#,
+        ],
+    );
+
+    produce_all(
+        &topics.input,
+        &[
+            In::new("k1", r#"{"order_id":"o-1","region":"eu","amount":250.0}"#),
+            In::new("k2", r#"{"order_id":"o-2","region":"us","amount":9.5}"#),
+        ],
+    );
+    let worker = WorkerProcess::start(&config);
+    let dead = read_until(&[&topics.dlq], 2, Duration::from_secs(120));
+    assert_eq!(dead.len(), 2, "log:\n{}", worker.log_text());
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+
+    let (ok, text) = pw_test(&[
+        os("--config"),
+        config.as_os_str(),
+        os("--input"),
+        sample.as_os_str(),
+    ]);
+    assert!(!ok, "an undeclared route must fail `test`:\n{text}");
+    for (i, d) in dead.iter().enumerate() {
+        assert_eq!(d.header("pw.error.kind"), "unknown-topic");
+        let message = d.header("pw.error.message");
+        assert!(message.contains(&topics.output), "{message}");
+        let printed = format!(
+            "{}:{}: ERROR [unknown-topic] {message}  → dead letter {}",
+            sample.display(),
+            i + 1,
+            topics.dlq
+        );
+        assert!(
+            text.lines().any(|l| l == printed),
+            "`test` must print the dead letter's kind and message\n  {printed}\nin:\n{text}"
+        );
+    }
+
+    // The golden file expects those errors: PASS, in the flat layout.
+    let expect = write(
+        &dir,
+        "expected.jsonl",
+        &[
+            r#"{"error": "unknown-topic", "message": "names topic \"orders-eu\""}"#,
+            r#"{"error": "unknown-topic"}"#,
+        ],
+    );
+    let (ok, text) = pw_test(&[
+        os("--config"),
+        config.as_os_str(),
+        os("--pipeline"),
+        os("router"),
+        os("--input"),
+        sample.as_os_str(),
+        os("--expect"),
+        expect.as_os_str(),
+    ]);
+    assert!(ok && text.contains("PASS"), "{text}");
+
+    // A message that does not occur, or the wrong kind, fails and says so.
+    let expect = write(
+        &dir,
+        "wrong.jsonl",
+        &[
+            r#"{"error": "unknown-topic", "message": "orders-apac"}"#,
+            r#"{"error": "invalid-input"}"#,
+        ],
+    );
+    let (ok, text) = pw_test(&[
+        os("--config"),
+        config.as_os_str(),
+        os("--input"),
+        sample.as_os_str(),
+        os("--expect"),
+        expect.as_os_str(),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("wrong.jsonl:1") && text.contains(r#"does not contain "orders-apac""#),
+        "{text}"
+    );
+    assert!(
+        text.contains("wrong.jsonl:2")
+            && text.contains("expected error kind invalid-input, got unknown-topic"),
+        "{text}"
+    );
+
+    // Declaring the topics (flags, no config) makes the same records pass.
+    let (ok, text) = pw_test(&[
+        os("--component"),
+        component.as_os_str(),
+        os("--output-topic"),
+        os("orders-eu"),
+        os("--output-topic"),
+        os("orders-us"),
+        os("--input"),
+        sample.as_os_str(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("→ orders-eu") && text.contains("→ orders-us"),
+        "{text}"
+    );
+}
+
+/// A wrong golden value fails and names the field's JSON path with both
+/// values; a missing key and an extra output are named too.
+#[test]
+fn a_mismatch_names_the_json_path_and_both_values() {
+    let dir = scratch();
+    let sample = repo_root().join("customer-examples/price_calculator/sample.jsonl");
+    let good = std::fs::read_to_string(
+        repo_root().join("customer-examples/price_calculator/expected.jsonl"),
+    )
+    .unwrap();
+    let mut lines: Vec<String> = good.lines().map(String::from).collect();
+    assert!(lines[0].contains("\"total_price\":170.0"), "{}", lines[0]);
+    lines[0] = lines[0].replace("\"total_price\":170.0", "\"total_price\":171.0");
+    lines[1] = lines[1].replace("\"quantity\":3,", "");
+    let expect = dir.join("expected.jsonl");
+    std::fs::write(&expect, lines.join("\n")).unwrap();
+    let component = guest("price_calculator");
+    let (ok, text) = pw_test(&[
+        os("--component"),
+        component.as_os_str(),
+        os("--input"),
+        sample.as_os_str(),
+        os("--expect"),
+        expect.as_os_str(),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("expected.jsonl:1 (input ")
+            && text.contains("$.value.total_price: expected 171.0, got 170.0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("expected.jsonl:2 (input ")
+            && text.contains("$.value.quantity: unexpected key (got 3)"),
+        "{text}"
+    );
+
+    // Per-input layout: an output more than expected is named by count and index.
+    let n = std::fs::read_to_string(&sample)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    let mut per: Vec<String> = good.lines().map(|l| format!("[{l}]")).collect();
+    per[0] = "[]".into();
+    assert_eq!(per.len(), n);
+    let expect = dir.join("per_input.jsonl");
+    std::fs::write(&expect, per.join("\n")).unwrap();
+    let (ok, text) = pw_test(&[
+        os("--component"),
+        component.as_os_str(),
+        os("--input"),
+        sample.as_os_str(),
+        os("--expect"),
+        expect.as_os_str(),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("per_input.jsonl:1 (input ")
+            && text.contains("$: expected 0 output(s), got 1"),
+        "{text}"
+    );
+}
+
+/// The printed output is the value bytes the producer gets, in the function's
+/// key order (the router passes values through untouched), while the golden
+/// comparison ignores key order.
+#[test]
+fn outputs_are_printed_as_produced_bytes_in_the_functions_key_order() {
+    let dir = scratch();
+    let value = r#"{"region":"eu","order_id":"o-9","customer":"c-1","amount":5}"#;
+    let sample = write(&dir, "sample.jsonl", &[value]);
+    let expect = write(
+        &dir,
+        "expected.jsonl",
+        &[
+            r#"{"topic":"orders-eu","value":{"amount":5.0,"customer":"c-1","order_id":"o-9","region":"eu"}}"#,
+        ],
+    );
+    let component = guest("router");
+    let (ok, text) = pw_test(&[
+        os("--component"),
+        component.as_os_str(),
+        os("--input"),
+        sample.as_os_str(),
+        os("--expect"),
+        expect.as_os_str(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.lines().any(|l| l.trim() == value),
+        "the value must be printed byte for byte:\n{text}"
+    );
+    assert!(text.contains("\"pw.function.version\": "), "{text}");
+}
+
+/// `--input-format records` carries keys, headers and tombstones; the
+/// pipeline's tombstone mode decides what a null value does, as in `run`.
+#[test]
+fn record_inputs_carry_keys_headers_and_tombstones_per_mode() {
+    let dir = scratch();
+    let input = write(
+        &dir,
+        "records.jsonl",
+        &[
+            r#"{"key": "k1", "value": {"region": "eu", "amount": 5}, "headers": [["h", "v"], ["h", "w"]]}"#,
+            r#"{"key": "gone", "value": null}"#,
+        ],
+    );
+    let expect = write(
+        &dir,
+        "expected.jsonl",
+        &[
+            r#"[{"topic": "orders-eu", "key": "k1", "headers": [["h", "v"], ["h", "w"]], "value": {"region": "eu", "amount": 5}}]"#,
+            r#"[{"key": "gone", "value": null}]"#,
+        ],
+    );
+    let component = guest("router");
+    let run = |mode: &str| {
+        pw_test(&[
+            os("--component"),
+            component.as_os_str(),
+            os("--output-topic"),
+            os("orders-eu"),
+            os("--input-format"),
+            os("records"),
+            os("--tombstones"),
+            os(mode),
+            os("--input"),
+            input.as_os_str(),
+            os("--expect"),
+            expect.as_os_str(),
+        ])
+    };
+    let (ok, text) = run("pass");
+    assert!(ok, "{text}");
+    assert!(text.contains("null (tombstone)"), "{text}");
+    let (ok, text) = run("dead-letter");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("expected.jsonl:2") && text.contains("got error tombstone"),
+        "{text}"
+    );
+    // Handed to the function, the router reads fields of a null value.
+    let (ok, text) = run("function");
+    assert!(!ok, "{text}");
+    assert!(text.contains("ERROR [invalid-input]"), "{text}");
+    // A wrong header is named by its path.
+    let wrong = write(
+        &dir,
+        "wrong.jsonl",
+        &[
+            r#"[{"topic": "orders-eu", "headers": {"h": "v"}, "value": {"region": "eu", "amount": 5}}]"#,
+            r#"{"filtered": true}"#,
+        ],
+    );
+    let (ok, text) = pw_test(&[
+        os("--component"),
+        component.as_os_str(),
+        os("--output-topic"),
+        os("orders-eu"),
+        os("--input-format"),
+        os("records"),
+        os("--input"),
+        input.as_os_str(),
+        os("--expect"),
+        wrong.as_os_str(),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(r#"$[0].headers.h: expected "v", got "w""#),
+        "{text}"
+    );
+    assert!(
+        text.contains("wrong.jsonl:2") && text.contains("$: expected 0 output(s), got 1"),
+        "{text}"
+    );
+}
+
+/// `--expect` documents its own format in `--help`.
+#[test]
+fn help_documents_the_golden_format() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
+        .args(["test", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for needle in [
+        "PER-INPUT",
+        r#"{"error": "KIND", "message": "SUBSTRING"}"#,
+        r#"{"filtered": true}"#,
+        "--input-format records",
+    ] {
+        assert!(text.contains(needle), "help lacks {needle}:\n{text}");
+    }
+    assert!(
+        !text.contains("see `pipeline-worker test --help`"),
+        "{text}"
+    );
+}
+
+/// A TypeScript project from `init --lang ts` builds and passes its own test.
+#[test]
+fn init_ts_builds_and_passes_its_own_test() {
+    let has = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has("node") || !has("npm") {
+        eprintln!("skipped: node and npm are needed for a TypeScript build");
+        return;
+    }
+    let work = scratch();
+    let bin = env!("CARGO_BIN_EXE_pipeline-worker");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin)
+            .current_dir(&work)
+            .env("PIPELINE_SDK_HOME", repo_root())
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?} failed:\n{text}");
+        text
+    };
+    run(&["init", "--lang", "ts", "my_ts_fn"]);
+    let src = std::fs::read_to_string(work.join("my_ts_fn/my_ts_fn.ts")).unwrap();
+    assert!(
+        src.contains("interface ") && src.contains(": Record"),
+        "not TypeScript:\n{src}"
+    );
+    assert!(work.join("my_ts_fn/tsconfig.json").exists());
+    let built = run(&["build", "my_ts_fn"]);
+    assert!(built.contains("sha256:"), "{built}");
+    let tested = run(&[
+        "test",
+        "--cache-dir",
+        &cache_dir().display().to_string(),
+        "--component",
+        "my_ts_fn/my_ts_fn.wasm",
+        "--input",
+        "my_ts_fn/sample.jsonl",
+        "--expect",
+        "my_ts_fn/expected.jsonl",
+    ]);
+    assert!(tested.contains("PASS"), "{tested}");
+    assert!(
+        tested.contains("\"session_duration_minutes\":60"),
+        "{tested}"
+    );
+}
