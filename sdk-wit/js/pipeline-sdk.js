@@ -20,7 +20,14 @@ export const VERSION = "0.2.0";
 export const WIT_PACKAGE = "pipeline:transform@0.2.0";
 
 /** Longest error message handed to the host (it goes into dead-letter headers). */
-export const MAX_MESSAGE = 2000;
+// Longest error message handed to the host (the dead letter's
+// `pw.error.message`; the worker keeps 3 KiB of guest text). A longer one
+// keeps its first MESSAGE_HEAD characters (the exception and where it was
+// thrown) and its end.
+export const MAX_MESSAGE = 3000;
+const MESSAGE_HEAD = 1000;
+// Stack frames kept after the message.
+const MAX_STACK_FRAMES = 50;
 
 const ENCODER = new TextEncoder();
 
@@ -582,7 +589,38 @@ export function transform(fn) {
 }
 
 function clip(message) {
-  return message.length > MAX_MESSAGE ? message.slice(0, MAX_MESSAGE - 3) + "..." : message;
+  if (message.length <= MAX_MESSAGE) return message;
+  const marker = (n) => `\n... [${n} characters cut] ...\n`;
+  const tail = MAX_MESSAGE - MESSAGE_HEAD - marker(message.length).length;
+  const cut = message.length - MESSAGE_HEAD - tail;
+  return message.slice(0, MESSAGE_HEAD) + marker(cut) + message.slice(message.length - tail);
+}
+
+/** The thrown value's stack, one frame a line, without the SDK's own frames. */
+function stackOf(e) {
+  let stack;
+  try {
+    stack = e && typeof e === "object" ? e.stack : undefined;
+  } catch (x) {
+    return "";
+  }
+  if (typeof stack !== "string") return "";
+  // V8 starts the stack with the message again; SpiderMonkey does not.
+  const head = errorMessage(e);
+  if (stack.startsWith(head)) stack = stack.slice(head.length);
+  return stack
+    .split("\n")
+    .map((l) => l.trimEnd())
+    .filter((l) => l && !/pipeline-sdk\.js:\d+/.test(l))
+    .slice(0, MAX_STACK_FRAMES)
+    .join("\n");
+}
+
+/** `Type: message (at file.js:LINE, in fn)`, then the stack. */
+function failure(e, customerFile) {
+  const first = errorMessage(e) + location(e, customerFile);
+  const stack = stackOf(e);
+  return stack ? `${first}\n${stack}` : first;
 }
 
 /** ` (at enrich.js:7:5, in fn)` for the innermost frame in the customer's file. */
@@ -697,7 +735,7 @@ export function _run(fn, input, customerFile, fnName) {
     } catch (e) {
       if (e instanceof BadReturn) return err("failed", e.message);
       if (e instanceof InvalidInput) return err("invalid-input", e.message + location(e, customerFile));
-      return err("failed", errorMessage(e) + location(e, customerFile));
+      return err("failed", failure(e, customerFile));
     }
     try {
       return { tag: "ok", val: outs.map((r) => r._toOutput()) };

@@ -11,6 +11,7 @@ mod dead_letter;
 mod dev_mode;
 mod examples;
 mod group;
+mod guest_errors;
 mod hostile;
 mod localtest;
 mod pipeline_e2e;

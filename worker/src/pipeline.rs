@@ -868,7 +868,17 @@ fn deliver(
         Disposition::DeadLettered => {
             if let Some(e) = &err {
                 count_dead_letter(stats, e);
-                tracing::debug!(pipeline = %ctx.target.pipeline, topic = %tracker.topic, partition = tracker.partition, offset, kind = e.kind(), error = %e, "record dead-lettered");
+                // Once per record: a record replayed after a batch trap has
+                // one result, so one line, one dead letter, one count.
+                if !matches!(e, RecordError::Tombstone) {
+                    function.log_record_error(
+                        &ctx.target.pipeline,
+                        &tracker.topic,
+                        tracker.partition,
+                        offset,
+                        e,
+                    );
+                }
             }
         }
     }

@@ -13,6 +13,7 @@ import {
   Headers,
   InvalidInput,
   log,
+  MAX_MESSAGE,
   MissingField,
   Record,
   transform,
@@ -121,7 +122,11 @@ test("errors: invalid-input and failed, with the customer's file and line", () =
     throw new RangeError("boom");
   }, "{}");
   assert.equal(r2.val.tag, "failed");
-  assert.match(r2.val.val, /^RangeError: boom \(at sdk\.test\.mjs:\d+, in myfn\)$/);
+  const [first, ...stack] = r2.val.val.split("\n");
+  assert.match(first, /^RangeError: boom \(at sdk\.test\.mjs:\d+, in myfn\)$/);
+  assert.ok(stack.length > 0, "the stack follows the message");
+  assert.match(stack[0], /myfn.*sdk\.test\.mjs:\d+/);
+  assert.ok(!stack.some((l) => l.includes("pipeline-sdk.js")), "no SDK frames: " + r2.val.val);
 
   const r3 = run(() => {
     throw "plain";
@@ -135,8 +140,11 @@ test("errors: invalid-input and failed, with the customer's file and line", () =
   const long = run(() => {
     throw new Error("x".repeat(5000));
   }, "{}");
-  assert.equal(long.val.val.length, 2000);
-  assert.ok(long.val.val.endsWith("..."));
+  assert.ok(long.val.val.length <= MAX_MESSAGE, long.val.val.length);
+  assert.ok(long.val.val.startsWith("Error: xxx"));
+  assert.match(long.val.val, /\.\.\. \[\d+ characters cut\] \.\.\./);
+  // The tail is the end of the stack.
+  assert.match(long.val.val.split("\n").pop(), /:\d+:\d+\)?$/);
 });
 
 test("return values: null drops, arrays fan out, wrong shapes fail", () => {

@@ -47,8 +47,14 @@ from .record import EncodeError, InvalidInput, Record
 
 __all__ = ["load", "Transformer", "BatchTransformer"]
 
-# Longest error message handed to the host (it goes into dead-letter headers).
-MAX_MESSAGE = 2000
+# Longest error message handed to the host (it goes into the dead letter's
+# `pw.error.message`, which the worker bounds to 3 KiB of guest text). A
+# longer one keeps its first _HEAD characters (the exception and where it was
+# raised) and its end (the innermost frames and the exception again).
+MAX_MESSAGE = 3000
+_HEAD = 1000
+# Chained exceptions (`raise ... from`, raising while handling) shown at most.
+_MAX_CHAIN = 5
 
 _SDK_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -101,9 +107,72 @@ def _location(tb: Any) -> str:
 
 
 def _clip(message: str) -> str:
-    if len(message) > MAX_MESSAGE:
-        return message[: MAX_MESSAGE - 3] + "..."
-    return message
+    """At most MAX_MESSAGE characters: the head and the tail, the number of
+    characters cut between them said."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    marker = "\n... [%d characters cut] ...\n"
+    room = len(marker % len(message))
+    tail = MAX_MESSAGE - _HEAD - room
+    cut = len(message) - _HEAD - tail
+    return message[:_HEAD] + marker % cut + message[len(message) - tail :]
+
+
+def _frames(tb: Any) -> List[str]:
+    """`  File "f.py", line N, in name` for each frame outside the SDK, from
+    the frames alone: no source lines (reading them would mean file access,
+    which a component does not have)."""
+    lines = []
+    try:
+        for frame, lineno in traceback.walk_tb(tb):
+            code = frame.f_code
+            if code.co_filename.startswith(_SDK_DIR + os.sep):
+                continue
+            lines.append('  File "%s", line %s, in %s' % (code.co_filename, lineno, code.co_name))
+    except Exception:
+        pass
+    return lines
+
+
+def _traceback_text(e: BaseException) -> str:
+    """Python's traceback layout, chained exceptions first, the exception
+    that stopped the function last."""
+    chain = []
+    seen = set()
+    cur: Optional[BaseException] = e
+    while cur is not None and id(cur) not in seen and len(chain) < _MAX_CHAIN:
+        seen.add(id(cur))
+        if cur.__cause__ is not None:
+            link = "The above exception was the direct cause of the following exception:"
+            nxt: Optional[BaseException] = cur.__cause__
+        elif cur.__context__ is not None and not cur.__suppress_context__:
+            link = "During handling of the above exception, another exception occurred:"
+            nxt = cur.__context__
+        else:
+            link, nxt = "", None
+        chain.append((cur, link))
+        cur = nxt
+    parts = []
+    # `link` joins an exception to the one it chains to, printed before it.
+    for i, (exc, link) in enumerate(reversed(chain)):
+        if i > 0:
+            parts.extend(["", link, ""])
+        frames = _frames(exc.__traceback__)
+        if frames:
+            parts.append("Traceback (most recent call last):")
+            parts.extend(frames)
+        parts.append(_exception_message(exc))
+    return "\n".join(parts)
+
+
+def _failure(e: BaseException) -> str:
+    """`Type: message (at file.py:LINE, in fn)`, then the traceback."""
+    try:
+        trace = _traceback_text(e)
+    except BaseException:  # a broken exception chain: the first line still says it
+        trace = ""
+    first = _exception_message(e) + _location(e.__traceback__)
+    return _clip(first + ("\n" + trace if trace else ""))
 
 
 def _exception_message(e: BaseException) -> str:
@@ -192,11 +261,7 @@ def _run(inp: InputRecord) -> Any:
                 TransformError_InvalidInput(_clip(str(e) + _location(e.__traceback__)))
             )
         except BaseException as e:  # noqa: B902 - SystemExit too: never trap
-            return Err(
-                TransformError_Failed(
-                    _clip(_exception_message(e) + _location(e.__traceback__))
-                )
-            )
+            return Err(TransformError_Failed(_failure(e)))
         try:
             return Ok([_to_output(r) for r in outs])
         except EncodeError as e:

@@ -332,6 +332,50 @@ class ErrorTest(unittest.TestCase):
         self.assertTrue(msg.startswith("ValueError: bad amount (at raises.py:"), msg)
         self.assertIn(", in raises)", msg)
 
+    def test_exception_carries_its_traceback(self):
+        load_source(
+            """
+            from pipeline_sdk import transform
+            def ratio(fields):
+                return fields["a"] / fields["b"]
+            @transform
+            def f(record):
+                try:
+                    record.fields["r"] = ratio(record.fields)
+                except ZeroDivisionError as e:
+                    raise RuntimeError("cannot compute r") from e
+                return record
+            """
+        )
+        kind, msg = err(run(b'{"a": 1, "b": 0}'))
+        self.assertEqual(kind, "failed")
+        lines = msg.split("\n")
+        self.assertTrue(lines[0].startswith("RuntimeError: cannot compute r (at customer_"), msg)
+        self.assertIn("ZeroDivisionError: division by zero", lines)
+        self.assertIn("The above exception was the direct cause of the following exception:", lines)
+        self.assertTrue(any(l.endswith(", in ratio") for l in lines), msg)
+        self.assertEqual(lines[-1], "RuntimeError: cannot compute r", msg)
+        self.assertFalse(any("_runtime.py" in l for l in lines), "SDK frames are left out: " + msg)
+
+    def test_a_long_traceback_keeps_its_head_and_tail(self):
+        load_source(
+            """
+            from pipeline_sdk import transform
+            def down(n):
+                if n == 0:
+                    return 1 / 0
+                return down(n - 1)
+            @transform
+            def f(record):
+                return down(500)
+            """
+        )
+        kind, msg = err(run(b"{}"))
+        self.assertLessEqual(len(msg), _runtime.MAX_MESSAGE)
+        self.assertTrue(msg.startswith("ZeroDivisionError: division by zero (at customer_"), msg)
+        self.assertIn("characters cut]", msg)
+        self.assertTrue(msg.endswith("\nZeroDivisionError: division by zero"), msg[-200:])
+
     def test_not_json_is_invalid_input(self):
         load_file(ENRICH)
         kind, msg = err(run(b"not json"))

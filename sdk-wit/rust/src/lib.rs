@@ -27,8 +27,9 @@
 //!
 //! Returning zero outputs filters the record out; one transforms it; several
 //! fan it out. A panic traps the component instance (the worker treats it as a
-//! failure of the record); the panic message is logged through `host.log`
-//! first.
+//! failure of the record); the panic message and location are sent through
+//! `host.log` at error level first, and the worker puts them in the record's
+//! dead letter (`pw.error.message`).
 
 mod error;
 mod fields;
@@ -156,17 +157,55 @@ pub mod __private {
         }
     }
 
-    /// Forwards panic messages to `host.log` (error level) before the trap,
-    /// keeping the default hook (stderr) as well.
+    /// Longest panic report sent to the host: a `log` call past the host's
+    /// per-call byte budget would be refused as an over-large output, and
+    /// the panic reported as that instead of itself.
+    pub const MAX_PANIC_REPORT: usize = 8 * 1024;
+
+    /// `panicked at src/lib.rs:17:17: index out of bounds: ...`, on one
+    /// line first (the worker's dead letter keeps the start of what the
+    /// guest reported), at most [`MAX_PANIC_REPORT`] bytes.
+    pub fn panic_report(location: Option<&std::panic::Location<'_>>, payload: &str) -> String {
+        let mut s = match location {
+            Some(l) => format!(
+                "panicked at {}:{}:{}: {payload}",
+                l.file(),
+                l.line(),
+                l.column()
+            ),
+            None => format!("panicked: {payload}"),
+        };
+        if s.len() > MAX_PANIC_REPORT {
+            let mut end = MAX_PANIC_REPORT - '…'.len_utf8();
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+            s.push('…');
+        }
+        s
+    }
+
+    /// The hook's report for `info`.
+    pub fn report_panic(info: &std::panic::PanicHookInfo<'_>) -> String {
+        let payload = info
+            .payload_as_str()
+            .unwrap_or("(a panic payload that is not a string)");
+        panic_report(info.location(), payload)
+    }
+
+    /// Sends a panic's message and location to `host.log` at error level
+    /// before the instance traps (wasm32-wasip2 aborts on panic, which is a
+    /// wasm `unreachable`; the hook runs first). The worker puts it in the
+    /// record's dead letter. Replaces the default hook, which would print
+    /// the same panic to stderr and have it captured twice.
     fn install_panic_hook() {
         #[cfg(target_arch = "wasm32")]
         {
             static ONCE: std::sync::Once = std::sync::Once::new();
             ONCE.call_once(|| {
-                let previous = std::panic::take_hook();
-                std::panic::set_hook(Box::new(move |info| {
-                    crate::log::error(&format!("panic: {info}"));
-                    previous(info);
+                std::panic::set_hook(Box::new(|info| {
+                    crate::log::error(&report_panic(info));
                 }));
             });
         }

@@ -349,3 +349,38 @@ fn tombstones_are_none_not_empty() {
     assert!(!back.is_tombstone());
     assert_eq!(back.value(), br#"{"a":1}"#);
 }
+
+#[test]
+fn a_panic_report_has_location_and_message_on_its_first_line() {
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(None::<String>));
+    let previous = std::panic::take_hook();
+    {
+        let seen = seen.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            *seen.lock().unwrap() = Some(crate::__private::report_panic(info));
+        }));
+    }
+    let v = vec![1, 2, 3];
+    let i = std::hint::black_box(7);
+    let r = std::panic::catch_unwind(|| v[i]);
+    std::panic::set_hook(previous);
+    assert!(r.is_err());
+    let report = seen.lock().unwrap().take().expect("the hook ran");
+    let first = report.lines().next().unwrap();
+    // rustc names the file relative to the workspace root.
+    assert!(first.starts_with("panicked at "), "{report}");
+    assert!(first.contains("src/tests.rs:"), "{report}");
+    assert!(
+        first.contains("index out of bounds: the len is 3 but the index is 7"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_huge_panic_report_is_cut_to_its_bound() {
+    let payload = "é".repeat(10_000);
+    let r = crate::__private::panic_report(None, &payload);
+    assert!(r.len() <= crate::__private::MAX_PANIC_REPORT, "{}", r.len());
+    assert!(r.starts_with("panicked: éé") && r.ends_with('…'));
+}

@@ -3,6 +3,18 @@
 //! arguments, empty stdin, every socket address refused, no name lookup.
 //! stdout/stderr become log lines attributed to the function, truncated and
 //! rate-limited.
+//!
+//! # One call's output
+//!
+//! Lines are held until the call ends (at most [`MAX_HELD_LINES`]), because
+//! what happens to them depends on how it ended: a call that returned logs
+//! them; a call that failed (trap, deadline, fuel) hands its stderr and
+//! error-level `log` text to the record's error instead, and logs only the
+//! rest; a batch call that failed logs nothing, since its records are
+//! replayed one by one and print it all again, each attributable. stderr
+//! and error-level `log` text are also captured per call, bounded to the
+//! first [`text::GUEST_TEXT_HEAD`] bytes and the last ones (see
+//! [`GuestOutput`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -15,6 +27,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::pipeline::transform::host::Level;
+use super::text;
 use super::{bindings, bindings_v01};
 use crate::config::Limits;
 
@@ -25,20 +38,25 @@ const MAX_PENDING: usize = 8 * 1024;
 /// Token bucket per function: burst and lines per second.
 const LOG_BURST: f64 = 100.0;
 const LOG_PER_SEC: f64 = 50.0;
+/// Lines of one call held until it ends; more are counted, not logged (the
+/// rate limit would drop them anyway).
+pub const MAX_HELD_LINES: usize = LOG_BURST as usize;
 
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) limiter: Limiter,
     log: Arc<GuestLog>,
+    output: Arc<Mutex<CallOutput>>,
     stdout: GuestPipe,
     stderr: GuestPipe,
 }
 
 impl HostState {
     pub fn new(limits: &Limits, log: Arc<GuestLog>) -> Self {
-        let stdout = GuestPipe::new(log.clone(), "stdout");
-        let stderr = GuestPipe::new(log.clone(), "stderr");
+        let output = Arc::new(Mutex::new(CallOutput::default()));
+        let stdout = GuestPipe::new(output.clone(), "stdout");
+        let stderr = GuestPipe::new(output.clone(), "stderr");
         let wasi = WasiCtx::builder()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -54,15 +72,190 @@ impl HostState {
             table,
             limiter: Limiter::new(limits),
             log,
+            output,
             stdout,
             stderr,
         }
     }
 
-    /// Emits a trailing line the guest did not end with a newline.
-    pub fn flush_output(&mut self) {
+    fn output(&self) -> std::sync::MutexGuard<'_, CallOutput> {
+        self.output.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a call's output: what instantiation printed is logged, the
+    /// capture starts empty.
+    pub fn begin_call(&mut self) {
+        self.end_call(CallEnd::Returned);
+    }
+
+    /// Ends a call's output (see the module docs); returns what was captured
+    /// for the record's error when the call `Failed`.
+    pub fn end_call(&mut self, how: CallEnd) -> GuestOutput {
+        // A trailing line the guest did not end with a newline.
         self.stdout.flush_partial();
         self.stderr.flush_partial();
+        let out = std::mem::take(&mut *self.output());
+        match how {
+            CallEnd::Returned => {
+                out.emit(&self.log, false);
+                GuestOutput::default()
+            }
+            CallEnd::Failed => {
+                out.emit(&self.log, true);
+                out.capture.finish()
+            }
+            CallEnd::Replayed => GuestOutput::default(),
+        }
+    }
+}
+
+/// How a call ended, for [`HostState::end_call`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallEnd {
+    /// It returned results: every line is logged.
+    Returned,
+    /// It trapped or ran out of time or fuel: its captured text goes to the
+    /// record's error, the other lines to the log.
+    Failed,
+    /// A batch call that failed and whose records are replayed: nothing is
+    /// logged, the replay prints it again.
+    Replayed,
+}
+
+/// What a failed call wrote to stderr or logged at error level: a Rust
+/// panic's message and location, an uncaught exception. Sanitized (see
+/// [`text::sanitize`], newlines kept) and at most [`text::MAX_GUEST_TEXT`]
+/// bytes: its first [`text::GUEST_TEXT_HEAD`] bytes and its last ones, with
+/// the number of bytes cut between them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestOutput(String);
+
+impl GuestOutput {
+    /// Sanitizes and bounds `s`.
+    pub fn new(s: &str) -> Self {
+        let clean = text::sanitize(s.trim(), true);
+        Self(text::head_and_tail(
+            clean.trim(),
+            text::MAX_GUEST_TEXT,
+            text::GUEST_TEXT_HEAD,
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Nothing when empty, else `; guest output:` and the text on the next line,
+/// so it reads after the error it explains.
+impl std::fmt::Display for GuestOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(f, "; guest output:\n{}", self.0)
+        }
+    }
+}
+
+/// One call's lines, held until it ends, and its captured text.
+#[derive(Default)]
+struct CallOutput {
+    held: Vec<HeldLine>,
+    /// Lines past [`MAX_HELD_LINES`].
+    dropped: u64,
+    capture: Capture,
+}
+
+struct HeldLine {
+    level: Level,
+    stream: &'static str,
+    line: String,
+    /// Part of the capture too (stderr, error-level `log`).
+    captured: bool,
+}
+
+impl CallOutput {
+    fn hold(&mut self, level: Level, stream: &'static str, line: String, captured: bool) {
+        if self.held.len() < MAX_HELD_LINES {
+            self.held.push(HeldLine {
+                level,
+                stream,
+                line,
+                captured,
+            });
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Logs the held lines; with `skip_captured`, only those that are not in
+    /// the record's error already.
+    fn emit(&self, log: &GuestLog, skip_captured: bool) {
+        for h in &self.held {
+            if !(skip_captured && h.captured) {
+                log.emit(h.level, h.stream, &h.line);
+            }
+        }
+        if self.dropped > 0 {
+            tracing::warn!(function = %log.function, dropped = self.dropped, "guest log lines of one call over the limit of {MAX_HELD_LINES}; not logged");
+        }
+    }
+}
+
+/// The first [`text::GUEST_TEXT_HEAD`] bytes and a window of the last
+/// [`text::MAX_GUEST_TEXT`] bytes of a call's stderr and error-level `log`
+/// text, and how much there was: bounded whatever the guest prints.
+#[derive(Default)]
+struct Capture {
+    head: Vec<u8>,
+    /// Between one and two windows' worth, so trimming is amortised.
+    tail: Vec<u8>,
+    total: usize,
+}
+
+impl Capture {
+    fn push(&mut self, bytes: &[u8]) {
+        self.total = self.total.saturating_add(bytes.len());
+        let room = text::GUEST_TEXT_HEAD.saturating_sub(self.head.len());
+        let (head, rest) = bytes.split_at(room.min(bytes.len()));
+        self.head.extend_from_slice(head);
+        let window = text::MAX_GUEST_TEXT;
+        if rest.len() >= window {
+            self.tail.clear();
+            self.tail.extend_from_slice(&rest[rest.len() - window..]);
+        } else {
+            self.tail.extend_from_slice(rest);
+            if self.tail.len() > 2 * window {
+                self.tail.drain(..self.tail.len() - window);
+            }
+        }
+    }
+
+    fn finish(self) -> GuestOutput {
+        if self.total == 0 {
+            return GuestOutput::default();
+        }
+        let window = text::MAX_GUEST_TEXT;
+        let tail = &self.tail[self.tail.len().saturating_sub(window)..];
+        let cut = self.total - self.head.len() - tail.len();
+        if cut == 0 {
+            let mut all = self.head;
+            all.extend_from_slice(tail);
+            return GuestOutput::new(&String::from_utf8_lossy(&all));
+        }
+        // Bytes were lost between head and window: say so, and let
+        // `GuestOutput::new` cut the window down to its bound.
+        let text = format!(
+            "{}\n… [{cut} bytes cut] …\n{}",
+            String::from_utf8_lossy(&self.head),
+            String::from_utf8_lossy(tail)
+        );
+        GuestOutput::new(&text)
     }
 }
 
@@ -75,9 +268,21 @@ impl WasiView for HostState {
     }
 }
 
+impl HostState {
+    fn guest_log(&mut self, level: Level, message: String) {
+        let captured = level == Level::Error;
+        let mut out = self.output();
+        if captured {
+            out.capture.push(message.as_bytes());
+            out.capture.push(b"\n");
+        }
+        out.hold(level, "log", super::truncate(&message, MAX_LINE), captured);
+    }
+}
+
 impl bindings::pipeline::transform::host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
-        self.log.emit(level, "log", &message);
+        self.guest_log(level, message);
     }
 }
 
@@ -93,7 +298,7 @@ impl bindings_v01::pipeline::transform::host::Host for HostState {
             L::Warn => Level::Warn,
             L::Error => Level::Error,
         };
-        self.log.emit(level, "log", &message);
+        self.guest_log(level, message);
     }
 }
 
@@ -218,10 +423,13 @@ impl ResourceLimiter for Limiter {
 }
 
 /// The function's log: host `log` calls and stdout/stderr lines, rate-limited
-/// per function so a chatty guest cannot flood the worker's log.
+/// per function so a chatty guest cannot flood the worker's log; and the
+/// one line per failed record (see [`super::Function::log_record_error`]),
+/// limited on its own so that neither crowds out the other.
 pub struct GuestLog {
     function: String,
     bucket: Mutex<Bucket>,
+    failures: Mutex<Bucket>,
 }
 
 struct Bucket {
@@ -230,20 +438,18 @@ struct Bucket {
     dropped: u64,
 }
 
-impl GuestLog {
-    pub fn new(function: &str) -> Self {
-        Self {
-            function: function.to_string(),
-            bucket: Mutex::new(Bucket {
-                tokens: LOG_BURST,
-                last: Instant::now(),
-                dropped: 0,
-            }),
+impl Bucket {
+    fn new() -> Self {
+        Bucket {
+            tokens: LOG_BURST,
+            last: Instant::now(),
+            dropped: 0,
         }
     }
 
-    fn admit(&self) -> Option<u64> {
-        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+    /// `Some(lines dropped since the last admitted one)`, or `None` to drop.
+    fn admit(m: &Mutex<Bucket>) -> Option<u64> {
+        let mut b = m.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         b.tokens =
             (b.tokens + now.duration_since(b.last).as_secs_f64() * LOG_PER_SEC).min(LOG_BURST);
@@ -256,13 +462,32 @@ impl GuestLog {
             None
         }
     }
+}
+
+impl GuestLog {
+    pub fn new(function: &str) -> Self {
+        Self {
+            function: function.to_string(),
+            bucket: Mutex::new(Bucket::new()),
+            failures: Mutex::new(Bucket::new()),
+        }
+    }
+
+    fn admit(&self) -> Option<u64> {
+        Bucket::admit(&self.bucket)
+    }
+
+    /// The failed-record line's rate limit: `Some(suppressed before it)`.
+    pub(super) fn admit_failure(&self) -> Option<u64> {
+        Bucket::admit(&self.failures)
+    }
 
     pub fn emit(&self, level: Level, stream: &str, message: &str) {
         let Some(dropped) = self.admit() else { return };
         if dropped > 0 {
             tracing::warn!(function = %self.function, dropped, "guest log lines suppressed by the rate limit");
         }
-        let line = super::truncate(message.trim_end(), MAX_LINE);
+        let line = text::sanitize(&super::truncate(message.trim_end(), MAX_LINE), false);
         let f = self.function.as_str();
         match level {
             Level::Trace => tracing::trace!(target: "guest", function = f, stream, "{line}"),
@@ -275,32 +500,44 @@ impl GuestLog {
 }
 
 /// A guest stdout/stderr. Never fails a write (a full pipe must not break the
-/// guest's `print`); lines go to the function's log.
+/// guest's `print`); lines are held in the call's output, stderr is captured
+/// too.
 #[derive(Clone)]
 struct GuestPipe {
-    log: Arc<GuestLog>,
+    output: Arc<Mutex<CallOutput>>,
     stream: &'static str,
     pending: Arc<Mutex<Vec<u8>>>,
 }
 
 impl GuestPipe {
-    fn new(log: Arc<GuestLog>, stream: &'static str) -> Self {
+    fn new(output: Arc<Mutex<CallOutput>>, stream: &'static str) -> Self {
         Self {
-            log,
+            output,
             stream,
             pending: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
+    fn is_stderr(&self) -> bool {
+        self.stream == "stderr"
+    }
+
     fn level(&self) -> Level {
-        if self.stream == "stderr" {
+        if self.is_stderr() {
             Level::Warn
         } else {
             Level::Info
         }
     }
 
+    fn output(&self) -> std::sync::MutexGuard<'_, CallOutput> {
+        self.output.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn push(&self, data: &[u8]) {
+        if self.is_stderr() {
+            self.output().capture.push(data);
+        }
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         for chunk in data.split_inclusive(|b| *b == b'\n') {
             if pending.len() < MAX_PENDING {
@@ -310,7 +547,8 @@ impl GuestPipe {
             if chunk.ends_with(b"\n") {
                 let line = String::from_utf8_lossy(&pending).into_owned();
                 pending.clear();
-                self.log.emit(self.level(), self.stream, &line);
+                self.output()
+                    .hold(self.level(), self.stream, line, self.is_stderr());
             }
         }
     }
@@ -321,7 +559,8 @@ impl GuestPipe {
             let line = String::from_utf8_lossy(&pending).into_owned();
             pending.clear();
             drop(pending);
-            self.log.emit(self.level(), self.stream, &line);
+            self.output()
+                .hold(self.level(), self.stream, line, self.is_stderr());
         }
     }
 }

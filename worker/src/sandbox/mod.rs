@@ -53,6 +53,7 @@ mod compat;
 mod engine;
 mod host;
 mod imports;
+pub mod text;
 
 use std::future::Future;
 use std::path::Path;
@@ -65,7 +66,8 @@ use wasmtime::{Engine, Store, Trap};
 use crate::config::Limits;
 pub use cache::{digest, ArtifactCache, RemoteArtifacts};
 pub use engine::EpochTicker;
-pub use host::{GuestLog, HostState, LimitError, TABLE_ELEMENT_BYTES};
+use host::CallEnd;
+pub use host::{GuestLog, GuestOutput, HostState, LimitError, TABLE_ELEMENT_BYTES};
 pub use imports::{
     check_component_shape, Shape, WitMinor, ALLOWED_IMPORTS, WORLD_PACKAGE, WORLD_VERSION_REQ,
 };
@@ -95,17 +97,22 @@ use bindings_v01::exports::pipeline::transform::{
 };
 
 /// Why one record did not produce outputs. `kind()` is what goes into the
-/// dead-letter `pw.error.kind` header and the trap counters.
+/// dead-letter `pw.error.kind` header and the trap counters. Guest text in
+/// it (a returned message, [`GuestOutput`]) is sanitized and bounded, so the
+/// whole message fits [`text::MAX_ERROR_MESSAGE`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     #[error("invalid input: {0}")]
     InvalidInput(String),
     #[error("function failed: {0}")]
     Failed(String),
-    #[error("out of fuel (limit {limit} per record)")]
-    OutOfFuel { limit: u64 },
-    #[error("wall-clock deadline of {deadline_ms} ms exceeded")]
-    Deadline { deadline_ms: u64 },
+    #[error("out of fuel (limit {limit} per record){guest}")]
+    OutOfFuel { limit: u64, guest: GuestOutput },
+    #[error("wall-clock deadline of {deadline_ms} ms exceeded{guest}")]
+    Deadline {
+        deadline_ms: u64,
+        guest: GuestOutput,
+    },
     #[error("memory limit exceeded: {0}")]
     Memory(String),
     #[error("wasm stack overflow (max_stack_bytes {0})")]
@@ -119,8 +126,10 @@ pub enum RecordError {
     },
     #[error("{count} outputs exceed max_outputs {limit}")]
     OutputCount { count: usize, limit: usize },
-    #[error("trap: {0}")]
-    Trap(String),
+    /// A trap (a Rust panic is `unreachable`); `guest` is what the call
+    /// wrote to stderr or logged at error level (the panic message).
+    #[error("trap: {message}{guest}")]
+    Trap { message: String, guest: GuestOutput },
     #[error("could not instantiate the function: {0}")]
     Instantiate(String),
     /// The producer or broker refused an output of this record (too large,
@@ -161,7 +170,7 @@ impl RecordError {
             RecordError::OutputTooLarge { .. } => "output-size",
             RecordError::OutputCount { .. } => "output-count",
             RecordError::UnknownTopic { .. } => "unknown-topic",
-            RecordError::Trap(_) => "trap",
+            RecordError::Trap { .. } => "trap",
             RecordError::Instantiate(_) => "instantiate",
             RecordError::ProduceRejected(_) => "produce-rejected",
             RecordError::Tombstone => "tombstone",
@@ -367,7 +376,10 @@ impl Rt {
         rt.block_on(async {
             match tokio::time::timeout(deadline, fut).await {
                 Ok(r) => r,
-                Err(_) => Err(RecordError::Deadline { deadline_ms }),
+                Err(_) => Err(RecordError::Deadline {
+                    deadline_ms,
+                    guest: GuestOutput::default(),
+                }),
             }
         })
     }
@@ -510,6 +522,39 @@ impl Function {
             },
             ..function
         }))
+    }
+
+    /// The one log line of a record that failed: where it came from, the
+    /// function and version, the kind and the whole message (guest text in
+    /// it already bounded), sanitized with newlines escaped so it stays one
+    /// line. Rate-limited per function, so a function failing every record
+    /// cannot flood the log (the dead letters and counters still hold all).
+    pub fn log_record_error(
+        &self,
+        pipeline: &str,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        err: &RecordError,
+    ) {
+        let Some(suppressed) = self.log.admit_failure() else {
+            return;
+        };
+        if suppressed > 0 {
+            tracing::warn!(pipeline, function = %self.name, suppressed, "failed-record log lines suppressed by the rate limit");
+        }
+        let error = text::sanitize(&err.to_string(), false);
+        tracing::warn!(
+            pipeline,
+            topic,
+            partition,
+            offset,
+            function = %self.name,
+            function_version = %self.version,
+            kind = err.kind(),
+            error = %error,
+            "record dead-lettered"
+        );
     }
 
     pub fn exports_batch(&self) -> bool {
@@ -700,7 +745,10 @@ impl Runner {
         if let Some(fuel) = f.limits.fuel {
             live.store
                 .set_fuel(fuel.saturating_mul(records))
-                .map_err(|e| RecordError::Trap(format!("{e:#}")))?;
+                .map_err(|e| RecordError::Trap {
+                    message: format!("{e:#}"),
+                    guest: GuestOutput::default(),
+                })?;
         }
         Ok(())
     }
@@ -716,6 +764,7 @@ impl Runner {
     fn call_one(&mut self, f: &Function, input: &InputRecord) -> RecordResult {
         let (mut live, served) = self.checkout(f, 1)?;
         self.arm(f, &mut live, 1)?;
+        live.store.data_mut().begin_call();
         let started = Instant::now();
         let result = self.block_on(f, async {
             let Live { store, exports } = &mut live;
@@ -725,11 +774,23 @@ impl Runner {
                 .map_err(|e| classify(e, &f.limits))
         });
         self.account(f, &live, 1, started);
-        live.store.data_mut().flush_output();
         // Any error out of a call (a trap, a timeout that dropped the call
         // midway) leaves the instance in an unknown state: drop it, the next
         // record gets a fresh one.
-        let r = result?;
+        let r = match result {
+            Ok(r) => {
+                live.store.data_mut().end_call(CallEnd::Returned);
+                r
+            }
+            Err(e) if e.takes_guest_output() => {
+                let guest = live.store.data_mut().end_call(CallEnd::Failed);
+                return Err(e.with_guest(guest));
+            }
+            Err(e) => {
+                live.store.data_mut().end_call(CallEnd::Returned);
+                return Err(e);
+            }
+        };
         self.keep(f, live, served + 1);
         guest_result(r, &f.limits)
     }
@@ -742,6 +803,7 @@ impl Runner {
         let n = inputs.len() as u64;
         let (mut live, served) = self.checkout(f, n).ok()?;
         self.arm(f, &mut live, n).ok()?;
+        live.store.data_mut().begin_call();
         let started = Instant::now();
         let result = self.block_on(f, async {
             let Live { store, exports } = &mut live;
@@ -751,9 +813,9 @@ impl Runner {
             }
         });
         self.account(f, &live, n, started);
-        live.store.data_mut().flush_output();
         match result {
             Ok(results) if results.len() == inputs.len() => {
+                live.store.data_mut().end_call(CallEnd::Returned);
                 self.keep(f, live, served + n);
                 Some(
                     results
@@ -763,6 +825,7 @@ impl Runner {
                 )
             }
             Ok(results) => {
+                live.store.data_mut().end_call(CallEnd::Replayed);
                 tracing::warn!(
                     function = %f.name,
                     expected = inputs.len(),
@@ -771,7 +834,12 @@ impl Runner {
                 );
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                // Replayed record by record: each record's text is captured
+                // and logged once, by its own call.
+                live.store.data_mut().end_call(CallEnd::Replayed);
+                None
+            }
         }
     }
 }
@@ -795,8 +863,53 @@ fn guest_result(r: GuestResult, limits: &Limits) -> RecordResult {
                 Ok(outputs)
             }
         }
-        Err(TransformError::InvalidInput(m)) => Err(RecordError::InvalidInput(m)),
-        Err(TransformError::Failed(m)) => Err(RecordError::Failed(m)),
+        Err(TransformError::InvalidInput(m)) => Err(RecordError::InvalidInput(guest_message(&m))),
+        Err(TransformError::Failed(m)) => Err(RecordError::Failed(guest_message(&m))),
+    }
+}
+
+/// A message the guest returned (a Python traceback, a JS stack), sanitized
+/// and bounded like captured output: the SDKs bound it already, a raw
+/// component may not.
+fn guest_message(m: &str) -> String {
+    GuestOutput::new(m).as_str().to_string()
+}
+
+impl RecordError {
+    /// Whether a failed call's captured text belongs in this error: the
+    /// kinds that stop a guest mid-way (a panic is a trap). A memory or
+    /// stack trap stops it at an instruction that printed nothing, and
+    /// guest-returned errors say what the guest chose.
+    fn takes_guest_output(&self) -> bool {
+        matches!(
+            self,
+            RecordError::Trap { .. } | RecordError::Deadline { .. } | RecordError::OutOfFuel { .. }
+        )
+    }
+
+    fn with_guest(self, out: GuestOutput) -> Self {
+        match self {
+            RecordError::Trap { message, .. } => RecordError::Trap {
+                message,
+                guest: out,
+            },
+            RecordError::Deadline { deadline_ms, .. } => RecordError::Deadline {
+                deadline_ms,
+                guest: out,
+            },
+            RecordError::OutOfFuel { limit, .. } => RecordError::OutOfFuel { limit, guest: out },
+            other => other,
+        }
+    }
+
+    /// What the guest wrote before a trap, deadline or fuel stop.
+    pub fn guest_output(&self) -> Option<&GuestOutput> {
+        match self {
+            RecordError::Trap { guest, .. }
+            | RecordError::Deadline { guest, .. }
+            | RecordError::OutOfFuel { guest, .. } => Some(guest).filter(|g| !g.is_empty()),
+            _ => None,
+        }
     }
 }
 
@@ -831,12 +944,28 @@ fn classify(e: wasmtime::Error, limits: &Limits) -> RecordError {
         return match trap {
             Trap::OutOfFuel => RecordError::OutOfFuel {
                 limit: limits.fuel.unwrap_or(0),
+                guest: GuestOutput::default(),
             },
             Trap::Interrupt => RecordError::Deadline {
                 deadline_ms: limits.deadline_ms,
+                guest: GuestOutput::default(),
             },
             Trap::StackOverflow => RecordError::StackOverflow(limits.max_stack_bytes),
-            trap => RecordError::Trap(format!("{trap}: {}", first_line(&format!("{e:#}")))),
+            trap => {
+                // The first line of `{e:#}` is mostly wasmtime's "error while
+                // executing at wasm backtrace:" heading, which says nothing.
+                let context = first_line(&format!("{e:#}"));
+                let message = if context.is_empty() || context.starts_with("error while executing")
+                {
+                    trap.to_string()
+                } else {
+                    format!("{trap}: {context}")
+                };
+                RecordError::Trap {
+                    message,
+                    guest: GuestOutput::default(),
+                }
+            }
         };
     }
     let msg = format!("{e:#}");
@@ -848,12 +977,19 @@ fn classify(e: wasmtime::Error, limits: &Limits) -> RecordError {
             limit: limits.max_output_bytes,
         };
     }
-    RecordError::Trap(first_line(&msg))
+    RecordError::Trap {
+        message: first_line(&msg),
+        guest: GuestOutput::default(),
+    }
 }
+
+/// Room left in [`text::MAX_ERROR_MESSAGE`] for a trap's own message, next
+/// to the prefix and [`text::MAX_GUEST_TEXT`] of guest output.
+const MAX_TRAP_LINE: usize = 512;
 
 fn first_line(s: &str) -> String {
     let line = s.lines().next().unwrap_or("");
-    truncate(line, 1024)
+    truncate(line, MAX_TRAP_LINE)
 }
 
 pub(crate) fn truncate(s: &str, max: usize) -> String {

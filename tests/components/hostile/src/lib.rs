@@ -14,6 +14,8 @@
 //! | `socket`     | TCP connect to 127.0.0.1:9092: `failed("socket: ...")`, or `{"escaped":"socket"}` |
 //! | `env`        | one output `{"vars": {..}, "args": [..]}` from `std::env` |
 //! | `panic`      | `panic!("hostile panic")` (a wasm trap) |
+//! | `index-oob`  | index a 3-element `Vec` at `i` (default 7): "index out of bounds" panic |
+//! | `print-then-panic` | `size` bytes (default 1 MiB) to stderr in 1000-byte lines, the first coloured with an ANSI escape, then like `index-oob` |
 //! | `error`      | `invalid-input("hostile error")` |
 //! | `filter`     | zero outputs |
 //! | `fanout`     | `n` outputs (default 3), value `{"id": <id>, "copy": i}` for i in 0..n |
@@ -79,6 +81,19 @@ pub fn hostile(record: Record) -> Result<Vec<Output>, TransformError> {
             ])
         }
         "panic" => panic!("hostile panic"),
+        "index-oob" => index_oob(&fields),
+        "print-then-panic" => {
+            let size = optional_u64(&fields, "size", 1 << 20)? as usize;
+            let mut stderr = std::io::stderr().lock();
+            let _ = std::io::Write::write_all(&mut stderr, b"\x1b[31mflood starts\x1b[0m\n");
+            let mut line = [b'x'; 1000];
+            line[999] = b'\n';
+            for _ in 0..size / 1000 {
+                let _ = std::io::Write::write_all(&mut stderr, &line);
+            }
+            drop(stderr);
+            index_oob(&fields)
+        }
         "error" => Err(TransformError::invalid_input("hostile error")),
         "filter" => Ok(Vec::new()),
         "fanout" => {
@@ -155,6 +170,15 @@ fn optional_u64(
             TransformError::invalid_input(format!("field `{name}` must be a non-negative integer"))
         }),
     }
+}
+
+fn index_oob(fields: &Map<String, Value>) -> Result<Vec<Output>, TransformError> {
+    let i = optional_u64(fields, "i", 7)? as usize;
+    let v = vec![1u8, 2, 3];
+    let picked = v[black_box(i)];
+    Err(TransformError::failed(format!(
+        "index {i} was in bounds: {picked}"
+    )))
 }
 
 fn spin() -> ! {
