@@ -15,6 +15,7 @@ mod hostile;
 mod pipeline_e2e;
 mod poison;
 mod produce_errors;
+mod redrive;
 mod registry;
 mod sandbox_reuse;
 mod telemetry;

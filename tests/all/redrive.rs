@@ -85,7 +85,8 @@ fn dead_letters_are_listed_redriven_and_come_back_through_the_fixed_function() {
             "panic" => expected_kind.insert(format!("k{i}"), "trap"),
             _ => None,
         };
-        let mut r = In::new(format!("k{i}"), hostile_value(i, action)).header("origin", &format!("o{i}"));
+        let mut r =
+            In::new(format!("k{i}"), hostile_value(i, action)).header("origin", &format!("o{i}"));
         r.partition = Some((i % 2) as i32);
         records.push(r);
     }
@@ -114,14 +115,23 @@ fn dead_letters_are_listed_redriven_and_come_back_through_the_fixed_function() {
         assert_eq!(s(&e["origin_topic"]), topics.input);
         assert_eq!(s(&e["function_name"]), "rd");
         assert_eq!(s(&e["function_version"]), version);
-        let (p, o) = (e["origin_partition"].as_i64().unwrap(), e["origin_offset"].as_i64().unwrap());
+        let (p, o) = (
+            e["origin_partition"].as_i64().unwrap(),
+            e["origin_offset"].as_i64().unwrap(),
+        );
         let orig = originals
             .iter()
             .find(|r| r.partition as i64 == p && r.offset == o)
             .unwrap_or_else(|| panic!("no input record at {p}/{o}"));
-        assert_eq!(orig.key.as_deref(), Some(key), "origin points at the very record");
+        assert_eq!(
+            orig.key.as_deref(),
+            Some(key),
+            "origin points at the very record"
+        );
         assert_eq!(e["value_size"].as_u64().unwrap() as usize, orig.value.len());
-        assert!(orig.value.starts_with(s(&e["value_preview"]).trim_end_matches('…')));
+        assert!(orig
+            .value
+            .starts_with(s(&e["value_preview"]).trim_end_matches('…')));
         assert_eq!(e["truncated"], false);
         assert_eq!(e["redrive_count"], 0);
         if expected_kind[key] == "invalid-input" {
@@ -130,8 +140,17 @@ fn dead_letters_are_listed_redriven_and_come_back_through_the_fixed_function() {
     }
     let (code, text, err) = dlq(&["-c", cfg, "-p", "rd", "list"]);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(text.matches("invalid-input: hostile error").count(), 6, "{text}");
-    assert_eq!(text.matches(&format!("version {version}")).count(), 12, "{text}");
+    assert_eq!(
+        text.matches("[invalid-input] invalid input: hostile error")
+            .count(),
+        6,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches(&format!("version {version}")).count(),
+        12,
+        "{text}"
+    );
     assert!(err.contains("12 of 12"), "{err}");
 
     // Filters.
@@ -143,22 +162,43 @@ fn dead_letters_are_listed_redriven_and_come_back_through_the_fixed_function() {
     assert!(want_p1 > 0 && want_p1 < 12);
     assert_eq!(p1.len(), want_p1);
     assert!(p1.iter().all(|e| e["origin_partition"] == 1));
-    let range = dlq_json(&["-c", cfg, "-p", "rd", "--from-offset", "2", "--to-offset", "4"]);
-    let offsets: Vec<i64> = range.iter().map(|e| e["dlq_offset"].as_i64().unwrap()).collect();
+    let range = dlq_json(&[
+        "-c",
+        cfg,
+        "-p",
+        "rd",
+        "--from-offset",
+        "2",
+        "--to-offset",
+        "4",
+    ]);
+    let offsets: Vec<i64> = range
+        .iter()
+        .map(|e| e["dlq_offset"].as_i64().unwrap())
+        .collect();
     assert_eq!(offsets, vec![2, 3, 4]);
     let other_version = dlq_json(&["-c", cfg, "-p", "rd", "--function-version", "000000000000"]);
     assert!(other_version.is_empty());
-    assert_eq!(dlq_json(&["-c", cfg, "-p", "rd", "--function-version", &version]).len(), 12);
+    assert_eq!(
+        dlq_json(&["-c", cfg, "-p", "rd", "--function-version", &version]).len(),
+        12
+    );
 
     // A dry run sends nothing; without --yes nothing is sent either.
     let dry = dlq_json(&["redrive", "-c", cfg, "-p", "rd", "--dry-run"]);
     assert_eq!(dry.len(), 12);
-    assert!(dry.iter().all(|e| e["action"] == "would-send" && s(&e["target_topic"]) == topics.input));
+    assert!(dry
+        .iter()
+        .all(|e| e["action"] == "would-send" && s(&e["target_topic"]) == topics.input));
     let (code, _, err) = dlq(&["redrive", "-c", cfg, "-p", "rd"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("--yes") && err.contains("--dry-run"), "{err}");
     let input_now = read_until(&[&topics.input], 31, Duration::from_secs(8));
-    assert_eq!(input_now.len(), 30, "dry run and unconfirmed re-drive produced nothing");
+    assert_eq!(
+        input_now.len(),
+        30,
+        "dry run and unconfirmed re-drive produced nothing"
+    );
 
     // The re-drive: original key, value, headers; no pw.* error headers.
     let sent = dlq_json(&["redrive", "-c", cfg, "-p", "rd", "--yes"]);
@@ -178,7 +218,11 @@ fn dead_letters_are_listed_redriven_and_come_back_through_the_fixed_function() {
         assert!(expected_kind.contains_key(&key));
         assert_eq!(r.value, records[i].value, "original value");
         assert_eq!(r.header("origin"), format!("o{i}"), "original header kept");
-        assert_eq!(r.partition as i64, dl["origin_partition"].as_i64().unwrap(), "origin partition");
+        assert_eq!(
+            r.partition as i64,
+            dl["origin_partition"].as_i64().unwrap(),
+            "origin partition"
+        );
         let pw: Vec<&String> = r
             .headers
             .keys()
@@ -189,7 +233,10 @@ fn dead_letters_are_listed_redriven_and_come_back_through_the_fixed_function() {
         assert_eq!(at, format!("{}/0/{}", topics.dlq, dl["dlq_offset"]));
         assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
         assert_eq!(r.header("pw.redrive.count"), "1");
-        let orig = originals.iter().find(|o| o.key.as_deref() == Some(key.as_str())).unwrap();
+        let orig = originals
+            .iter()
+            .find(|o| o.key.as_deref() == Some(key.as_str()))
+            .unwrap();
         assert_eq!(r.timestamp, orig.timestamp, "original timestamp kept");
     }
 
@@ -218,14 +265,21 @@ fn dead_letters_are_listed_redriven_and_come_back_through_the_fixed_function() {
     assert_eq!(keys, want, "every dead letter came back, once");
     for o in &enriched {
         let v = o.json();
-        assert_eq!(v["session_duration_minutes"], 60.0, "transformed by the fixed function: {v}");
+        assert_eq!(
+            v["session_duration_minutes"], 60.0,
+            "transformed by the fixed function: {v}"
+        );
         assert_eq!(v["engagement_tier"], "high");
         assert_eq!(o.header("pw.function.version"), enrich_version);
         let i: usize = o.key.as_ref().unwrap()[1..].parse().unwrap();
         assert_eq!(o.header("origin"), format!("o{i}"));
     }
     let still_dead = read_until(&[&topics.dlq], 13, Duration::from_secs(5));
-    assert_eq!(still_dead.len(), 12, "nothing dead-lettered by the fixed function");
+    assert_eq!(
+        still_dead.len(),
+        12,
+        "nothing dead-lettered by the fixed function"
+    );
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
 }
 
@@ -236,7 +290,12 @@ fn dead_letters_are_listed_redriven_and_come_back_through_the_fixed_function() {
 fn a_record_that_fails_again_comes_back_with_its_redrive_count() {
     let topics = TestTopics::create("rd-again", 1);
     let records: Vec<In> = (0..6)
-        .map(|i| In::new(format!("k{i}"), hostile_value(i, if i < 4 { "error" } else { "ok" })))
+        .map(|i| {
+            In::new(
+                format!("k{i}"),
+                hostile_value(i, if i < 4 { "error" } else { "ok" }),
+            )
+        })
         .collect();
     produce_all(&topics.input, &records);
     let config = topics.config("again", &guest("hostile"), "", "");
@@ -255,16 +314,36 @@ fn a_record_that_fails_again_comes_back_with_its_redrive_count() {
     for e in &second {
         assert_eq!(e["error_kind"], "invalid-input", "{e}");
         assert_eq!(e["redrive_count"], 1, "{e}");
-        let first_gen = first.iter().find(|d| d.key.as_deref() == e["key"].as_str()).unwrap();
+        let first_gen = first
+            .iter()
+            .find(|d| d.key.as_deref() == e["key"].as_str())
+            .unwrap();
         let (at, _) = s(&e["redriven"]).split_once('@').unwrap();
         assert_eq!(at, format!("{}/0/{}", topics.dlq, first_gen.offset));
     }
     let (code, text, err) = dlq(&[
-        "redrive", "-c", cfg, "-p", "again", "--from-offset", "4", "--max-redrives", "1", "--yes",
+        "redrive",
+        "-c",
+        cfg,
+        "-p",
+        "again",
+        "--from-offset",
+        "4",
+        "--max-redrives",
+        "1",
+        "--yes",
     ]);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(text.matches("already re-driven 1 time(s) (--max-redrives 1)").count(), 4, "{text}");
-    assert!(err.contains("0 sent, 4 skipped (4 max-redrives), 0 failed"), "{err}");
+    assert_eq!(
+        text.matches("already re-driven 1 time(s) (--max-redrives 1)")
+            .count(),
+        4,
+        "{text}"
+    );
+    assert!(
+        err.contains("0 sent, 4 skipped (4 max-redrives), 0 failed"),
+        "{err}"
+    );
     let input = read_until(&[&topics.input], 11, Duration::from_secs(8));
     assert_eq!(input.len(), 10, "6 originals + 4 re-driven once, no more");
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
@@ -330,16 +409,31 @@ fn redrive_routes_by_origin_and_refuses_what_it_cannot_send_faithfully() {
 
     let listed = dlq_json(&["-c", cfg, "-p", "multi"]);
     assert_eq!(listed.len(), 6);
-    assert_eq!(listed[0]["function_version"], "fn@2", "the worker's header, the last one");
+    assert_eq!(
+        listed[0]["function_version"], "fn@2",
+        "the worker's header, the last one"
+    );
     assert_eq!(listed[3]["truncated"], true);
     assert_eq!(listed[5]["headers"][0]["key"], "\\xff\\xfe");
-    assert_eq!(dlq_json(&["-c", cfg, "-p", "multi", "--origin-topic", &in1]).len(), 3);
-    assert_eq!(dlq_json(&["-c", cfg, "-p", "multi", "--since", "1h"]).len(), 6);
-    let future = humantime::format_rfc3339(std::time::SystemTime::now() + Duration::from_secs(3600)).to_string();
-    assert_eq!(dlq_json(&["-c", cfg, "-p", "multi", "--since", &future]).len(), 0);
+    assert_eq!(
+        dlq_json(&["-c", cfg, "-p", "multi", "--origin-topic", &in1]).len(),
+        3
+    );
+    assert_eq!(
+        dlq_json(&["-c", cfg, "-p", "multi", "--since", "1h"]).len(),
+        6
+    );
+    let future =
+        humantime::format_rfc3339(std::time::SystemTime::now() + Duration::from_secs(3600))
+            .to_string();
+    assert_eq!(
+        dlq_json(&["-c", cfg, "-p", "multi", "--since", &future]).len(),
+        0
+    );
 
     let report = dlq_json(&["redrive", "-c", cfg, "-p", "multi", "--yes"]);
-    let by_key: HashMap<&str, &serde_json::Value> = report.iter().map(|e| (s(&e["key"]), e)).collect();
+    let by_key: HashMap<&str, &serde_json::Value> =
+        report.iter().map(|e| (s(&e["key"]), e)).collect();
     assert_eq!(by_key.len(), 6, "{report:#?}");
     assert_eq!(by_key["to-in2"]["action"], "sent");
     assert_eq!(s(&by_key["to-in2"]["target_topic"]), in2);
@@ -363,12 +457,24 @@ fn redrive_routes_by_origin_and_refuses_what_it_cannot_send_faithfully() {
     assert_eq!(got.len(), 2, "{got:#?}");
     for r in &got {
         let key = r.key.as_deref().unwrap();
-        let (topic, partition) = if key == "to-in2" { (&in2, 2) } else { (&in1, 1) };
+        let (topic, partition) = if key == "to-in2" {
+            (&in2, 2)
+        } else {
+            (&in1, 1)
+        };
         assert_eq!((&r.topic, r.partition), (topic, partition));
         assert_eq!(r.value, format!("value of {key}"));
         assert_eq!(r.header("app"), key);
-        let keys: Vec<String> = r.header_keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
-        assert_eq!(keys, ["app", "pw.redriven", "pw.redrive.count"], "every other pw.* header dropped");
+        let keys: Vec<String> = r
+            .header_keys
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert_eq!(
+            keys,
+            ["app", "pw.redriven", "pw.redrive.count"],
+            "every other pw.* header dropped"
+        );
     }
 }
 
@@ -398,12 +504,29 @@ fn a_delivery_the_broker_refuses_is_reported_and_fails_the_command() {
             .header("pw.origin.topic", &input)
             .header("pw.origin.partition", "0")
     };
-    produce_all(&dlq_topic, &[origin("big", "x".repeat(10_000)), origin("small", "y".into())]);
+    produce_all(
+        &dlq_topic,
+        &[
+            origin("big", "x".repeat(10_000)),
+            origin("small", "y".into()),
+        ],
+    );
     let (code, text, err) = dlq(&["redrive", "-c", cfg, "-p", "small", "--yes"]);
     assert_eq!(code, Some(1), "{text}\n{err}");
-    assert!(err.contains("1 of 2 re-driven records were not delivered"), "{err}");
-    assert!(text.lines().any(|l| l.starts_with("failed") && l.contains(&format!("{dlq_topic}/0/0"))), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("sent") && l.contains(&format!("{dlq_topic}/0/1"))), "{text}");
+    assert!(
+        err.contains("1 of 2 re-driven records were not delivered"),
+        "{err}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("failed") && l.contains(&format!("{dlq_topic}/0/0"))),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sent") && l.contains(&format!("{dlq_topic}/0/1"))),
+        "{text}"
+    );
     let got = read_until(&[&input], 2, Duration::from_secs(8));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].key.as_deref(), Some("small"));
@@ -417,15 +540,24 @@ fn errors_name_the_pipeline_topic_or_flag() {
 
     let (code, _, err) = dlq(&["-c", cfg, "-p", "nope"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("--pipeline nope") && err.contains("(pipelines: errs)"), "{err}");
+    assert!(
+        err.contains("--pipeline nope") && err.contains("(pipelines: errs)"),
+        "{err}"
+    );
 
     let (code, _, err) = dlq(&["-c", cfg, "-p", "errs", "--partition", "3"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("--partition 3") && err.contains(&topics.dlq), "{err}");
+    assert!(
+        err.contains("--partition 3") && err.contains(&topics.dlq),
+        "{err}"
+    );
 
     let (code, _, err) = dlq(&["-c", cfg, "-p", "errs", "--kind", "timeout"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("--kind `timeout`") && err.contains("deadline"), "{err}");
+    assert!(
+        err.contains("--kind `timeout`") && err.contains("deadline"),
+        "{err}"
+    );
 
     let (code, _, err) = dlq(&["-c", cfg, "-p", "errs", "--since", "yesterday-ish"]);
     assert_eq!(code, Some(1));
@@ -436,23 +568,39 @@ fn errors_name_the_pipeline_topic_or_flag() {
     assert!(err.contains("--config"), "{err}");
 
     let missing = unique("rd-err-missing-dlq");
-    let gone = std::fs::read_to_string(&config).unwrap().replace(&topics.dlq, &missing);
+    let gone = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&topics.dlq, &missing);
     let gone_path = config.with_file_name("gone.toml");
     std::fs::write(&gone_path, gone).unwrap();
     let (code, _, err) = dlq(&["-c", gone_path.to_str().unwrap(), "-p", "errs"]);
     assert_eq!(code, Some(1));
     assert!(
-        err.contains(&format!("dead-letter topic `{missing}` of pipeline `errs` does not exist")),
+        err.contains(&format!(
+            "dead-letter topic `{missing}` of pipeline `errs` does not exist"
+        )),
         "{err}"
     );
 
     // Nothing listens on port 1: the command gives up at --timeout.
-    let unreachable = std::fs::read_to_string(&config).unwrap().replace(&brokers(), "127.0.0.1:1");
+    let unreachable = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&brokers(), "127.0.0.1:1");
     let unreachable_path = config.with_file_name("unreachable.toml");
     std::fs::write(&unreachable_path, unreachable).unwrap();
-    let (code, _, err) = dlq(&["-c", unreachable_path.to_str().unwrap(), "-p", "errs", "--timeout", "2s"]);
+    let (code, _, err) = dlq(&[
+        "-c",
+        unreachable_path.to_str().unwrap(),
+        "-p",
+        "errs",
+        "--timeout",
+        "2s",
+    ]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("could not reach the Kafka brokers 127.0.0.1:1 within 2s"), "{err}");
+    assert!(
+        err.contains("could not reach the Kafka brokers 127.0.0.1:1 within 2s"),
+        "{err}"
+    );
 
     // An empty dead-letter topic lists nothing and ends on its own.
     let (code, out, err) = dlq(&["-c", cfg, "-p", "errs"]);

@@ -168,7 +168,9 @@ pub enum DlqError {
         value: String,
         reason: String,
     },
-    #[error("could not reach the Kafka brokers {brokers} within {timeout:?} (--timeout): {source}")]
+    #[error(
+        "could not reach the Kafka brokers {brokers} within {timeout:?} (--timeout): {source}"
+    )]
     Unreachable {
         brokers: String,
         timeout: Duration,
@@ -333,7 +335,7 @@ impl DeadLetter {
         let or_unknown = |v: Option<String>| v.unwrap_or_else(|| "?".into());
         writeln!(
             out,
-            "{} {}/{}  {}: {}",
+            "{} {}/{}  [{}] {}",
             self.topic,
             self.partition,
             self.offset,
@@ -344,8 +346,7 @@ impl DeadLetter {
             .timestamp
             .and_then(|ms| u64::try_from(ms).ok())
             .map(|ms| {
-                humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms))
-                    .to_string()
+                humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
             })
             .unwrap_or_else(|| "none".into());
         writeln!(
@@ -363,7 +364,11 @@ impl DeadLetter {
             None => "null".into(),
         };
         let value = match &self.value {
-            Some(v) => format!("{} bytes: {}", v.len(), preview_of(v, preview).escape_debug()),
+            Some(v) => format!(
+                "{} bytes: {}",
+                v.len(),
+                preview_of(v, preview).escape_debug()
+            ),
             None => "null (tombstone)".into(),
         };
         writeln!(out, "    key {key}  value {value}")?;
@@ -479,7 +484,10 @@ fn resolve(sel: &Selection) -> Result<Resolved, DlqError> {
         reason: "is required".into(),
     };
     let path = sel.config.as_deref().ok_or_else(|| missing("--config"))?;
-    let name = sel.pipeline.as_deref().ok_or_else(|| missing("--pipeline"))?;
+    let name = sel
+        .pipeline
+        .as_deref()
+        .ok_or_else(|| missing("--pipeline"))?;
     let config = Config::load(path)?;
     let pipeline = config
         .pipelines
@@ -508,7 +516,10 @@ fn resolve(sel: &Selection) -> Result<Resolved, DlqError> {
             });
         }
     }
-    for (flag, v) in [("--from-offset", sel.from_offset), ("--to-offset", sel.to_offset)] {
+    for (flag, v) in [
+        ("--from-offset", sel.from_offset),
+        ("--to-offset", sel.to_offset),
+    ] {
         if let Some(v) = v.filter(|v| *v < 0) {
             return Err(DlqError::BadFlag {
                 flag,
@@ -657,15 +668,15 @@ fn read_dead_letters(
             .map_err(kafka_err("reading the watermarks"))?;
         let mut start = low.max(sel.from_offset.unwrap_or(0));
         if let Some(tpl) = &starts_at_time {
-            start = start.max(
-                match tpl.find_partition(topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => o,
-                    // No record at or after that time.
-                    _ => high,
-                },
-            );
+            start = start.max(match tpl.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                // No record at or after that time.
+                _ => high,
+            });
         }
-        let end = sel.to_offset.map_or(high, |t| high.min(t.saturating_add(1)));
+        let end = sel
+            .to_offset
+            .map_or(high, |t| high.min(t.saturating_add(1)));
         if start < end {
             pending.insert(p, end);
             assignment
@@ -860,9 +871,9 @@ pub fn plan(
         REDRIVE_COUNT.to_string(),
         Some((count + 1).to_string().into_bytes()),
     ));
-    let partition = dl
-        .origin_partition()
-        .filter(|p| topic == origin && (0..input_partitions.get(&topic).copied().unwrap_or(0)).contains(p));
+    let partition = dl.origin_partition().filter(|p| {
+        topic == origin && (0..input_partitions.get(&topic).copied().unwrap_or(0)).contains(p)
+    });
     Ok(Planned {
         topic,
         partition,
@@ -953,13 +964,13 @@ fn redrive(args: &RedriveArgs, out: &mut impl Write) -> Result<(), DlqError> {
             sel.timeout.as_millis().max(1000).to_string(),
         );
     }
-    let producer: BaseProducer<Deliveries> =
-        cc.create_with_context(Deliveries::default())
-            .map_err(|source| DlqError::Kafka {
-                what: "creating the producer",
-                topic: r.pipeline.dead_letter_topic.clone(),
-                source,
-            })?;
+    let producer: BaseProducer<Deliveries> = cc
+        .create_with_context(Deliveries::default())
+        .map_err(|source| DlqError::Kafka {
+            what: "creating the producer",
+            topic: r.pipeline.dead_letter_topic.clone(),
+            source,
+        })?;
     let mut input_partitions = BTreeMap::new();
     for t in &r.pipeline.input_topics {
         // The producer has no fetch_metadata of its own in this trait; a
@@ -971,7 +982,10 @@ fn redrive(args: &RedriveArgs, out: &mut impl Write) -> Result<(), DlqError> {
                 topic: t.clone(),
                 source,
             })?;
-        input_partitions.insert(t.clone(), partition_count(&probe, &r, "input", t, sel.timeout)?);
+        input_partitions.insert(
+            t.clone(),
+            partition_count(&probe, &r, "input", t, sel.timeout)?,
+        );
     }
     let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let now_ms = SystemTime::now()
@@ -985,7 +999,14 @@ fn redrive(args: &RedriveArgs, out: &mut impl Write) -> Result<(), DlqError> {
             Ok(p) => p,
             Err(skip) => {
                 *skipped.entry(skip.code()).or_default() += 1;
-                report(out, args.format, "skipped", &dl, None, Some((skip.code(), skip.to_string())))?;
+                report(
+                    out,
+                    args.format,
+                    "skipped",
+                    &dl,
+                    None,
+                    Some((skip.code(), skip.to_string())),
+                )?;
                 return Ok(());
             }
         };
@@ -1026,7 +1047,10 @@ fn redrive(args: &RedriveArgs, out: &mut impl Write) -> Result<(), DlqError> {
         loop {
             match producer.send(rec) {
                 Ok(()) => break,
-                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
                     rec = back;
                     producer.poll(Duration::from_millis(50));
                 }
@@ -1092,10 +1116,24 @@ fn redrive(args: &RedriveArgs, out: &mut impl Write) -> Result<(), DlqError> {
         reported[i] = true;
         let target = dl_target(dl, &r.pipeline);
         match result {
-            Ok((p, o)) => report(out, args.format, "sent", dl, Some((&target, Some(p), Some(o))), None)?,
+            Ok((p, o)) => report(
+                out,
+                args.format,
+                "sent",
+                dl,
+                Some((&target, Some(p), Some(o))),
+                None,
+            )?,
             Err(e) => {
                 failed += 1;
-                report(out, args.format, "failed", dl, Some((&target, None, None)), Some(("delivery", e)))?;
+                report(
+                    out,
+                    args.format,
+                    "failed",
+                    dl,
+                    Some((&target, None, None)),
+                    Some(("delivery", e)),
+                )?;
             }
         }
     }
@@ -1131,5 +1169,221 @@ fn dl_target(dl: &DeadLetter, pipeline: &PipelineConfig) -> String {
     match pipeline.input_topics.as_slice() {
         [only] => only.clone(),
         _ => dl.origin_topic().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn pipeline(inputs: &[&str]) -> PipelineConfig {
+        let text = format!(
+            "[kafka]\nbrokers = \"b:9092\"\n[[pipelines]]\nname = \"p\"\ninput_topics = {inputs:?}\ncomponent = \"x.wasm\"\noutput_topics = [\"out\"]\ndead_letter_topic = \"dlq\"\n"
+        );
+        Config::from_str_with_env(&text, Path::new("/tmp/w.toml"), std::iter::empty())
+            .expect("test config")
+            .pipelines
+            .remove(0)
+    }
+
+    fn dead(headers: &[(&str, &str)]) -> DeadLetter {
+        DeadLetter {
+            topic: "dlq".into(),
+            partition: 0,
+            offset: 41,
+            timestamp: Some(1_700_000_000_000),
+            key: Some(b"k".to_vec()),
+            value: Some(b"v".to_vec()),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec())))
+                .collect(),
+        }
+    }
+
+    fn partitions(t: &[(&str, i32)]) -> BTreeMap<String, i32> {
+        t.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn plan_drops_every_pw_header_and_records_the_redrive() {
+        let dl = dead(&[
+            ("app", "1"),
+            ("pw.function.version", "upstream"),
+            ("traceparent", "00-abc-def-01"),
+            ("pw.error.kind", "failed"),
+            ("pw.origin.topic", "in"),
+            ("pw.origin.partition", "2"),
+        ]);
+        let p = plan(&dl, &pipeline(&["in"]), &partitions(&[("in", 3)]), 3, "T").unwrap();
+        assert_eq!(p.topic, "in");
+        assert_eq!(p.partition, Some(2));
+        assert_eq!(
+            (p.key, p.value, p.timestamp),
+            (dl.key.clone(), dl.value.clone(), dl.timestamp)
+        );
+        let hs: Vec<(&str, &str)> = p
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    std::str::from_utf8(v.as_deref().unwrap()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            hs,
+            [
+                ("app", "1"),
+                ("traceparent", "00-abc-def-01"),
+                (REDRIVEN, "dlq/0/41@T"),
+                (REDRIVE_COUNT, "1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_count_grows_and_stops_at_max_redrives() {
+        let once = dead(&[
+            ("pw.origin.topic", "in"),
+            (REDRIVEN, "dlq/0/1@T"),
+            (REDRIVE_COUNT, "2"),
+        ]);
+        let p = plan(&once, &pipeline(&["in"]), &partitions(&[("in", 1)]), 3, "T").unwrap();
+        assert!(p
+            .headers
+            .contains(&(REDRIVE_COUNT.into(), Some(b"3".to_vec()))));
+        assert_eq!(
+            plan(&once, &pipeline(&["in"]), &partitions(&[("in", 1)]), 2, "T"),
+            Err(Skip::TooManyRedrives { count: 2, max: 2 })
+        );
+        // Re-driven by a version that wrote no count: counts as once.
+        let legacy = dead(&[("pw.origin.topic", "in"), (REDRIVEN, "dlq/0/1@T")]);
+        assert_eq!(legacy.redrive_count(), 1);
+    }
+
+    #[test]
+    fn several_inputs_route_by_origin_and_refuse_a_stranger() {
+        let p = pipeline(&["a", "b"]);
+        let parts = partitions(&[("a", 2), ("b", 1)]);
+        let to_b = dead(&[("pw.origin.topic", "b"), ("pw.origin.partition", "0")]);
+        assert_eq!(plan(&to_b, &p, &parts, 3, "T").unwrap().topic, "b");
+        // A partition the topic no longer has: the partitioner picks.
+        let shrunk = dead(&[("pw.origin.topic", "a"), ("pw.origin.partition", "5")]);
+        assert_eq!(plan(&shrunk, &p, &parts, 3, "T").unwrap().partition, None);
+        let stranger = dead(&[("pw.origin.topic", "c")]);
+        let err = plan(&stranger, &p, &parts, 3, "T").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "origin topic `c` is not an input of pipeline `p` (inputs: a, b)"
+        );
+        // One input: it goes there even if the origin was renamed, but not
+        // to the old partition of another topic.
+        let renamed = dead(&[("pw.origin.topic", "old"), ("pw.origin.partition", "0")]);
+        let one = plan(
+            &renamed,
+            &pipeline(&["new"]),
+            &partitions(&[("new", 4)]),
+            3,
+            "T",
+        )
+        .unwrap();
+        assert_eq!((one.topic.as_str(), one.partition), ("new", None));
+    }
+
+    #[test]
+    fn truncated_and_unreadable_dead_letters_are_skipped() {
+        let t = dead(&[
+            ("pw.origin.topic", "in"),
+            ("pw.dlq.truncated", "true"),
+            ("pw.dlq.original-size", "99"),
+        ]);
+        let err = plan(&t, &pipeline(&["in"]), &partitions(&[("in", 1)]), 3, "T").unwrap_err();
+        assert_eq!(err.code(), "truncated");
+        assert!(err.to_string().contains("99 bytes"), "{err}");
+        let mut bad = dead(&[("pw.origin.topic", "in")]);
+        bad.headers.insert(0, (b"\xff".to_vec(), None));
+        let err = plan(&bad, &pipeline(&["in"]), &partitions(&[("in", 1)]), 3, "T").unwrap_err();
+        assert_eq!(
+            err,
+            Skip::HeaderKey {
+                index: 0,
+                escaped: "\\xff".into()
+            }
+        );
+        assert_eq!(
+            plan(&dead(&[]), &pipeline(&["in"]), &partitions(&[]), 3, "T"),
+            Err(Skip::NoOrigin)
+        );
+    }
+
+    #[test]
+    fn the_workers_own_header_is_the_last_one() {
+        let dl = dead(&[("pw.error.kind", "failed"), ("pw.error.kind", "trap")]);
+        assert_eq!(dl.kind().as_deref(), Some("trap"));
+    }
+
+    #[test]
+    fn filters_combine() {
+        let dl = dead(&[
+            ("pw.error.kind", "deadline"),
+            ("pw.function.version", "fn@3"),
+            ("pw.function.digest", "sha256:ab"),
+            ("pw.origin.topic", "in"),
+            ("pw.origin.partition", "2"),
+        ]);
+        let f = |f: Filters| f.matches(&dl);
+        assert!(f(Filters::default()));
+        assert!(f(Filters {
+            kinds: vec!["failed".into(), "deadline".into()],
+            ..Default::default()
+        }));
+        assert!(!f(Filters {
+            kinds: vec!["failed".into()],
+            ..Default::default()
+        }));
+        assert!(f(Filters {
+            function_versions: vec!["sha256:ab".into()],
+            ..Default::default()
+        }));
+        assert!(!f(Filters {
+            function_versions: vec!["fn@2".into()],
+            ..Default::default()
+        }));
+        assert!(!f(Filters {
+            origin_partitions: vec![1],
+            ..Default::default()
+        }));
+        assert!(f(Filters {
+            origin_topics: vec!["in".into()],
+            origin_partitions: vec![2],
+            ..Default::default()
+        }));
+        assert!(f(Filters {
+            since_ms: Some(1_700_000_000_000),
+            ..Default::default()
+        }));
+        assert!(!f(Filters {
+            since_ms: Some(1_700_000_000_001),
+            ..Default::default()
+        }));
+    }
+
+    #[test]
+    fn since_takes_a_time_or_a_duration_ago() {
+        let now = UNIX_EPOCH + Duration::from_secs(10_000);
+        assert_eq!(parse_since("2h", now).unwrap(), (10_000 - 7200) * 1000);
+        assert_eq!(parse_since("1970-01-01T00:00:01Z", now).unwrap(), 1000);
+        let err = parse_since("soon", now).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--since `soon`: neither an RFC 3339 time"),
+            "{err}"
+        );
+        assert!(parse_since("5h", now)
+            .unwrap_err()
+            .to_string()
+            .contains("1970"));
     }
 }
