@@ -610,12 +610,21 @@ fn read_dead_letters(
 ) -> Result<ReadSummary, DlqError> {
     let topic = r.pipeline.dead_letter_topic.as_str();
     let mut cc = crate::kafka::base_client_config(&r.config.kafka);
-    // No group.id: assign() needs none, and nothing can be committed.
-    cc.set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        // Retention may delete the start of the range while it is read.
-        .set("auto.offset.reset", "earliest");
+    // librdkafka's assign() needs a group.id, but with explicit offsets, no
+    // subscribe and no commit, the group is never joined nor written to.
+    // Named after the pipeline's group so group ACL prefixes still apply.
+    cc.set(
+        "group.id",
+        format!(
+            "{}.dlq",
+            crate::kafka::group_id(&r.config.kafka, &r.pipeline)
+        ),
+    )
+    .set("enable.auto.commit", "false")
+    .set("enable.auto.offset.store", "false")
+    .set("enable.partition.eof", "true")
+    // Retention may delete the start of the range while it is read.
+    .set("auto.offset.reset", "earliest");
     let consumer: BaseConsumer = cc.create().map_err(|source| DlqError::Kafka {
         what: "creating the consumer",
         topic: topic.into(),
