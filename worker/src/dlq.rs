@@ -48,10 +48,11 @@ const OWN_PREFIX: &[u8] = b"pw.";
 )]
 pub struct DlqArgs {
     #[command(subcommand)]
-    command: Option<DlqCommand>,
-    /// `list` is the default.
+    command: Option<Box<DlqCommand>>,
+    /// `list` is the default. Boxed, like the subcommand: the CLI's enum of
+    /// commands stays small.
     #[command(flatten)]
-    list: ListArgs,
+    list: Box<ListArgs>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -213,7 +214,7 @@ pub enum DlqError {
 /// `pipeline-worker dlq ...`
 pub fn run(args: DlqArgs) -> Result<(), DlqError> {
     let mut out = std::io::stdout().lock();
-    match args.command {
+    match args.command.map(|c| *c) {
         Some(DlqCommand::Redrive(r)) => redrive(&r, &mut out),
         Some(DlqCommand::List(l)) => list(&l, &mut out),
         None => list(&args.list, &mut out),
@@ -893,10 +894,13 @@ pub fn plan(
     })
 }
 
+/// The index of the record sent, and its partition and offset or the error.
+type Report = (usize, Result<(i32, i64), String>);
+
 /// Delivery reports, by the index of the record sent.
 #[derive(Default)]
 struct Deliveries {
-    reports: Mutex<Vec<(usize, Result<(i32, i64), String>)>>,
+    reports: Mutex<Vec<Report>>,
 }
 
 impl ClientContext for Deliveries {}
@@ -1146,9 +1150,8 @@ fn redrive(args: &RedriveArgs, out: &mut impl Write) -> Result<(), DlqError> {
             }
         }
     }
-    for (i, dl) in sent.iter().enumerate().filter(|(i, _)| !reported[*i]) {
+    for (_, dl) in sent.iter().enumerate().filter(|(i, _)| !reported[*i]) {
         failed += 1;
-        let _ = i;
         report(
             out,
             args.format,
