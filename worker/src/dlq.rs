@@ -341,7 +341,7 @@ impl DeadLetter {
             self.partition,
             self.offset,
             or_unknown(self.kind()),
-            or_unknown(self.text(headers::ERROR_MESSAGE)),
+            one_line(&or_unknown(self.text(headers::ERROR_MESSAGE))),
         )?;
         let time = self
             .timestamp
@@ -365,11 +365,7 @@ impl DeadLetter {
             None => "null".into(),
         };
         let value = match &self.value {
-            Some(v) => format!(
-                "{} bytes: {}",
-                v.len(),
-                preview_of(v, preview).escape_debug()
-            ),
+            Some(v) => format!("{} bytes: {}", v.len(), one_line(&preview_of(v, preview))),
             None => "null (tombstone)".into(),
         };
         writeln!(out, "    key {key}  value {value}")?;
@@ -400,6 +396,20 @@ fn lossless(b: &[u8]) -> String {
         Ok(s) => s.to_string(),
         Err(_) => b.escape_ascii().to_string(),
     }
+}
+
+/// Control characters escaped, so an entry keeps its lines (trap messages
+/// carry backtraces); quotes and non-ASCII text stay readable.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn preview_of(v: &[u8], n: usize) -> String {
@@ -1329,6 +1339,20 @@ mod tests {
             plan(&dead(&[]), &pipeline(&["in"]), &partitions(&[]), 3, "T"),
             Err(Skip::NoOrigin)
         );
+    }
+
+    #[test]
+    fn text_entries_keep_their_lines() {
+        let dl = dead(&[
+            ("pw.error.kind", "trap"),
+            ("pw.error.message", "trap:\n  at f"),
+        ]);
+        let mut out = Vec::new();
+        dl.write_text(&mut out, 80).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.contains("[trap] trap:\\n  at f"), "{text}");
+        assert!(text.contains("value 1 bytes: v"), "{text}");
     }
 
     #[test]
