@@ -18,6 +18,7 @@ mod pipeline_e2e;
 mod poison;
 mod produce_errors;
 mod readiness;
+mod redrive;
 mod registry;
 mod sandbox_reuse;
 mod telemetry;

@@ -10,6 +10,7 @@
 pub mod app;
 pub mod config;
 pub mod dev;
+pub mod dlq;
 pub mod kafka;
 pub mod localtest;
 pub mod pipeline;

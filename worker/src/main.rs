@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pipeline_worker::sink::FatalError;
-use pipeline_worker::{app, config::Config, dev, localtest, registry, scaffold};
+use pipeline_worker::{app, config::Config, dev, dlq, localtest, registry, scaffold};
 
 /// Configuration, start-up or command error.
 const EXIT_ERROR: u8 = 1;
@@ -75,6 +75,9 @@ enum Command {
     Init(scaffold::InitArgs),
     /// Build a function project into a component (componentize-py, cargo, jco).
     Build(scaffold::BuildArgs),
+    /// List a pipeline's dead letters (`dlq [list]`) or re-drive them to its
+    /// input topic (`dlq redrive`); joins no consumer group.
+    Dlq(dlq::DlqArgs),
 }
 
 fn main() -> ExitCode {
@@ -143,6 +146,7 @@ fn main() -> ExitCode {
         Command::Test(args) => localtest::run(args).map_err(anyhow::Error::from),
         Command::Init(args) => scaffold::init(args),
         Command::Build(args) => scaffold::build(args),
+        Command::Dlq(args) => dlq::run(args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
