@@ -120,6 +120,86 @@ fn an_output_the_broker_refuses_dead_letters_the_input() {
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
 }
 
+/// One output of a fan-out is refused (too large for its topic) while its
+/// siblings are not: the input is dead-lettered exactly once however many of
+/// its outputs the broker refuses (a batch is refused whole), its offset is
+/// committed after that dead letter, and the records after it flow. (Records
+/// produced in the same batch as the refused output are refused with it, as
+/// the README says, so the later records are sent once the dead letter is in.)
+#[test]
+fn one_refused_output_of_a_fan_out_dead_letters_its_input_once() {
+    let input = unique("pf-in");
+    let output = unique("pf-out");
+    let dlq = unique("pf-dlq");
+    create_topics(&[(&input, 1), (&dlq, 1)]);
+    create_topic_with(&output, 1, &[("max.message.bytes", "20000")]);
+    let bad = r#"{"action":"fanout-one-big","n":4,"big":2,"size":50000,"id":"f"}"#;
+    produce_all(&input, &[In::new("fan", bad)]);
+    let component = guest("hostile");
+    let config = write_config(
+        &unique("pf-group"),
+        &[PipelineSpec {
+            name: "hostile",
+            inputs: &[&input],
+            outputs: &[&output],
+            dlq: &dlq,
+            component: &component,
+            extra: "",
+        }],
+        "",
+    );
+    let mut worker = WorkerProcess::start(&config);
+    let dead = read_until(&[&dlq], 1, Duration::from_secs(90));
+    assert_eq!(dead.len(), 1, "log:\n{}", worker.log_text());
+    assert_eq!(dead[0].header("pw.error.kind"), "produce-rejected");
+    assert_eq!(dead[0].value, bad, "the input is dead-lettered");
+    assert_eq!(dead[0].header("pw.origin.offset"), "0");
+    let good: Vec<In> = (0..5)
+        .map(|i| In::new(format!("g{i}"), format!(r#"{{"action":"ok","id":{i}}}"#)))
+        .collect();
+    produce_all(&input, &good);
+    // The fan-out's accepted siblings may be there too (0 to 3 of them,
+    // depending on how the producer batched them with the refused one).
+    let ok = |out: &[Out]| out.iter().filter(|r| r.value.contains("\"ok\"")).count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = read_until(&[&output], 9, Duration::from_secs(2));
+    while ok(&out) < 5 && Instant::now() < deadline {
+        out = read_until(&[&output], 9, Duration::from_secs(2));
+    }
+    assert_eq!(
+        ok(&out),
+        5,
+        "every later record produced; log:\n{}",
+        worker.log_text()
+    );
+    assert!(out.len() <= 8, "no output twice: {}", out.len());
+    assert!(still_running(&mut worker), "log:\n{}", worker.log_text());
+    assert_eq!(
+        read_until(&[&dlq], 2, Duration::from_secs(3)).len(),
+        1,
+        "several refused outputs, one dead letter"
+    );
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+
+    // The dead-lettered input was committed: a restart does not see it again.
+    let worker = WorkerProcess::start(&config);
+    produce_all(&input, &[In::new("g5", r#"{"action":"ok","id":5}"#)]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_until(&[&output], out.len() + 1, Duration::from_secs(2)).len() <= out.len() {
+        assert!(
+            Instant::now() < deadline,
+            "g5 not produced; log:\n{}",
+            worker.log_text()
+        );
+    }
+    assert_eq!(
+        read_until(&[&dlq], 2, Duration::from_secs(3)).len(),
+        1,
+        "not dead-lettered again after a restart"
+    );
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+}
+
 /// A dead letter larger than the producer's `message.max.bytes` (an input
 /// near the limit plus the dead-letter headers) is stored with its value
 /// cut, `pw.dlq.truncated` and `pw.dlq.original-size`; and one the broker's

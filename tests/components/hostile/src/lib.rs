@@ -23,6 +23,7 @@
 //! | `log`        | one host log line per level, then echo |
 //! | `log-huge`   | one host `log` call with a message of `size` bytes (default 8 MiB), then echo |
 //! | `fanout-empty` | `n` outputs (default 9000) with empty values |
+//! | `fanout-one-big` | `n` outputs (default 3) `{"id": <id>, "copy": i}`, the one at index `big` (default 1) `size` bytes (default 8 MiB) of `x` instead |
 //! | `sleep`      | `std::thread::sleep` for an hour (`subscribe-duration` + `pollable.block` in the host) |
 //! | `poll`       | `wasi:io/poll.poll` on an hour-long `subscribe-duration` pollable |
 //! | `poll-instant` | `wasi:io/poll.poll` on a `subscribe-instant` pollable an hour ahead |
@@ -119,6 +120,21 @@ pub fn hostile(record: Record) -> Result<Vec<Output>, TransformError> {
             let size = optional_u64(&fields, "size", DEFAULT_BIG_OUTPUT)? as usize;
             log::info(&"x".repeat(size));
             Ok(vec![Output::from(record)])
+        }
+        "fanout-one-big" => {
+            let n = optional_u64(&fields, "n", DEFAULT_FANOUT)?;
+            let big = optional_u64(&fields, "big", 1)?;
+            let size = optional_u64(&fields, "size", DEFAULT_BIG_OUTPUT)? as usize;
+            let id = fields.get("id").cloned().unwrap_or(Value::Null);
+            Ok((0..n)
+                .map(|i| {
+                    if i == big {
+                        Output::from(&record).with_value(vec![b'x'; size])
+                    } else {
+                        Output::from(&record).with_json(&json!({"id": id, "copy": i}))
+                    }
+                })
+                .collect())
         }
         "fanout-empty" => {
             let n = optional_u64(&fields, "n", 9000)?;
