@@ -23,7 +23,8 @@ pub fn sandbox_options(config: &Config) -> SandboxOptions {
         .max()
         .unwrap_or(1);
     SandboxOptions {
-        cache: ArtifactCache::new(&config.runtime.cache_dir),
+        cache: ArtifactCache::new(&config.runtime.cache_dir)
+            .with_max_bytes(config.runtime.cache_max_bytes),
         ticker: EpochTicker::start(Duration::from_millis(config.runtime.epoch_tick_ms)),
         epoch_tick_ms: config.runtime.epoch_tick_ms,
         pooling: config.runtime.pooling,
@@ -171,6 +172,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let Some(_) = &config.registry else {
         let functions = load_functions(&config, &opts)?;
         let worker = Worker::start(&config, functions)?;
+        let _ = worker.telemetry.artifact_cache.set(opts.cache.clone());
         tracing::info!(pipelines = worker.pipelines.len(), brokers = %config.kafka.brokers, "worker running");
         return finish(worker, &config);
     };
@@ -217,6 +219,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         slots.push((p.clone(), slot));
     }
     let worker = Worker::start_slots(&config, slots.clone())?;
+    let _ = worker.telemetry.artifact_cache.set(opts.cache.clone());
     let mut retry = Vec::new();
     for ((p, slot), (active, error)) in slots.iter().zip(errors) {
         if let (Some(a), Some(_)) = (&active, &error) {

@@ -143,6 +143,10 @@ pub struct RuntimeConfig {
     /// wasmtime version and engine settings.
     #[serde(default = "default_cache_dir")]
     pub cache_dir: PathBuf,
+    /// Bound on the artifacts in `cache_dir`; least recently used ones are
+    /// evicted first, never one in use.
+    #[serde(default = "default_cache_max_bytes")]
+    pub cache_max_bytes: u64,
     /// Granularity of wall-clock deadlines.
     #[serde(default = "default_epoch_tick_ms")]
     pub epoch_tick_ms: u64,
@@ -164,6 +168,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             cache_dir: default_cache_dir(),
+            cache_max_bytes: default_cache_max_bytes(),
             epoch_tick_ms: default_epoch_tick_ms(),
             drain_timeout_ms: default_drain_timeout_ms(),
             max_in_flight: default_max_in_flight(),
@@ -174,6 +179,10 @@ impl Default for RuntimeConfig {
 
 fn default_cache_dir() -> PathBuf {
     PathBuf::from(".cache/pipeline-worker")
+}
+/// Half the Helm chart's 1 GiB emptyDir: a dozen Python artifacts (~33 MB).
+fn default_cache_max_bytes() -> u64 {
+    512 << 20
 }
 fn default_epoch_tick_ms() -> u64 {
     10
@@ -499,6 +508,9 @@ impl Config {
         }
         if self.runtime.epoch_tick_ms == 0 {
             return Err(invalid("runtime.epoch_tick_ms", "must be at least 1"));
+        }
+        if self.runtime.cache_max_bytes == 0 {
+            return Err(invalid("runtime.cache_max_bytes", "must be positive"));
         }
         if self.runtime.max_in_flight == 0 {
             return Err(invalid("runtime.max_in_flight", "must be at least 1"));

@@ -6,6 +6,7 @@
 pub mod activations;
 pub mod api;
 pub mod client;
+pub mod metrics;
 pub mod store;
 pub mod watcher;
 
@@ -117,14 +118,17 @@ fn default_worker_id() -> String {
 struct SharedArtifacts(Arc<Registry>);
 
 impl RemoteArtifacts for SharedArtifacts {
-    fn fetch(&self, name: &str) -> Option<Vec<u8>> {
-        let expected = self
-            .0
+    fn expected(&self, name: &str) -> Option<String> {
+        self.0
             .trusted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .cloned()?;
+            .cloned()
+    }
+
+    fn fetch(&self, name: &str) -> Option<Vec<u8>> {
+        let expected = self.expected(name)?;
         match self.0.block_on(self.0.store.get_artifact(name)) {
             Ok(Some(bytes)) => {
                 let actual = crate::sandbox::digest(&bytes);
