@@ -33,10 +33,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::metrics::ControlMetrics;
 use super::activations::{
     Activation, ActivationState, Deployed, LogReader, LogWriter, HISTORY_DEPTH,
 };
+use super::metrics::ControlMetrics;
 use super::store::{now_rfc3339, VersionManifest};
 use super::Registry;
 use crate::config::{valid_name, Config, Limits, PipelineConfig};

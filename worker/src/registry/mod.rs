@@ -89,10 +89,10 @@ impl Registry {
         Arc::new(SharedArtifacts(self.clone()))
     }
 
-    /// Remote artifacts are native code: a worker runs one only if an
-    /// activation (written by the control plane from the upload's manifest)
-    /// names its hash. Anything else is compiled locally from the blob, whose
-    /// digest is checked.
+    /// Remote artifacts are native code: a worker runs one (fetched, or its
+    /// local copy) only if an activation (written by the control plane from
+    /// the upload's manifest) names its hash. Anything else is compiled
+    /// locally from the blob, whose digest is checked.
     pub fn trust(&self, artifacts: &std::collections::BTreeMap<String, String>) {
         let mut t = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
         for (k, v) in artifacts {

@@ -292,7 +292,11 @@ impl ArtifactCache {
                 tracing::warn!(path = %path.display(), error = %e, "cannot delete the local artifact copy")
             }
         }
-        let _g = self.state.evicting.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self
+            .state
+            .evicting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let size = scan(&self.dir).iter().map(|e| e.len).sum();
         self.state.size_bytes.store(size, Ordering::Relaxed);
     }
@@ -415,7 +419,11 @@ impl ArtifactCache {
     /// failed write only costs a later recompile: the component is loaded.
     fn install(&self, name: &str, data: &[u8]) {
         self.trust(name, digest(data));
-        let _g = self.state.evicting.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self
+            .state
+            .evicting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let others = self.make_room(data.len() as u64, name);
         let path = self.dir.join(name);
         let written = match write_atomic(&path, data) {

@@ -339,6 +339,14 @@ pub fn render_artifact_cache(out: &mut String, c: &CacheStats) {
         out,
         "# HELP {name} Cached artifacts not loaded, each recompiled instead: hash-mismatch (tampered or corrupt), unknown-hash (nothing trusted vouches for it).\n# TYPE {name} counter"
     );
-    let _ = writeln!(out, "{name}{{reason=\"hash-mismatch\"}} {}", c.rejected_mismatch);
-    let _ = writeln!(out, "{name}{{reason=\"unknown-hash\"}} {}", c.rejected_unknown);
+    let _ = writeln!(
+        out,
+        "{name}{{reason=\"hash-mismatch\"}} {}",
+        c.rejected_mismatch
+    );
+    let _ = writeln!(
+        out,
+        "{name}{{reason=\"unknown-hash\"}} {}",
+        c.rejected_unknown
+    );
 }
