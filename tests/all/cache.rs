@@ -101,7 +101,7 @@ fn eviction_bounds_the_cache_and_keeps_the_artifacts_of_loaded_functions() {
     let fa = load(&a, &o);
     assert!(!fa.load_report.from_cache);
     let name_a = fa.artifact_name.clone();
-    assert_eq!(names(&dir), [name_a.clone()]);
+    assert_eq!(names(&dir), std::slice::from_ref(&name_a));
 
     // Both loaded: both kept, although together they exceed the bound.
     let fb = load(&b, &o);
@@ -116,7 +116,7 @@ fn eviction_bounds_the_cache_and_keeps_the_artifacts_of_loaded_functions() {
     drop(fa);
     let fc = load(&c, &o);
     let name_c = fc.artifact_name.clone();
-    let mut want = vec![name_b.clone(), name_c.clone()];
+    let mut want = vec![name_b, name_c];
     want.sort();
     assert_eq!(names(&dir), want, "A evicted, B (loaded) kept");
     assert_eq!(o.cache.stats().evictions, 1);
@@ -125,7 +125,7 @@ fn eviction_bounds_the_cache_and_keeps_the_artifacts_of_loaded_functions() {
     drop((fb, fc));
     let fa = load(&a, &o);
     assert!(!fa.load_report.from_cache, "A had been evicted");
-    assert_eq!(names(&dir), [name_a.clone()]);
+    assert_eq!(names(&dir), std::slice::from_ref(&name_a));
     let s = o.cache.stats();
     assert_eq!(s.evictions, 3, "{s:?}");
     assert!(!s.over_limit && s.size_bytes <= bound, "{s:?}");
@@ -397,7 +397,7 @@ dead_letter_topic = "{prefix}-dlq"
         ),
         ("pipeline_control_compile_duration_seconds_count", 1.0),
         (
-            "pipeline_control_activations_total{pipeline=\"p\",action=\"activate\"}",
+            "pipeline_control_activations_total{action=\"activate\"}",
             1.0,
         ),
         ("pipeline_artifact_cache_size_bytes", 0.0),

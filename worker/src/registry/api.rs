@@ -1044,7 +1044,7 @@ async fn write_activation(
             e.to_string(),
         )
     })?;
-    api.metrics.activation(&p.name, action);
+    api.metrics.activation(action);
     tracing::info!(tenant, pipeline = %p.name, function = %a.current.function, version = a.current.version, action, offset = a.offset, "activation written");
     Ok((
         StatusCode::ACCEPTED,

@@ -19,9 +19,9 @@ const COMPILE_BUCKETS: [f64; 12] = [
 pub struct ControlMetrics {
     /// (result, reason) → uploads. `reason` is the API error code, a fixed set.
     uploads: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    /// (pipeline, action) → activations written. Pipelines come from the
-    /// config, so the set is bounded.
-    activations: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// action → activations written. No pipeline label: `/metrics` needs no
+    /// token, and pipeline names would tell one tenant about the others.
+    activations: Mutex<BTreeMap<&'static str, u64>>,
     compile_buckets: [AtomicU64; COMPILE_BUCKETS.len() + 1],
     compile_sum_nanos: AtomicU64,
 }
@@ -53,7 +53,7 @@ impl ControlMetrics {
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    pub fn activation(&self, pipeline: &str, action: &str) {
+    pub fn activation(&self, action: &str) {
         let action = if action == "rollback" {
             "rollback"
         } else {
@@ -63,7 +63,7 @@ impl ControlMetrics {
             .activations
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((pipeline.to_string(), action))
+            .entry(action)
             .or_default() += 1;
     }
 
@@ -105,18 +105,15 @@ impl ControlMetrics {
         let name = "pipeline_control_activations_total";
         let _ = writeln!(
             out,
-            "# HELP {name} Activations written to the activation log, by pipeline and action (activate, rollback).\n# TYPE {name} counter"
+            "# HELP {name} Activations written to the activation log, by action (activate, rollback).\n# TYPE {name} counter"
         );
-        for ((pipeline, action), n) in self
+        for (action, n) in self
             .activations
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
-            let _ = writeln!(
-                out,
-                "{name}{{pipeline=\"{pipeline}\",action=\"{action}\"}} {n}"
-            );
+            let _ = writeln!(out, "{name}{{action=\"{action}\"}} {n}");
         }
         crate::telemetry::render_artifact_cache(&mut out, cache);
         out
@@ -145,8 +142,8 @@ mod tests {
         m.upload(500, "internal");
         m.compiled(Duration::from_millis(300));
         m.compiled(Duration::from_secs(15));
-        m.activation("p", "activate");
-        m.activation("p", "rollback");
+        m.activation("activate");
+        m.activation("rollback");
         let text = m.render(&CacheStats {
             size_bytes: 7,
             limit_bytes: 10,
@@ -164,8 +161,8 @@ mod tests {
             "pipeline_control_compile_duration_seconds_bucket{le=\"10\"} 1",
             "pipeline_control_compile_duration_seconds_bucket{le=\"20\"} 2",
             "pipeline_control_compile_duration_seconds_count 2",
-            "pipeline_control_activations_total{pipeline=\"p\",action=\"activate\"} 1",
-            "pipeline_control_activations_total{pipeline=\"p\",action=\"rollback\"} 1",
+            "pipeline_control_activations_total{action=\"activate\"} 1",
+            "pipeline_control_activations_total{action=\"rollback\"} 1",
             "pipeline_artifact_cache_size_bytes 7",
             "pipeline_artifact_cache_evictions_total 2",
             "pipeline_artifact_cache_rejected_total{reason=\"hash-mismatch\"} 1",
