@@ -408,3 +408,243 @@ dead_letter_topic = "{prefix}-dlq"
     drop(control);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `pipeline-worker validate` in its own process, with HOME and
+/// XDG_STATE_HOME in `home` (the default key file lives there) and `env`.
+fn validate(config: &Path, home: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
+        .args(["validate", "--config"])
+        .arg(config)
+        .env_remove("PIPELINE_WORKER_CACHE_KEY")
+        .env("HOME", home)
+        .env("XDG_STATE_HOME", home.join("state"))
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// How `validate` reports the one pipeline's load: "cached" or "compiled".
+fn loaded_how(ok_text: &(bool, String)) -> &'static str {
+    let (ok, text) = ok_text;
+    assert!(ok, "validate failed:\n{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("ok  pipeline"))
+        .unwrap_or_else(|| panic!("no pipeline line:\n{text}"));
+    match (line.contains(", cached)"), line.contains(", compiled)")) {
+        (true, false) => "cached",
+        (false, true) => "compiled",
+        _ => panic!("{line}"),
+    }
+}
+
+fn validate_config(cache: &Path, runtime_extra: &str) -> PathBuf {
+    let dir = fresh_dir("validate-config");
+    let path = dir.join("worker.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"g\"\n\n[runtime]\ncache_dir = \"{}\"\n{runtime_extra}\n\n[[pipelines]]\nname = \"enrich\"\ninput_topics = [\"in\"]\noutput_topics = [\"out\"]\ndead_letter_topic = \"dlq\"\ncomponent = \"{}\"\n",
+            brokers(),
+            cache.display(),
+            guest("enrich_rs").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn only_artifact(dir: &Path) -> PathBuf {
+    let n = names(dir);
+    assert_eq!(n.len(), 1, "{n:?}");
+    dir.join(&n[0])
+}
+
+fn flip_last_byte(path: &Path) {
+    let mut b = std::fs::read(path).unwrap();
+    *b.last_mut().unwrap() ^= 0x55;
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn a_new_process_loads_what_an_earlier_one_cached_unless_key_or_files_changed() {
+    let home = fresh_dir("home");
+    let cache = fresh_dir("restart");
+    let config = validate_config(&cache, "");
+    assert_eq!(loaded_how(&validate(&config, &home, &[])), "compiled");
+    let key_file = home.join("state/pipeline-worker/cache.key");
+    assert_eq!(
+        std::fs::read(&key_file).unwrap().len(),
+        32,
+        "default key created"
+    );
+    let artifact = only_artifact(&cache);
+    let sidecar = PathBuf::from(format!("{}.mac", artifact.display()));
+    assert!(sidecar.exists());
+
+    // A second process: trusted through the sidecar.
+    assert_eq!(loaded_how(&validate(&config, &home, &[])), "cached");
+
+    // Another key: the sidecar does not verify, so it recompiles (and
+    // re-signs with that key).
+    let other = (
+        "PIPELINE_WORKER_CACHE_KEY",
+        "0123456789abcdef0123456789abcdef-other",
+    );
+    let r = validate(&config, &home, &[other]);
+    assert_eq!(loaded_how(&r), "compiled");
+    assert!(r.1.contains("MAC sidecar does not verify"), "{}", r.1);
+    assert_eq!(loaded_how(&validate(&config, &home, &[other])), "cached");
+    assert_eq!(loaded_how(&validate(&config, &home, &[])), "compiled");
+    assert_eq!(loaded_how(&validate(&config, &home, &[])), "cached");
+
+    // A tampered sidecar.
+    flip_last_byte(&sidecar);
+    let r = validate(&config, &home, &[]);
+    assert_eq!(loaded_how(&r), "compiled");
+    assert!(r.1.contains("MAC sidecar does not verify"), "{}", r.1);
+    assert_eq!(loaded_how(&validate(&config, &home, &[])), "cached");
+
+    // A tampered artifact, its sidecar left as it was.
+    flip_last_byte(&artifact);
+    let r = validate(&config, &home, &[]);
+    assert_eq!(loaded_how(&r), "compiled");
+    assert!(r.1.contains("MAC sidecar does not verify"), "{}", r.1);
+
+    // No sidecar at all (an artifact left by an older version).
+    std::fs::remove_file(&sidecar).unwrap();
+    let r = validate(&config, &home, &[]);
+    assert_eq!(loaded_how(&r), "compiled");
+    assert!(r.1.contains("has no MAC sidecar"), "{}", r.1);
+    assert_eq!(loaded_how(&validate(&config, &home, &[])), "cached");
+
+    // A key file given in the config is used instead of the default one.
+    let mine = home.join("mine.key");
+    std::fs::write(&mine, [42u8; 48]).unwrap();
+    let with_file = validate_config(&cache, &format!("cache_key_file = \"{}\"", mine.display()));
+    assert_eq!(loaded_how(&validate(&with_file, &home, &[])), "compiled");
+    assert_eq!(loaded_how(&validate(&with_file, &home, &[])), "cached");
+    let _ = std::fs::remove_dir_all(&cache);
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn a_new_process_of_test_loads_from_the_cache() {
+    let home = fresh_dir("home-test");
+    let cache = fresh_dir("test-verb");
+    let input = home.join("in.jsonl");
+    std::fs::write(&input, "{\"session_start\":0,\"session_end\":120}\n").unwrap();
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
+            .args(["test", "--component"])
+            .arg(guest("enrich_rs"))
+            .arg("--input")
+            .arg(&input)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .env_remove("PIPELINE_WORKER_CACHE_KEY")
+            .env("HOME", &home)
+            .env_remove("XDG_STATE_HOME")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    assert!(run().contains(", compiled in "));
+    assert!(home.join(".local/state/pipeline-worker/cache.key").exists());
+    let second = run();
+    assert!(second.contains(", loaded from cache in "), "{second}");
+    assert!(second.contains("session_duration_minutes"), "{second}");
+    let _ = std::fs::remove_dir_all(&cache);
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn unusable_cache_keys_are_refused_naming_their_setting() {
+    let home = fresh_dir("home-bad-key");
+    let cache = fresh_dir("bad-key");
+    let config = validate_config(&cache, "");
+    let (ok, text) = validate(
+        &config,
+        &home,
+        &[("PIPELINE_WORKER_CACHE_KEY", "too-short")],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("PIPELINE_WORKER_CACHE_KEY") && text.contains("at least 32 bytes"),
+        "{text}"
+    );
+    let inside = cache.join("cache.key");
+    std::fs::write(&inside, [1u8; 32]).unwrap();
+    let config = validate_config(
+        &cache,
+        &format!("cache_key_file = \"{}\"", inside.display()),
+    );
+    let (ok, text) = validate(&config, &home, &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("runtime.cache_key_file") && text.contains("inside runtime.cache_dir"),
+        "{text}"
+    );
+    let missing = home.join("nope.key");
+    let config = validate_config(
+        &cache,
+        &format!("cache_key_file = \"{}\"", missing.display()),
+    );
+    let (ok, text) = validate(&config, &home, &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("runtime.cache_key_file") && text.contains("nope.key"),
+        "{text}"
+    );
+    assert!(
+        names(&cache).is_empty(),
+        "nothing compiled: {:?}",
+        names(&cache)
+    );
+    let _ = std::fs::remove_dir_all(&cache);
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn without_a_usable_key_file_a_process_trusts_only_its_own_artifacts() {
+    // HOME unset and no XDG_STATE_HOME: a per-process key, logged.
+    let cache = fresh_dir("no-home");
+    let config = validate_config(&cache, "");
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
+            .args(["validate", "--config"])
+            .arg(&config)
+            .env_remove("PIPELINE_WORKER_CACHE_KEY")
+            .env_remove("HOME")
+            .env_remove("XDG_STATE_HOME")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let first = run();
+    assert_eq!(loaded_how(&first), "compiled");
+    assert!(first.1.contains("using a per-process key"), "{}", first.1);
+    assert_eq!(loaded_how(&run()), "compiled");
+    let _ = std::fs::remove_dir_all(&cache);
+}

@@ -340,7 +340,7 @@ fn readiness_follows_broker_outage_and_drain() {
             limits: Limits::default(),
         }],
     };
-    let opts = app::sandbox_options(&config);
+    let opts = app::sandbox_options(&config).unwrap();
     let fs = app::load_functions(&config, &opts).unwrap();
     let worker = app::Worker::start(&config, fs).unwrap();
     wait_for(port, "/readyz", 200, Duration::from_secs(60));

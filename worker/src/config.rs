@@ -147,6 +147,11 @@ pub struct RuntimeConfig {
     /// evicted first, never one in use.
     #[serde(default = "default_cache_max_bytes")]
     pub cache_max_bytes: u64,
+    /// Key that authenticates cached artifacts across restarts; must be
+    /// outside `cache_dir`. `PIPELINE_WORKER_CACHE_KEY` takes precedence;
+    /// without either, a key file in the user's state directory.
+    #[serde(default)]
+    pub cache_key_file: Option<PathBuf>,
     /// Granularity of wall-clock deadlines.
     #[serde(default = "default_epoch_tick_ms")]
     pub epoch_tick_ms: u64,
@@ -169,6 +174,7 @@ impl Default for RuntimeConfig {
         Self {
             cache_dir: default_cache_dir(),
             cache_max_bytes: default_cache_max_bytes(),
+            cache_key_file: None,
             epoch_tick_ms: default_epoch_tick_ms(),
             drain_timeout_ms: default_drain_timeout_ms(),
             max_in_flight: default_max_in_flight(),

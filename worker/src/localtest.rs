@@ -17,8 +17,8 @@ use serde_json::Value;
 
 use crate::config::Limits;
 use crate::sandbox::{
-    ArtifactCache, EpochTicker, Function, InputRecord, OutputRecord, RecordError, Runner,
-    SandboxOptions,
+    ArtifactCache, CacheKey, EpochTicker, Function, InputRecord, OutputRecord, RecordError, Runner,
+    SandboxOptions, CACHE_KEY_ENV,
 };
 
 #[derive(clap::Args, Debug)]
@@ -134,8 +134,13 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         memory_bytes: args.memory_bytes,
         ..Limits::default()
     };
+    let key = CacheKey::resolve(
+        std::env::var(CACHE_KEY_ENV).ok().as_deref(),
+        None,
+        &args.cache_dir,
+    )?;
     let opts = SandboxOptions {
-        cache: ArtifactCache::new(&args.cache_dir),
+        cache: ArtifactCache::new(&args.cache_dir).with_key(key),
         ticker: EpochTicker::start(Duration::from_millis(10)),
         epoch_tick_ms: 10,
         pooling: false,

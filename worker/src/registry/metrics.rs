@@ -133,6 +133,7 @@ mod tests {
             evictions: 0,
             rejected_mismatch: 0,
             rejected_unknown: 0,
+            rejected_bad_mac: 3,
             over_limit: false,
         });
         assert!(empty.contains("pipeline_control_uploads_total{result=\"accepted\"} 0\n"));
@@ -150,6 +151,7 @@ mod tests {
             evictions: 2,
             rejected_mismatch: 1,
             rejected_unknown: 0,
+            rejected_bad_mac: 3,
             over_limit: false,
         });
         for line in [
@@ -166,6 +168,7 @@ mod tests {
             "pipeline_artifact_cache_size_bytes 7",
             "pipeline_artifact_cache_evictions_total 2",
             "pipeline_artifact_cache_rejected_total{reason=\"hash-mismatch\"} 1",
+            "pipeline_artifact_cache_rejected_total{reason=\"bad-mac\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

@@ -63,7 +63,10 @@ use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Engine, Store, Trap};
 
 use crate::config::Limits;
-pub use cache::{digest, ArtifactCache, ArtifactPin, CacheStats, RemoteArtifacts};
+pub use cache::{
+    digest, ArtifactCache, ArtifactPin, CacheKey, CacheKeyError, CacheStats, RemoteArtifacts,
+    KEY_ENV as CACHE_KEY_ENV,
+};
 pub use engine::EpochTicker;
 pub use host::{GuestLog, HostState, LimitError, TABLE_ELEMENT_BYTES};
 pub use imports::{

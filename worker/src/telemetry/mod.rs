@@ -337,13 +337,14 @@ pub fn render_artifact_cache(out: &mut String, c: &CacheStats) {
     let name = "pipeline_artifact_cache_rejected_total";
     let _ = writeln!(
         out,
-        "# HELP {name} Cached artifacts not loaded, each recompiled instead: hash-mismatch (tampered or corrupt), unknown-hash (nothing trusted vouches for it).\n# TYPE {name} counter"
+        "# HELP {name} Cached artifacts not loaded, each recompiled instead: hash-mismatch (tampered or corrupt), bad-mac (its sidecar does not verify with this cache key: tampered, or another key), unknown-hash (no sidecar, nothing trusted vouches for it).\n# TYPE {name} counter"
     );
     let _ = writeln!(
         out,
         "{name}{{reason=\"hash-mismatch\"}} {}",
         c.rejected_mismatch
     );
+    let _ = writeln!(out, "{name}{{reason=\"bad-mac\"}} {}", c.rejected_bad_mac);
     let _ = writeln!(
         out,
         "{name}{{reason=\"unknown-hash\"}} {}",
