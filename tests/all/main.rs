@@ -5,6 +5,7 @@
 
 mod support;
 
+mod cache;
 mod config_errors;
 mod crash;
 mod dead_letter;

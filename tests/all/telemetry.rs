@@ -345,7 +345,7 @@ fn mock_worker(
             limits: Limits::default(),
         }],
     };
-    let opts = app::sandbox_options(&config);
+    let opts = app::sandbox_options(&config).unwrap();
     let fs = app::load_functions(&config, &opts).unwrap();
     (app::Worker::start(&config, fs).unwrap(), port)
 }

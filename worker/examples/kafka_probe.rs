@@ -195,7 +195,7 @@ fn worker(topic: &str, n: usize, component: &str, extra: &[(String, String)]) {
             limits: Limits::default(),
         }],
     };
-    let opts = pipeline_worker::app::sandbox_options(&config);
+    let opts = pipeline_worker::app::sandbox_options(&config).unwrap();
     let fs = pipeline_worker::app::load_functions(&config, &opts).unwrap();
     let before = thread_cpu();
     let w = pipeline_worker::app::Worker::start(&config, fs).unwrap();

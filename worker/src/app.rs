@@ -12,23 +12,42 @@ use crate::config::{Config, PipelineConfig};
 use crate::pipeline::{self, FunctionSlot, PipelineHandle, Shutdown};
 use crate::registry::{self, activations::LogReader, Registry};
 use crate::sandbox::{ArtifactCache, EpochTicker, Function, SandboxOptions};
+use crate::sandbox::{CacheKey, CacheKeyError, CACHE_KEY_ENV};
 use crate::sink::{FatalError, FatalKind, Sink};
 use crate::telemetry::{self, otel, PipelineView, TelemetryState};
 
-pub fn sandbox_options(config: &Config) -> SandboxOptions {
+/// Fails only on an unusable cache key (too short, unreadable, or inside the
+/// cache directory), naming its variable or config key.
+pub fn sandbox_options(config: &Config) -> Result<SandboxOptions, CacheKeyError> {
     let max_threads: usize = config
         .pipelines
         .iter()
         .map(|p| p.concurrency)
         .max()
         .unwrap_or(1);
-    SandboxOptions {
-        cache: ArtifactCache::new(&config.runtime.cache_dir),
+    let key = cache_key(
+        config.runtime.cache_key_file.as_deref(),
+        &config.runtime.cache_dir,
+    )?;
+    Ok(SandboxOptions {
+        cache: ArtifactCache::new(&config.runtime.cache_dir)
+            .with_max_bytes(config.runtime.cache_max_bytes)
+            .with_key(key),
         ticker: EpochTicker::start(Duration::from_millis(config.runtime.epoch_tick_ms)),
         epoch_tick_ms: config.runtime.epoch_tick_ms,
         pooling: config.runtime.pooling,
         max_instances: max_threads as u32,
-    }
+    })
+}
+
+/// The artifact cache key from the environment, `key_file` or the default
+/// key file (see [`CacheKey::resolve`]).
+pub fn cache_key(
+    key_file: Option<&std::path::Path>,
+    cache_dir: &std::path::Path,
+) -> Result<CacheKey, CacheKeyError> {
+    let env = std::env::var(CACHE_KEY_ENV).ok();
+    CacheKey::resolve(env.as_deref(), key_file, cache_dir)
 }
 
 /// Loads (compiles or fetches from cache) every pipeline's component file.
@@ -171,10 +190,11 @@ impl Worker {
 
 /// `pipeline-worker run`: until SIGTERM/SIGINT or a fatal error.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let mut opts = sandbox_options(&config);
+    let mut opts = sandbox_options(&config)?;
     let Some(_) = &config.registry else {
         let functions = load_functions(&config, &opts)?;
         let worker = Worker::start(&config, functions)?;
+        let _ = worker.telemetry.artifact_cache.set(opts.cache.clone());
         tracing::info!(pipelines = worker.pipelines.len(), brokers = %config.kafka.brokers, "worker running");
         return finish(worker, &config);
     };
@@ -221,6 +241,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         slots.push((p.clone(), slot));
     }
     let worker = Worker::start_slots(&config, slots.clone())?;
+    let _ = worker.telemetry.artifact_cache.set(opts.cache.clone());
     let mut retry = Vec::new();
     for ((p, slot), (active, error)) in slots.iter().zip(errors) {
         if let (Some(a), Some(_)) = (&active, &error) {
@@ -250,7 +271,7 @@ pub fn control(config: Config) -> anyhow::Result<()> {
         );
     };
     let reg = Registry::open(&config, &config.base_dir).context("registry")?;
-    let opts = sandbox_options(&config);
+    let opts = sandbox_options(&config)?;
     let bound = registry::api::serve(reg.clone(), &config, opts)
         .with_context(|| format!("control.listen: cannot listen on {}", c.listen))?;
     tracing::info!(%bound, store = %reg.store.describe(), "control API listening");

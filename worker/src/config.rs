@@ -143,6 +143,15 @@ pub struct RuntimeConfig {
     /// wasmtime version and engine settings.
     #[serde(default = "default_cache_dir")]
     pub cache_dir: PathBuf,
+    /// Bound on the artifacts in `cache_dir`; least recently used ones are
+    /// evicted first, never one in use.
+    #[serde(default = "default_cache_max_bytes")]
+    pub cache_max_bytes: u64,
+    /// Key that authenticates cached artifacts across restarts; must be
+    /// outside `cache_dir`. `PIPELINE_WORKER_CACHE_KEY` takes precedence;
+    /// without either, a key file in the user's state directory.
+    #[serde(default)]
+    pub cache_key_file: Option<PathBuf>,
     /// Granularity of wall-clock deadlines.
     #[serde(default = "default_epoch_tick_ms")]
     pub epoch_tick_ms: u64,
@@ -164,6 +173,8 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             cache_dir: default_cache_dir(),
+            cache_max_bytes: default_cache_max_bytes(),
+            cache_key_file: None,
             epoch_tick_ms: default_epoch_tick_ms(),
             drain_timeout_ms: default_drain_timeout_ms(),
             max_in_flight: default_max_in_flight(),
@@ -174,6 +185,10 @@ impl Default for RuntimeConfig {
 
 fn default_cache_dir() -> PathBuf {
     PathBuf::from(".cache/pipeline-worker")
+}
+/// Half the Helm chart's 1 GiB emptyDir: a dozen Python artifacts (~33 MB).
+fn default_cache_max_bytes() -> u64 {
+    512 << 20
 }
 fn default_epoch_tick_ms() -> u64 {
     10
@@ -530,6 +545,9 @@ impl Config {
         }
         if self.runtime.epoch_tick_ms == 0 {
             return Err(invalid("runtime.epoch_tick_ms", "must be at least 1"));
+        }
+        if self.runtime.cache_max_bytes == 0 {
+            return Err(invalid("runtime.cache_max_bytes", "must be positive"));
         }
         if self.runtime.max_in_flight == 0 {
             return Err(invalid("runtime.max_in_flight", "must be at least 1"));

@@ -135,7 +135,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         "loading {} (the first load compiles it; later runs use the cache)…",
         component.display()
     );
-    let opts = app::sandbox_options(&config);
+    let opts = app::sandbox_options(&config)?;
     let functions = app::load_functions(&config, &opts)?;
     let worker = app::Worker::start(&config, functions)?;
 

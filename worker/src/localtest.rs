@@ -194,6 +194,8 @@ pub struct TestArgs {
 pub enum LocalTestError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    CacheKey(#[from] crate::sandbox::CacheKeyError),
     #[error("{config}: no pipeline named {name:?} (pipelines: {available})")]
     UnknownPipeline {
         config: String,
@@ -302,9 +304,12 @@ fn resolve(args: &TestArgs) -> Result<Context, LocalTestError> {
                 })
             }
         };
-        let mut opts = crate::app::sandbox_options(&config);
+        let mut opts = crate::app::sandbox_options(&config)?;
         if let Some(dir) = &args.cache_dir {
-            opts.cache = ArtifactCache::new(dir);
+            let key = crate::app::cache_key(config.runtime.cache_key_file.as_deref(), dir)?;
+            opts.cache = ArtifactCache::new(dir)
+                .with_max_bytes(config.runtime.cache_max_bytes)
+                .with_key(key);
         }
         return Ok(Context {
             pipeline,
@@ -346,12 +351,13 @@ fn resolve(args: &TestArgs) -> Result<Context, LocalTestError> {
         max_table_elements: args.max_table_elements.unwrap_or(d.max_table_elements),
         instance_max_records: args.instance_max_records.unwrap_or(d.instance_max_records),
     };
+    let dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| ".cache/pipeline-worker".into());
+    let key = crate::app::cache_key(None, &dir)?;
     let opts = SandboxOptions {
-        cache: ArtifactCache::new(
-            args.cache_dir
-                .clone()
-                .unwrap_or_else(|| ".cache/pipeline-worker".into()),
-        ),
+        cache: ArtifactCache::new(dir).with_key(key),
         ticker: EpochTicker::start(Duration::from_millis(10)),
         epoch_tick_ms: 10,
         pooling: false,

@@ -16,6 +16,7 @@
 //! GET    /v1/pipelines/{p}
 //! POST   /v1/pipelines/{p}/activate             {"function": ..., "version": n?} → 202
 //! POST   /v1/pipelines/{p}/rollback             → 202, or 409 with nothing to roll back to
+//! GET    /metrics                               Prometheus text, no token (see metrics.rs)
 //! ```
 
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ use sha2::{Digest, Sha256};
 use super::activations::{
     Activation, ActivationState, Deployed, LogReader, LogWriter, HISTORY_DEPTH,
 };
+use super::metrics::ControlMetrics;
 use super::store::{now_rfc3339, VersionManifest};
 use super::Registry;
 use crate::config::{valid_name, Config, Limits, PipelineConfig};
@@ -104,6 +106,7 @@ struct Api {
     compile: Arc<tokio::sync::Semaphore>,
     /// Activations are read-modify-write of the log: one at a time.
     mutate: tokio::sync::Mutex<()>,
+    metrics: ControlMetrics,
 }
 
 /// Binds now (so a bad address fails start-up) and serves on the registry's
@@ -153,6 +156,7 @@ pub fn serve(
         reader: Mutex::new(reader),
         compile: Arc::new(tokio::sync::Semaphore::new(1)),
         mutate: tokio::sync::Mutex::new(()),
+        metrics: ControlMetrics::default(),
     });
     let listener = std::net::TcpListener::bind(control.listen)?;
     listener.set_nonblocking(true)?;
@@ -191,6 +195,7 @@ fn router(api: Arc<Api>) -> Router {
         .route("/v1/pipelines/{pipeline}", get(show_pipeline))
         .route("/v1/pipelines/{pipeline}/activate", post(activate))
         .route("/v1/pipelines/{pipeline}/rollback", post(rollback))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             err(
                 StatusCode::NOT_FOUND,
@@ -295,7 +300,7 @@ impl Api {
 
     async fn state(self: &Arc<Self>) -> ApiResult<ActivationState> {
         let api = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let state = tokio::task::spawn_blocking(move || {
             let mut r = api.reader.lock().unwrap_or_else(|p| p.into_inner());
             r.catch_up(Duration::from_secs(10))
                 .map(|_| r.state().clone())
@@ -308,7 +313,14 @@ impl Api {
                 "activation-log-unavailable",
                 e.to_string(),
             )
-        })
+        })?;
+        self.opts.cache.hold_active(
+            state
+                .values()
+                .flat_map(|a| a.artifacts.keys().cloned())
+                .collect::<Vec<_>>(),
+        );
+        Ok(state)
     }
 
     async fn manifest(
@@ -425,9 +437,20 @@ async fn upload(
         .is_some_and(|v| v.contains("application/x-ndjson"));
     let (tenant, bytes) = match precheck(&api, &name, &headers, body).await {
         Ok(x) => x,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            api.metrics.upload(e.status.as_u16(), e.code);
+            return e.into_response();
+        }
     };
-    let job = tokio::spawn(compile_and_store(api.clone(), tenant, name, bytes));
+    let counted = api.clone();
+    let job = tokio::spawn(async move {
+        let r = compile_and_store(counted.clone(), tenant, name, bytes).await;
+        match &r {
+            Ok(_) => counted.metrics.upload(0, ""),
+            Err(e) => counted.metrics.upload(e.status.as_u16(), e.code),
+        }
+        r
+    });
     if !ndjson {
         return match job.await {
             Ok(Ok(m)) => (StatusCode::CREATED, Json(m)).into_response(),
@@ -576,6 +599,7 @@ async fn compile_and_store(
     };
     let loaded = compile.await;
     drop(progress);
+    api.metrics.compiled(started.elapsed());
     let functions = loaded.map_err(internal)?.map_err(load_error)?;
     let compile_ms = started.elapsed().as_millis() as u64;
     let first = &functions[0];
@@ -587,14 +611,33 @@ async fn compile_and_store(
     let _g = api.mutate.lock().await;
     let mut artifacts = std::collections::BTreeMap::new();
     for f in &functions {
-        let path = api.opts.cache.dir().join(&f.artifact_name);
-        let art = tokio::fs::read(&path)
-            .await
-            .map_err(|e| internal(format!("{}: {e}", path.display())))?;
+        // Two limit sets can share one engine configuration, so one artifact.
+        if artifacts.contains_key(&f.artifact_name) {
+            continue;
+        }
+        match stored_artifact(&api, &f.artifact_name).await {
+            Ok(Some(hash)) => {
+                artifacts.insert(f.artifact_name.clone(), hash);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(api.abandon(&digest, &artifacts, e).await),
+        }
+        // What this process compiled, checked against the hash it recorded:
+        // the manifest vouches for it to every worker.
+        let cache = api.opts.cache.clone();
+        let name = f.artifact_name.clone();
+        let art = match tokio::task::spawn_blocking(move || cache.read_trusted(&name)).await {
+            Ok(Ok(art)) => art,
+            Ok(Err(e)) => return Err(api.abandon(&digest, &artifacts, internal(e)).await),
+            Err(e) => return Err(api.abandon(&digest, &artifacts, internal(e)).await),
+        };
         artifacts.insert(f.artifact_name.clone(), crate::sandbox::digest(&art));
         if let Err(e) = api.reg.store.put_artifact(&f.artifact_name, art).await {
             return Err(api.abandon(&digest, &artifacts, internal(e)).await);
         }
+        // Workers fetch it from the store; a copy here would only fill the disk.
+        api.opts.cache.remove(&f.artifact_name);
     }
     if let Err(e) = api.reg.store.put_blob(&digest, bytes.to_vec()).await {
         return Err(api.abandon(&digest, &artifacts, internal(e)).await);
@@ -631,6 +674,29 @@ async fn compile_and_store(
         "concurrent uploads kept taking the next version number; retry",
     );
     Err(api.abandon(&digest, &artifacts, e).await)
+}
+
+/// The hash of an artifact already in the store that this process compiled
+/// (a concurrent upload of the same component stored it and removed the
+/// local copy). `None` when the local copy is to be used.
+async fn stored_artifact(api: &Api, name: &str) -> ApiResult<Option<String>> {
+    if api.opts.cache.dir().join(name).exists() {
+        return Ok(None);
+    }
+    let Some(trusted) = api.opts.cache.trusted_hash(name) else {
+        return Ok(None);
+    };
+    match api.reg.store.get_artifact(name).await.map_err(internal)? {
+        Some(bytes) if crate::sandbox::digest(&bytes) == trusted => Ok(Some(trusted)),
+        _ => Ok(None),
+    }
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        api.metrics.render(&api.opts.cache.stats()),
+    )
 }
 
 async fn discard(body: Body, max: usize) {
@@ -978,6 +1044,7 @@ async fn write_activation(
             e.to_string(),
         )
     })?;
+    api.metrics.activation(action);
     tracing::info!(tenant, pipeline = %p.name, function = %a.current.function, version = a.current.version, action, offset = a.offset, "activation written");
     Ok((
         StatusCode::ACCEPTED,

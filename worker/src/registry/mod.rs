@@ -6,6 +6,7 @@
 pub mod activations;
 pub mod api;
 pub mod client;
+pub mod metrics;
 pub mod store;
 pub mod watcher;
 
@@ -88,10 +89,10 @@ impl Registry {
         Arc::new(SharedArtifacts(self.clone()))
     }
 
-    /// Remote artifacts are native code: a worker runs one only if an
-    /// activation (written by the control plane from the upload's manifest)
-    /// names its hash. Anything else is compiled locally from the blob, whose
-    /// digest is checked.
+    /// Remote artifacts are native code: a worker runs one (fetched, or its
+    /// local copy) only if an activation (written by the control plane from
+    /// the upload's manifest) names its hash. Anything else is compiled
+    /// locally from the blob, whose digest is checked.
     pub fn trust(&self, artifacts: &std::collections::BTreeMap<String, String>) {
         let mut t = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
         for (k, v) in artifacts {
@@ -117,14 +118,17 @@ fn default_worker_id() -> String {
 struct SharedArtifacts(Arc<Registry>);
 
 impl RemoteArtifacts for SharedArtifacts {
-    fn fetch(&self, name: &str) -> Option<Vec<u8>> {
-        let expected = self
-            .0
+    fn expected(&self, name: &str) -> Option<String> {
+        self.0
             .trusted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .cloned()?;
+            .cloned()
+    }
+
+    fn fetch(&self, name: &str) -> Option<Vec<u8>> {
+        let expected = self.expected(name)?;
         match self.0.block_on(self.0.store.get_artifact(name)) {
             Ok(Some(bytes)) => {
                 let actual = crate::sandbox::digest(&bytes);

@@ -64,7 +64,10 @@ use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Engine, Store, Trap};
 
 use crate::config::Limits;
-pub use cache::{digest, ArtifactCache, RemoteArtifacts};
+pub use cache::{
+    digest, ArtifactCache, ArtifactPin, CacheKey, CacheKeyError, CacheStats, RemoteArtifacts,
+    KEY_ENV as CACHE_KEY_ENV,
+};
 pub use engine::EpochTicker;
 use host::CallEnd;
 pub use host::{GuestLog, GuestOutput, HostState, LimitError, TABLE_ELEMENT_BYTES};
@@ -230,6 +233,8 @@ pub struct Function {
     _ticker: Arc<EpochTicker>,
     /// Time the load took and whether the artifact came from the cache.
     pub load_report: LoadReport,
+    /// Keeps the artifact from eviction while this version is loaded.
+    _artifact: ArtifactPin,
 }
 
 #[derive(Debug, Clone)]
@@ -445,7 +450,11 @@ impl Function {
             reason: format!("engine configuration: {e:#}"),
         })?;
         let digest = cache::digest(bytes);
-        let (component, from_cache) = sandbox
+        let cache::Loaded {
+            component,
+            from_cache,
+            pin,
+        } = sandbox
             .cache
             .load_or_compile(&engine, &digest, bytes)
             .map_err(|e| match e {
@@ -501,6 +510,7 @@ impl Function {
             ticks_per_record: limits.deadline_ms.div_ceil(tick).max(1),
             rt,
             _ticker: sandbox.ticker.clone(),
+            _artifact: pin,
             load_report: LoadReport {
                 from_cache,
                 load_ms: 0,

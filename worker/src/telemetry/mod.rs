@@ -20,7 +20,7 @@ use axum::Router;
 pub mod otel;
 
 use crate::pipeline::FunctionSlot;
-use crate::sandbox::ERROR_KINDS;
+use crate::sandbox::{ArtifactCache, CacheStats, ERROR_KINDS};
 use crate::source::Trackers;
 pub use crate::stats::{Histogram, BUCKETS};
 use crate::stats::{PipelineStats, VersionStats};
@@ -43,6 +43,8 @@ pub struct TelemetryState {
     /// `telemetry.ready_without_activation`: a pipeline waiting for its
     /// first activation does not hold readiness back.
     pub ready_without_activation: bool,
+    /// The process's artifact cache, for its size and eviction metrics.
+    pub artifact_cache: std::sync::OnceLock<ArtifactCache>,
 }
 
 impl TelemetryState {
@@ -314,7 +316,59 @@ pub fn render(s: &TelemetryState) -> String {
             pick(v).render(&mut out, name, labels);
         }
     }
+    if let Some(cache) = s.artifact_cache.get() {
+        render_artifact_cache(&mut out, &cache.stats());
+    }
     out
+}
+
+/// The artifact cache's series, process-wide (no pipeline labels); the
+/// control plane's `/metrics` renders them too.
+pub fn render_artifact_cache(out: &mut String, c: &CacheStats) {
+    for (name, kind, help, v) in [
+        (
+            "pipeline_artifact_cache_size_bytes",
+            "gauge",
+            "Bytes of precompiled artifacts in runtime.cache_dir, as last measured by this process.",
+            c.size_bytes,
+        ),
+        (
+            "pipeline_artifact_cache_limit_bytes",
+            "gauge",
+            "runtime.cache_max_bytes; the size exceeds it only when artifacts in use alone do.",
+            c.limit_bytes,
+        ),
+        (
+            "pipeline_artifact_cache_evictions_total",
+            "counter",
+            "Artifacts this process evicted (least recently used first) to stay within runtime.cache_max_bytes.",
+            c.evictions,
+        ),
+        (
+            "pipeline_artifact_cache_over_limit",
+            "gauge",
+            "1 when the artifacts in use alone exceeded runtime.cache_max_bytes at the last write.",
+            u64::from(c.over_limit),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    let name = "pipeline_artifact_cache_rejected_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Cached artifacts not loaded, each recompiled instead: hash-mismatch (tampered or corrupt), bad-mac (its sidecar does not verify with this cache key: tampered, or another key), unknown-hash (no sidecar, nothing trusted vouches for it).\n# TYPE {name} counter"
+    );
+    let _ = writeln!(
+        out,
+        "{name}{{reason=\"hash-mismatch\"}} {}",
+        c.rejected_mismatch
+    );
+    let _ = writeln!(out, "{name}{{reason=\"bad-mac\"}} {}", c.rejected_bad_mac);
+    let _ = writeln!(
+        out,
+        "{name}{{reason=\"unknown-hash\"}} {}",
+        c.rejected_unknown
+    );
 }
 
 #[cfg(test)]
