@@ -648,7 +648,7 @@ def helm_alerts(path, telemetry_rs, readme_md, *_):
     check(pr["metadata"]["labels"].get("release") == "kube-prometheus-stack", "alerts: PrometheusRule labels")
     rules = [r for g in pr["spec"]["groups"] for r in g["rules"]]
     names = [r.get("alert") or r.get("record") for r in rules]
-    exported = set(re.findall(r'^\s*"((?:messaging|pipeline)_[a-z_]+)",', open(telemetry_rs).read(), re.M))
+    exported = set(re.findall(r'^\s*(?:let name = )?"((?:messaging|pipeline)_[a-z_]+)"[,;]', open(telemetry_rs).read(), re.M))
     check(len(exported) >= 10, f"alerts: found only {sorted(exported)} in {telemetry_rs}")
     histograms = {n for n in exported if n.endswith("_seconds")}
     valid = exported | {h + s for h in histograms for s in ("_bucket", "_sum", "_count")}
