@@ -8,20 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pipeline_worker::config::{Config, Limits};
-use pipeline_worker::sandbox::{
-    ArtifactCache, EpochTicker, Function, InputRecord, Runner, SandboxOptions,
-};
+use pipeline_worker::sandbox::{ArtifactCache, Function, InputRecord, Runner, SandboxOptions};
 
 use crate::support::*;
 
 fn opts(cache: ArtifactCache) -> SandboxOptions {
-    SandboxOptions {
-        cache,
-        ticker: EpochTicker::start(Duration::from_millis(10)),
-        epoch_tick_ms: 10,
-        pooling: false,
-        max_instances: 1,
-    }
+    sandbox_opts(cache, false, 1)
 }
 
 fn fresh_dir(tag: &str) -> PathBuf {
@@ -413,7 +405,7 @@ dead_letter_topic = "{prefix}-dlq"
 /// XDG_STATE_HOME in `home` (the default key file lives there) and `env`.
 fn validate(config: &Path, home: &Path, env: &[(&str, &str)]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
-        .args(["validate", "--config"])
+        .args(["validate", "--offline", "--config"])
         .arg(config)
         .env_remove("PIPELINE_WORKER_CACHE_KEY")
         .env("HOME", home)
@@ -625,7 +617,7 @@ fn without_a_usable_key_file_a_process_trusts_only_its_own_artifacts() {
     let config = validate_config(&cache, "");
     let run = || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
-            .args(["validate", "--config"])
+            .args(["validate", "--offline", "--config"])
             .arg(&config)
             .env_remove("PIPELINE_WORKER_CACHE_KEY")
             .env_remove("HOME")

@@ -144,14 +144,8 @@ fn run_component(
     inputs: &[pipeline_worker::sandbox::InputRecord],
 ) -> Vec<Outcome> {
     use pipeline_worker::config::Limits;
-    use pipeline_worker::sandbox::{ArtifactCache, EpochTicker, Function, Runner, SandboxOptions};
-    let opts = SandboxOptions {
-        cache: ArtifactCache::new(repo_root().join(".cache/pipeline-worker-tests")),
-        ticker: EpochTicker::start(Duration::from_millis(10)),
-        epoch_tick_ms: 10,
-        pooling: false,
-        max_instances: 1,
-    };
+    use pipeline_worker::sandbox::{Function, Runner};
+    let opts = sandbox_opts(test_cache(), false, 1);
     let limits = Limits {
         deadline_ms: 5_000,
         ..Limits::default()

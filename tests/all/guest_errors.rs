@@ -8,20 +8,12 @@ use std::time::{Duration, Instant};
 
 use pipeline_worker::config::Limits;
 use pipeline_worker::sandbox::text::MAX_ERROR_MESSAGE;
-use pipeline_worker::sandbox::{
-    ArtifactCache, EpochTicker, Function, InputRecord, RecordError, Runner, SandboxOptions,
-};
+use pipeline_worker::sandbox::{Function, InputRecord, RecordError, Runner, SandboxOptions};
 
 use crate::support::*;
 
 fn opts() -> SandboxOptions {
-    SandboxOptions {
-        cache: ArtifactCache::new(repo_root().join(".cache/pipeline-worker-tests")),
-        ticker: EpochTicker::start(Duration::from_millis(10)),
-        epoch_tick_ms: 10,
-        pooling: false,
-        max_instances: 1,
-    }
+    sandbox_opts(test_cache(), false, 1)
 }
 
 fn record(offset: i64, value: &str) -> InputRecord {

@@ -8,20 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pipeline_worker::config::Limits;
-use pipeline_worker::sandbox::{
-    ArtifactCache, EpochTicker, Function, InputRecord, RecordError, Runner, SandboxOptions,
-};
+use pipeline_worker::sandbox::{Function, InputRecord, RecordError, Runner, SandboxOptions};
 
 use crate::support::*;
 
 fn opts() -> SandboxOptions {
-    SandboxOptions {
-        cache: ArtifactCache::new(repo_root().join(".cache/pipeline-worker-tests")),
-        ticker: EpochTicker::start(Duration::from_millis(10)),
-        epoch_tick_ms: 10,
-        pooling: true,
-        max_instances: 2,
-    }
+    sandbox_opts(test_cache(), true, 2)
 }
 
 fn limits(fuel: Option<u64>) -> Limits {

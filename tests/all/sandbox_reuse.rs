@@ -2,24 +2,14 @@
 //! instance slots (linear memory, tables, stacks) start every instance from
 //! the component's initial state. No Kafka.
 
-use std::time::Duration;
-
 use pipeline_worker::config::Limits;
-use pipeline_worker::sandbox::{
-    ArtifactCache, EpochTicker, Function, InputRecord, Runner, SandboxOptions,
-};
+use pipeline_worker::sandbox::{ArtifactCache, Function, InputRecord, Runner, SandboxOptions};
 use serde_json::{json, Value};
 
 use crate::support::*;
 
 fn opts(cache: ArtifactCache) -> SandboxOptions {
-    SandboxOptions {
-        cache,
-        ticker: EpochTicker::start(Duration::from_millis(10)),
-        epoch_tick_ms: 10,
-        pooling: true,
-        max_instances: 2,
-    }
+    sandbox_opts(cache, true, 2)
 }
 
 fn record(i: usize) -> InputRecord {
@@ -54,7 +44,7 @@ fn output_json(r: &pipeline_worker::sandbox::RecordResult) -> Value {
 #[test]
 fn a_fresh_instance_per_record_sees_nothing_of_earlier_records() {
     let component = python_component("py_stateful");
-    let cache = ArtifactCache::new(repo_root().join(".cache/pipeline-worker-tests"));
+    let cache = test_cache();
     let o = opts(cache);
     let fresh = Limits {
         instance_max_records: 1,

@@ -538,3 +538,29 @@ pub fn produce_raw(topic: &str, records: &[RawIn<'_>], extra: &[(&str, &str)]) {
     }
     p.flush(Duration::from_secs(60)).expect("flush raw records");
 }
+
+/// The tests' shared artifact cache, keyed with a fixed test key so that
+/// artifacts compiled by one run of the test binary are trusted by the next
+/// (as a worker's key file does between restarts).
+pub fn test_cache() -> pipeline_worker::sandbox::ArtifactCache {
+    pipeline_worker::sandbox::ArtifactCache::new(repo_root().join(".cache/pipeline-worker-tests"))
+        .with_key(pipeline_worker::sandbox::CacheKey::from_bytes(
+            b"pipeline-worker integration tests, not a secret",
+            "tests/all/support.rs",
+        ))
+}
+
+/// Sandbox options for in-process tests: 10 ms epoch ticks over `cache`.
+pub fn sandbox_opts(
+    cache: pipeline_worker::sandbox::ArtifactCache,
+    pooling: bool,
+    max_instances: u32,
+) -> pipeline_worker::sandbox::SandboxOptions {
+    pipeline_worker::sandbox::SandboxOptions {
+        cache,
+        ticker: pipeline_worker::sandbox::EpochTicker::start(Duration::from_millis(10)),
+        epoch_tick_ms: 10,
+        pooling,
+        max_instances,
+    }
+}
