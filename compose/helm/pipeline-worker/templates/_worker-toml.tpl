@@ -53,6 +53,9 @@ log_format = {{ include "pipeline-worker.toml" .Values.telemetry.logFormat }}
 {{- with .Values.telemetry.otlpEndpoint }}
 otlp_endpoint = {{ include "pipeline-worker.toml" . }}
 {{- end }}
+{{- if .Values.telemetry.readyWithoutActivation }}
+ready_without_activation = true
+{{- end }}
 {{- if .Values.registry.enabled }}
 
 # Function store and activation log, shared by every worker and the control plane.
