@@ -239,11 +239,7 @@ impl DeadLetter {
         // Header keys read as bytes: rdkafka's `Headers` accessors panic on a
         // key that is not UTF-8, and dead letters keep such keys.
         let headers = match crate::record::message_parts(m) {
-            Ok(p) => p
-                .headers
-                .iter()
-                .map(|h| (h.key.to_vec(), h.value.map(<[u8]>::to_vec)))
-                .collect(),
+            Ok(p) => crate::record::header_bytes(&p.headers),
             Err(e) => vec![(
                 b"<unreadable headers>".to_vec(),
                 Some(e.to_string().into_bytes()),

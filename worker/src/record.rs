@@ -248,10 +248,15 @@ pub fn owned_header_bytes(headers: &OwnedHeaders) -> Result<HeaderBytes, DecodeE
                 .cast::<rdsys::rd_kafka_headers_t>(),
         )
     }?;
-    Ok(raw
+    Ok(header_bytes(&raw))
+}
+
+/// Borrowed headers as owned bytes.
+pub fn header_bytes(headers: &[RawHeader<'_>]) -> HeaderBytes {
+    headers
         .iter()
         .map(|h| (h.key.to_vec(), h.value.map(<[u8]>::to_vec)))
-        .collect())
+        .collect()
 }
 
 /// Builds a native headers list from raw bytes and reads it back through
@@ -273,11 +278,7 @@ pub fn native_roundtrip(
             };
             rdsys::rd_kafka_header_add(list, k.as_ptr().cast(), k.len() as isize, vp, vl);
         }
-        let out = read_native_headers(list).map(|hs| {
-            hs.iter()
-                .map(|h| (h.key.to_vec(), h.value.map(<[u8]>::to_vec)))
-                .collect()
-        });
+        let out = read_native_headers(list).map(|hs| header_bytes(&hs));
         rdsys::rd_kafka_headers_destroy(list);
         out
     }
