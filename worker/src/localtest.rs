@@ -1220,7 +1220,7 @@ fn run_all(
             let result = result
                 .and_then(|outs| {
                     if target.output_topics.is_empty() {
-                        Ok(outs)
+                        crate::sink::check_header_keys(outs)
                     } else {
                         crate::sink::check_outputs(target, outs)
                     }
