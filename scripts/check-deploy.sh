@@ -325,6 +325,7 @@ def helm_default(path, *_):
         grace_vs_drain(dep, cfg, "default")
     vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     check("emptyDir" in vols.get("cache", {}), "default: cache is an emptyDir")
+    check(not any(e["name"] == "PIPELINE_WORKER_CACHE_KEY" for e in c.get("env", [])), "default: no cache key Secret (a key per process)")
     env = {e["name"] for e in c.get("env", [])}
     check(not any(n.startswith("PIPELINE_WORKER__KAFKA__LIBRDKAFKA__") for n in env), "default: no secret env vars")
     check(not any(n.startswith("AWS_") or "STORE_OPTIONS" in n for n in env), "default: no store credentials")
@@ -519,6 +520,8 @@ def helm_full(path, *_):
         check("AWS_SESSION_TOKEN" not in env, f"full {who}: no AWS_SESSION_TOKEN without secretKeys.sessionToken")
         # The control plane writes the activation log: it needs Kafka credentials and TLS too.
         secret_env(env, "PIPELINE_WORKER__KAFKA__LIBRDKAFKA__sasl.password", "kafka-credentials", "password", f"full {who}")
+        # One artifact cache key for every pod sharing the cache volume.
+        secret_env(env, "PIPELINE_WORKER_CACHE_KEY", "artifact-cache-key", "key", f"full {who}")
         mounts = {m["mountPath"] for m in cont.get("volumeMounts", [])}
         check({"/etc/kafka-tls/ca", "/etc/kafka-tls/client"} <= mounts, f"full {who}: Kafka TLS mounts")
         check("/var/lib/pipeline-worker/registry" not in mounts, f"full {who}: no registry volume with an S3 store")

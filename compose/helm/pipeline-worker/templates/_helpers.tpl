@@ -173,6 +173,14 @@ credentials (both talk to Kafka: the control plane writes the activation log)
 and the function store's S3 credentials. Indented by the caller.
 */}}
 {{- define "pipeline-worker.sharedEnv" -}}
+{{- with .Values.cache.keySecret.name }}
+# Authenticates cached artifacts across restarts and pods (README "Security model").
+- name: PIPELINE_WORKER_CACHE_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | quote }}
+      key: {{ $.Values.cache.keySecret.key | quote }}
+{{- end }}
 {{- if .Values.kafka.auth.existingSecret }}
 # Kafka credentials: env overrides of [kafka.librdkafka] (the path splits on
 # "__" only, so the dotted librdkafka key survives; keys are lowercased).
