@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Lists the top-level imports and exports of a WebAssembly component.
 
-    python3 component_imports.py out.wasm            # one "import NAME" / "export NAME" a line
-    python3 component_imports.py --imports out.wasm  # import names only
+    pipeline-sdk imports out.wasm            # one "import NAME" / "export NAME" a line
+    pipeline-sdk imports --imports out.wasm  # import names only
 
 Pure Python, no dependencies: reads only the component's top-level import
 (id 10) and export (id 11) sections, which is what a host links against

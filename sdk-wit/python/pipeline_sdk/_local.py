@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Runs a customer function on plain CPython, without building a component.
 
-    python3 run_local.py CUSTOMER.py [INPUT.jsonl] [--verbose] [--tombstone=LINE]
+    pipeline-sdk run CUSTOMER.py [INPUT.jsonl] [--verbose] [--tombstone=LINE]
 
 Each input line is one record value (bytes as written; blank lines skipped).
 With --tombstone=LINE, an input line equal to LINE is sent as a tombstone
@@ -21,9 +20,6 @@ inside the component (3.14 with componentize-py 0.25.1).
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # sdk-wit/python
-
 
 def main(argv):
     verbose = "--verbose" in argv
@@ -37,8 +33,8 @@ def main(argv):
         return 2
     src = os.path.abspath(args[0])
     sys.path.insert(0, os.path.dirname(src))
-    from pipeline_sdk import _runtime
-    from pipeline_sdk._native import InputRecord, Ok
+    from . import _runtime
+    from ._native import InputRecord, Ok
 
     _runtime.load(os.path.basename(src)[:-3])
     data = open(args[1], "rb").read() if len(args) == 2 else sys.stdin.buffer.read()
@@ -67,6 +63,3 @@ def main(argv):
             print("line %d: %s: %s" % (n, kind, result.value.value), file=sys.stderr)
     return 1 if refused else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

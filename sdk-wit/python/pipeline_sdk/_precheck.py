@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Fast, static checks of a customer function file before the (slow) build.
 
-    python3 precheck.py CUSTOMER.py
+    pipeline-sdk check CUSTOMER.py
 
 Never imports or runs the customer's code. It only reports what is certainly
 wrong; the authoritative checks (exactly one @transform, the module imports
