@@ -448,19 +448,7 @@ fn detect(dir: &Path) -> anyhow::Result<(Lang, String, PathBuf)> {
         .unwrap_or_else(|| "function".into());
     let manifest = dir.join("Cargo.toml");
     if manifest.exists() {
-        // The artifact is named after the package, not the folder.
-        let text = std::fs::read_to_string(&manifest)
-            .with_context(|| format!("reading {}", manifest.display()))?;
-        let table: toml::Table = text
-            .parse()
-            .with_context(|| format!("{}: not valid TOML", manifest.display()))?;
-        let name = table
-            .get("package")
-            .and_then(|p| p.get("name"))
-            .and_then(|n| n.as_str())
-            .map(str::to_owned)
-            .unwrap_or(dir_name);
-        return Ok((Lang::Rust, name, manifest));
+        return Ok((Lang::Rust, dir_name, manifest));
     }
     let by_ext = |ext: &str| -> anyhow::Result<Vec<PathBuf>> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -573,7 +561,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
             if st.success() {
                 let built = target_dir.join(format!(
                     "wasm32-wasip2/release/{}.wasm",
-                    name.replace('-', "_")
+                    crate_name(&src)?.replace('-', "_")
                 ));
                 std::fs::copy(&built, &out).with_context(|| {
                     format!("copying {} (is the crate a cdylib?)", built.display())
@@ -597,6 +585,21 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The artifact is named after the package, which need not be the folder.
+fn crate_name(manifest: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not valid TOML", manifest.display()))?;
+    table
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{}: no [package] name", manifest.display()))
 }
 
 fn run_tool(
