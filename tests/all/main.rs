@@ -22,4 +22,5 @@ mod readiness;
 mod redrive;
 mod registry;
 mod sandbox_reuse;
+mod sdk_packages;
 mod telemetry;

@@ -1,16 +1,37 @@
 //! The customer's local loop before `test`: `init` writes a ready project,
-//! `build` runs the right toolchain (componentize-py, cargo, jco) against our
-//! WIT and prints the size and digest of the component.
+//! `build` runs the right toolchain (componentize-py, cargo, componentize-js)
+//! against our WIT and prints the size and digest of the component.
 //!
-//! Both need the SDK tree (`sdk-wit/`, `scripts/`): found through
-//! `PIPELINE_SDK_HOME`, else by walking up from the working directory and
-//! from the executable.
+//! Two ways to find the SDK, so that an installed binary works from any
+//! folder and the repository's own scripts keep working:
+//! - a checkout (`PIPELINE_SDK_HOME`, else found by walking up from the
+//!   working directory and the executable): the `scripts/build-*.sh` of that
+//!   checkout, which use its `sdk-wit/` tree;
+//! - otherwise the installed SDK packages: the `pipeline-sdk` Python package
+//!   (its `pipeline-sdk` command), the `pipeline-sdk` npm package (its
+//!   `pipeline-sdk-js` command), cargo with the `wasm32-wasip2` target. The
+//!   WIT and the templates are in the binary, so `init` needs neither.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
+
+/// The WIT this worker runs (the one source of truth; the SDK packages carry
+/// copies that a test below compares with it).
+pub const WIT: &str = include_str!("../../sdk-wit/wit/transform.wit");
+/// The WIT package the templates and the SDK packages target.
+pub const WIT_PACKAGE: &str = "pipeline:transform@0.2.0";
+/// The SDK packages' version range for that WIT: their major.minor is the
+/// WIT's (README "Writing functions": the version scheme).
+const SDK_RANGE_PY: &str = "pipeline-sdk==0.2.*";
+const SDK_RANGE_NPM: &str = "0.2.x";
+/// Where `init --lang rust` points the `pipeline-sdk` git dependency when
+/// neither `--rust-sdk` nor a checkout says otherwise: set when the release
+/// binary is built, since only the publisher knows its repository URL.
+const RUST_SDK_GIT: Option<&str> = option_env!("PIPELINE_SDK_GIT_URL");
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lang {
@@ -29,6 +50,12 @@ pub struct InitArgs {
     pub lang: Lang,
     /// Project folder to create (also the function's name).
     pub name: String,
+    /// Rust only: where the `pipeline-sdk` crate comes from, a folder (an
+    /// unpacked `cargo package` of it, or sdk-wit/rust of a checkout) or a git
+    /// URL of the pipeline-worker repository. Default: the checkout's
+    /// sdk-wit/rust when run inside one.
+    #[arg(long, env = "PIPELINE_SDK_RUST", value_name = "PATH|GIT_URL")]
+    pub rust_sdk: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -41,15 +68,31 @@ pub struct BuildArgs {
     pub out: Option<PathBuf>,
 }
 
-/// The folder holding `sdk-wit/wit/transform.wit` and `scripts/`.
-pub fn sdk_home() -> anyhow::Result<PathBuf> {
-    if let Ok(h) = std::env::var("PIPELINE_SDK_HOME") {
+/// A toolchain `build` needs and did not find: what is missing and the
+/// command that installs it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{missing}\n  install: {install}")]
+pub struct MissingTool {
+    pub missing: String,
+    pub install: String,
+}
+
+/// The checkout holding `sdk-wit/wit/transform.wit` and `scripts/`, if any.
+/// `PIPELINE_SDK_HOME` set to a folder must be one; set but empty, it means
+/// "use the installed packages" even inside a checkout.
+pub fn sdk_home() -> anyhow::Result<Option<PathBuf>> {
+    let is_checkout =
+        |d: &Path| d.join("sdk-wit/wit/transform.wit").is_file() && d.join("scripts").is_dir();
+    if let Some(h) = std::env::var_os("PIPELINE_SDK_HOME") {
+        if h.is_empty() {
+            return Ok(None);
+        }
         let p = PathBuf::from(h);
-        if p.join("sdk-wit/wit/transform.wit").exists() {
-            return Ok(p);
+        if is_checkout(&p) {
+            return Ok(Some(p));
         }
         bail!(
-            "PIPELINE_SDK_HOME={} has no sdk-wit/wit/transform.wit",
+            "PIPELINE_SDK_HOME={} has no sdk-wit/wit/transform.wit and scripts/ (unset it to use the installed SDK packages)",
             p.display()
         );
     }
@@ -57,14 +100,124 @@ pub fn sdk_home() -> anyhow::Result<PathBuf> {
     if let Ok(exe) = std::env::current_exe() {
         starts.push(exe);
     }
-    for start in starts {
-        for dir in start.ancestors() {
-            if dir.join("sdk-wit/wit/transform.wit").exists() && dir.join("scripts").is_dir() {
-                return Ok(dir.to_path_buf());
-            }
-        }
+    Ok(starts
+        .iter()
+        .flat_map(|s| s.ancestors())
+        .find(|d| is_checkout(d))
+        .map(Path::to_path_buf))
+}
+
+/// The first executable file named `tool` in the `PATH`-style list `path`.
+fn on_path(tool: &str, path: Option<&OsStr>) -> Option<PathBuf> {
+    std::env::split_paths(path?)
+        .map(|d| d.join(tool))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    p.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The `pipeline-sdk` command of the Python package: the project's `.venv`,
+/// the active virtualenv, then `PATH`.
+fn python_sdk(dir: &Path, path: Option<&OsStr>) -> Result<PathBuf, MissingTool> {
+    let mut candidates = vec![dir.join(".venv/bin/pipeline-sdk")];
+    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
+        candidates.push(PathBuf::from(v).join("bin/pipeline-sdk"));
     }
-    bail!("cannot find the pipeline SDK (sdk-wit/ and scripts/); set PIPELINE_SDK_HOME to the pipeline-worker checkout")
+    if let Some(p) = candidates.into_iter().find(|p| is_executable(p)) {
+        return Ok(p);
+    }
+    if let Some(p) = on_path("pipeline-sdk", path) {
+        return Ok(p);
+    }
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|t| on_path(t, path).is_some());
+    let Some(python) = python else {
+        return Err(MissingTool {
+            missing: "a Python function needs Python >= 3.9 and the pipeline-sdk package; no python3 on PATH".into(),
+            install: format!("apt-get install python3 python3-venv (or your OS's package), then python3 -m venv .venv && .venv/bin/pip install '{SDK_RANGE_PY}'"),
+        });
+    };
+    let also = if on_path("componentize-py", path).is_some() {
+        " (componentize-py is there, but the SDK is bundled into every component, so the build needs the pipeline-sdk package, which depends on the right componentize-py)"
+    } else {
+        ""
+    };
+    Err(MissingTool {
+        missing: format!(
+            "no `pipeline-sdk` command (the pipeline-sdk Python package) in {}, $VIRTUAL_ENV/bin or PATH{also}",
+            dir.join(".venv/bin").display()
+        ),
+        install: format!(
+            "{python} -m venv {venv} && {venv}/bin/pip install '{SDK_RANGE_PY}'   (or: pip install -r {req}, or pip install ./pipeline_sdk-*.whl)",
+            venv = dir.join(".venv").display(),
+            req = dir.join("requirements.txt").display(),
+        ),
+    })
+}
+
+/// The `pipeline-sdk-js` command of the npm package: the project's
+/// node_modules, then `PATH` (a global install); node itself first.
+fn js_sdk(dir: &Path, path: Option<&OsStr>) -> Result<PathBuf, MissingTool> {
+    if on_path("node", path).is_none() {
+        return Err(MissingTool {
+            missing: "a JavaScript function needs Node.js >= 20 and the pipeline-sdk npm package; no node on PATH".into(),
+            install: "install Node.js 20 or later (https://nodejs.org, or apt-get install nodejs npm), then npm install in the project".into(),
+        });
+    }
+    let local = dir.join("node_modules/.bin/pipeline-sdk-js");
+    if is_executable(&local) {
+        return Ok(local);
+    }
+    if let Some(p) = on_path("pipeline-sdk-js", path) {
+        return Ok(p);
+    }
+    Err(MissingTool {
+        missing: format!(
+            "no `pipeline-sdk-js` command (the pipeline-sdk npm package) in {} or PATH",
+            local.parent().unwrap().display()
+        ),
+        install: format!(
+            "cd {} && npm install   (its package.json depends on pipeline-sdk {SDK_RANGE_NPM}; or npm install ./pipeline-sdk-*.tgz)",
+            dir.display()
+        ),
+    })
+}
+
+/// cargo, and the `wasm32-wasip2` standard library of the toolchain that
+/// builds `dir` (rustup's override files apply, hence `current_dir`).
+fn rust_toolchain(dir: &Path, path: Option<&OsStr>) -> Result<PathBuf, MissingTool> {
+    let Some(cargo) = on_path("cargo", path) else {
+        return Err(MissingTool {
+            missing: "a Rust function needs cargo with the wasm32-wasip2 target; no cargo on PATH".into(),
+            install: "curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --target wasm32-wasip2".into(),
+        });
+    };
+    let sysroot = Command::new(cargo.with_file_name("rustc"))
+        .args(["--print", "sysroot"])
+        .current_dir(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    match sysroot {
+        Some(root) if root.join("lib/rustlib/wasm32-wasip2/lib").is_dir() => Ok(cargo),
+        Some(root) => Err(MissingTool {
+            missing: format!(
+                "the Rust target wasm32-wasip2 is not installed in the toolchain at {}",
+                root.display()
+            ),
+            install: "rustup target add wasm32-wasip2".into(),
+        }),
+        None => Err(MissingTool {
+            missing: format!("`rustc --print sysroot` failed next to {}", cargo.display()),
+            install: "rustup toolchain install stable --target wasm32-wasip2".into(),
+        }),
+    }
 }
 
 // The templates target `pipeline:transform@0.2.0` (through the SDKs) and
@@ -147,6 +300,39 @@ export default transform((record: Record): Record => {
 const SAMPLE: &str = "{\"event_id\":\"e1\",\"session_start\":1700000000,\"session_end\":1700003600}\n{\"event_id\":\"e2\",\"session_start\":1700000000,\"session_end\":1700000300}\n";
 const EXPECTED: &str = "{\"event_id\":\"e1\",\"session_start\":1700000000,\"session_end\":1700003600,\"session_duration_minutes\":60.0}\n{\"event_id\":\"e2\",\"session_start\":1700000000,\"session_end\":1700000300,\"session_duration_minutes\":5.0}\n";
 
+/// The `pipeline-sdk` dependency line of a Rust project, decided before
+/// anything is written so that a refusal leaves no half-made project.
+fn rust_sdk_dependency(spec: Option<&str>, checkout: Option<&Path>) -> anyhow::Result<String> {
+    let toml_str = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let is_url = |s: &str| s.contains("://") || s.starts_with("git@");
+    let from_path = |p: &Path| -> anyhow::Result<String> {
+        let manifest = p.join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("--rust-sdk {}: no Cargo.toml there", p.display()))?;
+        if !text.contains("name = \"pipeline-sdk\"") {
+            bail!(
+                "--rust-sdk {}: {} is not the pipeline-sdk crate",
+                p.display(),
+                manifest.display()
+            );
+        }
+        let abs = p.canonicalize()?;
+        Ok(format!(
+            "pipeline-sdk = {{ path = {} }}",
+            toml_str(&abs.display().to_string())
+        ))
+    };
+    match (spec, checkout, RUST_SDK_GIT) {
+        (Some(s), _, _) if is_url(s) => Ok(format!("pipeline-sdk = {{ git = {} }}", toml_str(s))),
+        (Some(s), _, _) => from_path(Path::new(s)),
+        (None, Some(home), _) => from_path(&home.join("sdk-wit/rust")),
+        (None, None, Some(url)) => Ok(format!("pipeline-sdk = {{ git = {} }}", toml_str(url))),
+        (None, None, None) => bail!(
+            "--rust-sdk: say where the pipeline-sdk crate is, a folder (an unpacked `cargo package` of sdk-wit/rust, or sdk-wit/rust of a checkout) or the git URL of the pipeline-worker repository; this binary has no default (it was built without PIPELINE_SDK_GIT_URL)"
+        ),
+    }
+}
+
 pub fn init(args: InitArgs) -> anyhow::Result<()> {
     let name = &args.name;
     if name.is_empty()
@@ -160,27 +346,69 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         bail!("{} already exists; pick another NAME", dir.display());
     }
     let sdk = sdk_home()?;
-    std::fs::create_dir_all(&dir)?;
+    let rust_dep = match args.lang {
+        Lang::Rust => Some(rust_sdk_dependency(
+            args.rust_sdk.as_deref(),
+            sdk.as_deref(),
+        )?),
+        _ => None,
+    };
+    std::fs::create_dir_all(dir.join("wit"))?;
     let write = |file: &str, text: &str| -> anyhow::Result<()> {
         std::fs::write(dir.join(file), text)
             .with_context(|| format!("writing {}", dir.join(file).display()))
     };
     write("sample.jsonl", SAMPLE)?;
     write("expected.jsonl", EXPECTED)?;
-    match args.lang {
-        Lang::Python => write(&format!("{name}.py"), &PY_TEMPLATE.replace("NAME", name))?,
-        Lang::Js => write(&format!("{name}.js"), JS_TEMPLATE)?,
+    // For reading and for other tools (jco types, wit-bindgen): the SDK
+    // packages carry the same file and build against their own copy.
+    write("wit/transform.wit", WIT)?;
+    let npm_package = || {
+        let manifest = serde_json::json!({
+            "name": name.to_ascii_lowercase().replace('_', "-"),
+            "private": true,
+            "type": "module",
+            "scripts": { "build": "pipeline-worker build ." },
+            "dependencies": { "pipeline-sdk": SDK_RANGE_NPM },
+        });
+        serde_json::to_string_pretty(&manifest).map(|s| s + "\n")
+    };
+    let install = match args.lang {
+        Lang::Python => {
+            write(&format!("{name}.py"), &PY_TEMPLATE.replace("NAME", name))?;
+            write(
+                "requirements.txt",
+                &format!("# The SDK and, through it, the pinned componentize-py. Its 0.2 line\n# targets the WIT {WIT_PACKAGE}.\n{SDK_RANGE_PY}\n"),
+            )?;
+            format!("python3 -m venv {name}/.venv && {name}/.venv/bin/pip install -r {name}/requirements.txt")
+        }
+        Lang::Js => {
+            write(&format!("{name}.js"), JS_TEMPLATE)?;
+            write("package.json", &npm_package()?)?;
+            format!("(cd {name} && npm install)")
+        }
         Lang::Ts => {
             write(&format!("{name}.ts"), TS_TEMPLATE)?;
+            write("package.json", &npm_package()?)?;
+            // In a checkout the SDK is not in node_modules: point tsc at it.
+            let paths = match &sdk {
+                Some(home) => format!(
+                    "    \"paths\": {{ \"pipeline-sdk\": [{}] }},\n",
+                    serde_json::Value::String(
+                        home.join("sdk-wit/js/pipeline-sdk.d.ts")
+                            .display()
+                            .to_string()
+                    )
+                ),
+                None => String::new(),
+            };
             write(
                 "tsconfig.json",
                 &format!(
-                    "{{\n  \"compilerOptions\": {{\n    \"target\": \"es2022\",\n    \"module\": \"es2022\",\n    \"moduleResolution\": \"bundler\",\n    \"strict\": true,\n    \"noEmit\": true,\n    \"paths\": {{ \"pipeline-sdk\": [{}] }}\n  }},\n  \"files\": [\"{name}.ts\"]\n}}\n",
-                    serde_json::Value::String(
-                        sdk.join("sdk-wit/js/pipeline-sdk.d.ts").display().to_string()
-                    )
+                    "{{\n  \"compilerOptions\": {{\n{paths}    \"target\": \"es2022\",\n    \"module\": \"es2022\",\n    \"moduleResolution\": \"bundler\",\n    \"strict\": true,\n    \"noEmit\": true\n  }},\n  \"files\": [\"{name}.ts\"]\n}}\n"
                 ),
             )?;
+            format!("(cd {name} && npm install)")
         }
         Lang::Rust => {
             std::fs::create_dir_all(dir.join("src"))?;
@@ -188,32 +416,39 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
             write(
                 "Cargo.toml",
                 &format!(
-                    "[package]\nname = \"{}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\ncrate-type = [\"cdylib\", \"rlib\"]\n\n[dependencies]\npipeline-sdk = {{ path = \"{}\" }}\n\n# Built on its own, not as part of another workspace.\n[workspace]\n",
+                    "[package]\nname = \"{}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\ncrate-type = [\"cdylib\", \"rlib\"]\n\n[dependencies]\n# The pipeline-worker Rust SDK (WIT {WIT_PACKAGE}), by path or by git:\n#   pipeline-sdk = {{ path = \"/path/to/pipeline-sdk\" }}   # sdk-wit/rust, or an unpacked `cargo package` of it\n#   pipeline-sdk = {{ git = \"https://…/pipeline-worker.git\" }}\n{}\n\n# Built on its own, not as part of another workspace.\n[workspace]\n",
                     name.replace('_', "-"),
-                    sdk.join("sdk-wit/rust").display()
+                    rust_dep.as_deref().expect("decided above"),
                 ),
             )?;
+            "rustup target add wasm32-wasip2".to_owned()
         }
-    }
+    };
     let lang = format!("{:?}", args.lang).to_lowercase();
+    let next = format!(
+        "  {install}\n  pipeline-worker build {name}\n  pipeline-worker test --component {name}/{name}.wasm --input {name}/sample.jsonl --expect {name}/expected.jsonl"
+    );
     write(
         "README.md",
         &format!(
-            "# {name}\n\nA pipeline-worker function ({lang}), WIT `pipeline:transform@0.2.0`. A tombstone (null value) reaches it only with the pipeline's `tombstones = \"function\"`; the template passes it on unchanged.\n\n```sh\npipeline-worker build {name}\npipeline-worker test --component {name}/{name}.wasm --input {name}/sample.jsonl --expect {name}/expected.jsonl\n```\n"
+            "# {name}\n\nA pipeline-worker function ({lang}), WIT `{WIT_PACKAGE}` (`wit/transform.wit`). A tombstone (null value) reaches it only with the pipeline's `tombstones = \"function\"`; the template passes it on unchanged.\n\n```sh\n{}\n```\n",
+            next.lines().map(str::trim_start).collect::<Vec<_>>().join("\n")
         ),
     )?;
-    println!("created {}/ ({lang}); next:\n  pipeline-worker build {name}\n  pipeline-worker test --component {name}/{name}.wasm --input {name}/sample.jsonl --expect {name}/expected.jsonl", dir.display());
+    println!("created {}/ ({lang}); next:\n{next}", dir.display());
     Ok(())
 }
 
 fn detect(dir: &Path) -> anyhow::Result<(Lang, String, PathBuf)> {
     let dir_name = dir
-        .canonicalize()?
+        .canonicalize()
+        .with_context(|| format!("{}: no such project folder", dir.display()))?
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "function".into());
-    if dir.join("Cargo.toml").exists() {
-        return Ok((Lang::Rust, dir_name.clone(), dir.join("Cargo.toml")));
+    let manifest = dir.join("Cargo.toml");
+    if manifest.exists() {
+        return Ok((Lang::Rust, dir_name, manifest));
     }
     let by_ext = |ext: &str| -> anyhow::Result<Vec<PathBuf>> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -249,40 +484,97 @@ fn detect(dir: &Path) -> anyhow::Result<(Lang, String, PathBuf)> {
 }
 
 pub fn build(args: BuildArgs) -> anyhow::Result<()> {
-    let sdk = sdk_home()?;
     let (lang, name, src) = detect(&args.dir)?;
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| args.dir.join(format!("{name}.wasm")));
+    let sdk = sdk_home()?;
+    let path = std::env::var_os("PATH");
     let started = Instant::now();
-    println!("building {} ({lang:?}) → {}", src.display(), out.display());
-    let status = match lang {
-        Lang::Python => Command::new(sdk.join("scripts/build-python.sh")).arg(&src).arg(&out).status(),
-        Lang::Js | Lang::Ts => Command::new(sdk.join("scripts/build-js.sh")).arg(&src).arg(&out).status(),
-        Lang::Rust => {
-            println!("cargo build --release --target wasm32-wasip2 (the first build compiles the SDK; later ones take seconds)");
+    // Each tool shows its own progress (componentize-py and componentize-js
+    // through the SDK's elapsed-time ticker, cargo its per-crate lines).
+    let status = match (lang, &sdk) {
+        (Lang::Python, Some(home)) => run_tool(
+            lang,
+            &src,
+            &out,
+            Command::new(home.join("scripts/build-python.sh"))
+                .arg(&src)
+                .arg(&out),
+        ),
+        (Lang::Js | Lang::Ts, Some(home)) => run_tool(
+            lang,
+            &src,
+            &out,
+            Command::new(home.join("scripts/build-js.sh"))
+                .arg(&src)
+                .arg(&out),
+        ),
+        (Lang::Python, None) => {
+            let tool = python_sdk(&args.dir, path.as_deref())?;
+            run_tool(
+                lang,
+                &src,
+                &out,
+                Command::new(tool)
+                    .arg("build")
+                    .arg(&src)
+                    .arg("-o")
+                    .arg(&out),
+            )
+        }
+        (Lang::Js | Lang::Ts, None) => {
+            let tool = js_sdk(&args.dir, path.as_deref())?;
+            run_tool(
+                lang,
+                &src,
+                &out,
+                Command::new(tool)
+                    .arg("build")
+                    .arg(&src)
+                    .arg("-o")
+                    .arg(&out),
+            )
+        }
+        (Lang::Rust, _) => {
+            let cargo = rust_toolchain(&args.dir, path.as_deref())?;
             let target_dir = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| args.dir.join("target"));
-            let st = Command::new("cargo")
-                .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-                .arg(&src)
-                .env("CARGO_TARGET_DIR", &target_dir)
-                .status();
-            if let Ok(s) = &st {
-                if s.success() {
-                    let crate_file = name.replace('-', "_");
-                    let built = target_dir.join(format!("wasm32-wasip2/release/{crate_file}.wasm"));
-                    std::fs::copy(&built, &out).with_context(|| format!("copying {}", built.display()))?;
-                }
+            println!("cargo build --release --target wasm32-wasip2 (the first build compiles the SDK and its dependencies; later ones take seconds)");
+            let st = run_tool(
+                lang,
+                &src,
+                &out,
+                Command::new(cargo)
+                    .args([
+                        "build",
+                        "--release",
+                        "--target",
+                        "wasm32-wasip2",
+                        "--manifest-path",
+                    ])
+                    .arg(&src)
+                    .env("CARGO_TARGET_DIR", &target_dir),
+            )?;
+            if st.success() {
+                let built = target_dir.join(format!(
+                    "wasm32-wasip2/release/{}.wasm",
+                    crate_name(&src)?.replace('-', "_")
+                ));
+                std::fs::copy(&built, &out).with_context(|| {
+                    format!("copying {} (is the crate a cdylib?)", built.display())
+                })?;
             }
-            st
+            Ok(st)
         }
-    }
-    .with_context(|| format!("running the {lang:?} toolchain"))?;
+    }?;
     if !status.success() {
-        bail!("build failed (see the toolchain's message above)");
+        bail!(
+            "building {} failed (see the toolchain's message above)",
+            src.display()
+        );
     }
     let bytes = std::fs::read(&out).with_context(|| format!("reading {}", out.display()))?;
     println!(
@@ -293,4 +585,243 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The artifact is named after the package, which need not be the folder.
+fn crate_name(manifest: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not valid TOML", manifest.display()))?;
+    table
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{}: no [package] name", manifest.display()))
+}
+
+fn run_tool(
+    lang: Lang,
+    src: &Path,
+    out: &Path,
+    cmd: &mut Command,
+) -> anyhow::Result<std::process::ExitStatus> {
+    println!(
+        "building {} ({lang:?}) → {} with {}",
+        src.display(),
+        out.display(),
+        cmd.get_program().to_string_lossy()
+    );
+    cmd.status()
+        .with_context(|| format!("running {}", cmd.get_program().to_string_lossy()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pw-scaffold-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn fake_tool(dir: &Path, name: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = dir.join(name);
+        std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Every packaged copy of the WIT is byte for byte the source of truth;
+    /// `scripts/sync-wit.sh` refreshes them.
+    #[test]
+    fn wit_copies_match_the_source() {
+        for (copy, text) in [
+            (
+                "sdk-wit/rust/wit/transform.wit",
+                include_str!("../../sdk-wit/rust/wit/transform.wit"),
+            ),
+            (
+                "sdk-wit/python/pipeline_sdk/wit/transform.wit",
+                include_str!("../../sdk-wit/python/pipeline_sdk/wit/transform.wit"),
+            ),
+            (
+                "sdk-wit/js/wit/transform.wit",
+                include_str!("../../sdk-wit/js/wit/transform.wit"),
+            ),
+        ] {
+            assert!(
+                text == WIT,
+                "{copy} differs from sdk-wit/wit/transform.wit: run scripts/sync-wit.sh"
+            );
+        }
+    }
+
+    /// The SDK packages' major.minor is the WIT package's, which is what the
+    /// templates and the version ranges written by `init` name.
+    #[test]
+    fn sdk_package_versions_follow_the_wit() {
+        let wit_version = WIT
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("package pipeline:transform@"))
+            .and_then(|v| v.strip_suffix(';'))
+            .expect("package line in the WIT");
+        assert_eq!(format!("pipeline:transform@{wit_version}"), WIT_PACKAGE);
+        let minor = |v: &str| v.rsplit_once('.').unwrap().0.to_owned();
+        let cargo: toml::Table = include_str!("../../sdk-wit/rust/Cargo.toml")
+            .parse()
+            .unwrap();
+        let pyproject: toml::Table = include_str!("../../sdk-wit/python/pyproject.toml")
+            .parse()
+            .unwrap();
+        let npm: serde_json::Value =
+            serde_json::from_str(include_str!("../../sdk-wit/js/package.json")).unwrap();
+        for (file, v) in [
+            (
+                "sdk-wit/rust/Cargo.toml",
+                cargo["package"]["version"].as_str(),
+            ),
+            (
+                "sdk-wit/python/pyproject.toml",
+                pyproject["project"]["version"].as_str(),
+            ),
+            ("sdk-wit/js/package.json", npm["version"].as_str()),
+        ] {
+            let v = v.unwrap_or_else(|| panic!("{file}: no version"));
+            assert_eq!(
+                minor(v),
+                minor(wit_version),
+                "{file}: version {v} does not target WIT {wit_version}"
+            );
+        }
+        assert_eq!(
+            SDK_RANGE_PY,
+            format!("pipeline-sdk=={}.*", minor(wit_version))
+        );
+        assert_eq!(SDK_RANGE_NPM, format!("{}.x", minor(wit_version)));
+    }
+
+    #[test]
+    fn on_path_finds_executables_only() {
+        let d = scratch("path");
+        std::fs::write(d.join("plain"), "").unwrap();
+        fake_tool(&d, "tool");
+        let path = std::env::join_paths([Path::new("/nonexistent"), &d]).unwrap();
+        assert_eq!(on_path("tool", Some(&path)), Some(d.join("tool")));
+        assert_eq!(on_path("plain", Some(&path)), None);
+        assert_eq!(on_path("tool", None), None);
+    }
+
+    #[test]
+    fn missing_python_sdk_names_the_package_and_the_install_command() {
+        let d = scratch("py");
+        let bin = d.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let project = d.join("proj");
+        std::fs::create_dir_all(&project).unwrap();
+        // No python at all.
+        let e = python_sdk(&project, Some(OsStr::new(""))).unwrap_err();
+        assert!(e.missing.contains("no python3"), "{e}");
+        // Python, componentize-py, but no pipeline-sdk.
+        fake_tool(&bin, "python3");
+        fake_tool(&bin, "componentize-py");
+        let e = python_sdk(&project, Some(bin.as_os_str())).unwrap_err();
+        assert!(
+            e.missing.contains("no `pipeline-sdk` command")
+                && e.missing.contains("componentize-py is there"),
+            "{e}"
+        );
+        assert!(
+            e.install.contains("pip install 'pipeline-sdk==0.2.*'"),
+            "{e}"
+        );
+        // The project's own .venv wins.
+        std::fs::create_dir_all(project.join(".venv/bin")).unwrap();
+        fake_tool(&project.join(".venv/bin"), "pipeline-sdk");
+        assert_eq!(
+            python_sdk(&project, Some(OsStr::new(""))).unwrap(),
+            project.join(".venv/bin/pipeline-sdk")
+        );
+    }
+
+    #[test]
+    fn missing_js_sdk_names_node_then_the_package() {
+        let d = scratch("js");
+        let e = js_sdk(&d, Some(OsStr::new(""))).unwrap_err();
+        assert!(
+            e.missing.contains("no node on PATH") && e.install.contains("Node.js 20"),
+            "{e}"
+        );
+        fake_tool(&d, "node");
+        let e = js_sdk(&d, Some(d.as_os_str())).unwrap_err();
+        assert!(
+            e.missing.contains("pipeline-sdk-js") && e.install.contains("npm install"),
+            "{e}"
+        );
+        std::fs::create_dir_all(d.join("node_modules/.bin")).unwrap();
+        fake_tool(&d.join("node_modules/.bin"), "pipeline-sdk-js");
+        assert_eq!(
+            js_sdk(&d, Some(d.as_os_str())).unwrap(),
+            d.join("node_modules/.bin/pipeline-sdk-js")
+        );
+    }
+
+    #[test]
+    fn missing_rust_toolchain_names_cargo_then_the_target() {
+        let d = scratch("rs");
+        let e = rust_toolchain(&d, Some(OsStr::new(""))).unwrap_err();
+        assert!(
+            e.missing.contains("no cargo on PATH") && e.install.contains("rustup"),
+            "{e}"
+        );
+        // A rustc whose sysroot has no wasm32-wasip2 standard library.
+        use std::os::unix::fs::PermissionsExt as _;
+        fake_tool(&d, "cargo");
+        let rustc = d.join("rustc");
+        std::fs::write(&rustc, format!("#!/bin/sh\necho {}\n", d.display())).unwrap();
+        std::fs::set_permissions(&rustc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = rust_toolchain(&d, Some(d.as_os_str())).unwrap_err();
+        assert_eq!(e.install, "rustup target add wasm32-wasip2", "{e}");
+        std::fs::create_dir_all(d.join("lib/rustlib/wasm32-wasip2/lib")).unwrap();
+        assert_eq!(
+            rust_toolchain(&d, Some(d.as_os_str())).unwrap(),
+            d.join("cargo")
+        );
+    }
+
+    #[test]
+    fn rust_sdk_dependency_by_git_or_by_path_and_refused_otherwise() {
+        assert_eq!(
+            rust_sdk_dependency(Some("https://git.example/pw.git"), None).unwrap(),
+            "pipeline-sdk = { git = \"https://git.example/pw.git\" }"
+        );
+        let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk-wit/rust");
+        let dep = rust_sdk_dependency(Some(crate_dir.to_str().unwrap()), None).unwrap();
+        assert!(
+            dep.starts_with("pipeline-sdk = { path = \"/") && dep.ends_with("sdk-wit/rust\" }"),
+            "{dep}"
+        );
+        let e = rust_sdk_dependency(Some("/nonexistent"), None).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("--rust-sdk /nonexistent: no Cargo.toml"),
+            "{e:#}"
+        );
+        let worker = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let e = rust_sdk_dependency(Some(worker.to_str().unwrap()), None).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("is not the pipeline-sdk crate"),
+            "{e:#}"
+        );
+        if RUST_SDK_GIT.is_none() {
+            let e = rust_sdk_dependency(None, None).unwrap_err();
+            assert!(
+                format!("{e:#}").starts_with("--rust-sdk: say where"),
+                "{e:#}"
+            );
+        }
+    }
 }

@@ -700,3 +700,45 @@ class ExamplesTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PackageTest(unittest.TestCase):
+    """The wheel's metadata and bundled WIT agree with the SDK."""
+
+    def test_version_targets_the_bundled_wit(self):
+        import re
+
+        import pipeline_sdk
+
+        with open(os.path.join(SDK_ROOT, "pyproject.toml"), encoding="utf-8") as f:
+            version = re.search(r'^version = "([^"]+)"', f.read(), re.M).group(1)
+        with open(os.path.join(SDK_ROOT, "pipeline_sdk", "wit", "transform.wit"), encoding="utf-8") as f:
+            wit = re.search(r"^package (pipeline:transform@[\d.]+);", f.read(), re.M).group(1)
+        self.assertEqual(pipeline_sdk.__version__, version)
+        self.assertEqual(pipeline_sdk.WIT_PACKAGE, wit)
+        # The scheme: the SDK's major.minor is the WIT's.
+        self.assertEqual(version.rsplit(".", 1)[0], wit.split("@")[1].rsplit(".", 1)[0])
+
+    def test_componentize_py_pin_matches_the_dependency(self):
+        from pipeline_sdk import _build
+
+        with open(os.path.join(SDK_ROOT, "pyproject.toml"), encoding="utf-8") as f:
+            self.assertIn('"componentize-py==%s"' % _build.COMPONENTIZE_PY_VERSION, f.read())
+        with open(os.path.join(REPO, "scripts", "python-env.sh"), encoding="utf-8") as f:
+            self.assertIn('COMPONENTIZE_PY_VERSION="%s"' % _build.COMPONENTIZE_PY_VERSION, f.read())
+
+    def test_cli_check_names_the_file_and_line(self):
+        import contextlib
+        import io
+
+        from pipeline_sdk import cli
+
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, "two.py")
+            with open(src, "w") as f:
+                f.write("from pipeline_sdk import transform\n\n@transform\ndef a(r):\n    return r\n\n@transform\ndef b(r):\n    return r\n")
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                rc = cli.main(["check", src])
+            self.assertEqual(rc, 1)
+            self.assertIn("%s:7: more than one @transform" % src, err.getvalue())

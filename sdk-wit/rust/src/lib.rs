@@ -81,7 +81,9 @@ impl<E: Into<TransformError>> IntoTransformResult for Result<Output, E> {
 pub mod bindings {
     wit_bindgen::generate!({
         world: "transform-batch",
-        path: "../wit",
+        // The crate carries its own copy (checked against sdk-wit/wit by the
+        // worker's tests), so a git or path dependency needs nothing else.
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_transform_batch_raw",
         default_bindings_module: "pipeline_sdk::bindings",
