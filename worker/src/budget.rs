@@ -105,7 +105,7 @@ pub fn check(config: &Config) -> Result<Vec<Share>, BudgetError> {
         return Ok(shares);
     }
     let mut listed: Vec<&Share> = shares.iter().collect();
-    listed.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    listed.sort_by_key(|s| std::cmp::Reverse(s.bytes));
     Err(BudgetError::Over {
         total,
         total_mib: total >> 20,

@@ -84,9 +84,7 @@ impl Bucket {
     fn pay(&self, owed: &mut u64) -> Option<Duration> {
         while *owed > 0 {
             let n = (*owed).min(u64::from(self.burst)) as u32;
-            let Some(cells) = NonZeroU32::new(n) else {
-                return None;
-            };
+            let cells = NonZeroU32::new(n)?;
             match self.limiter.check_n(cells) {
                 Ok(Ok(())) => *owed -= u64::from(n),
                 Ok(Err(not_until)) => {
