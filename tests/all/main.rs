@@ -18,6 +18,7 @@ mod localtest;
 mod pipeline_e2e;
 mod poison;
 mod produce_errors;
+mod quotas;
 mod readiness;
 mod redrive;
 mod registry;

@@ -331,6 +331,7 @@ fn mock_worker(
         },
         registry: None,
         control: None,
+        tenants: Vec::new(),
         base_dir: Default::default(),
         pipelines: vec![PipelineConfig {
             name: "p".into(),

@@ -175,6 +175,7 @@ fn worker(topic: &str, n: usize, component: &str, extra: &[(String, String)]) {
         telemetry: Default::default(),
         registry: None,
         control: None,
+        tenants: Vec::new(),
         base_dir: Default::default(),
         pipelines: vec![PipelineConfig {
             name: "probe".into(),

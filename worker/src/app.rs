@@ -61,8 +61,13 @@ pub fn load_functions(
         let Some(component) = &p.component else {
             continue;
         };
-        let f = Function::load_file(&p.name, component, &p.limits, opts)
-            .with_context(|| format!("pipelines[{i}].component ({})", component.display()))?;
+        let f = Function::load_file(
+            &p.name,
+            component,
+            &p.limits,
+            &opts.sized_for(p.concurrency),
+        )
+        .with_context(|| format!("pipelines[{i}].component ({})", component.display()))?;
         tracing::info!(
             pipeline = %p.name,
             digest = %f.digest,
@@ -130,6 +135,7 @@ impl Worker {
                 config.telemetry.trace_sample_ratio,
             )?;
         }
+        let quotas = crate::quota::Quotas::from_config(config);
         let mut pipelines = Vec::new();
         for (p, slot) in functions {
             let handle = pipeline::spawn(
@@ -139,6 +145,7 @@ impl Worker {
                 slot.clone(),
                 sink.clone(),
                 shutdown.clone(),
+                quotas.for_pipeline(&p),
             )?;
             telemetry
                 .pipelines
@@ -190,6 +197,7 @@ impl Worker {
 
 /// `pipeline-worker run`: until SIGTERM/SIGINT or a fatal error.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    check_memory_budget(&config)?;
     let mut opts = sandbox_options(&config)?;
     let Some(_) = &config.registry else {
         let functions = load_functions(&config, &opts)?;
@@ -216,7 +224,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let mut error = None;
         let mut f = None;
         if let Some(a) = active {
-            match registry::watcher::load(&reg, a, p, &opts) {
+            match registry::watcher::load(&reg, a, p, &opts.sized_for(p.concurrency)) {
                 Ok(loaded) => f = Some(loaded),
                 Err(e) => {
                     tracing::error!(pipeline = %p.name, version = a.current.version, error = %e, "activated version failed to load");
@@ -227,9 +235,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         if f.is_none() {
             if let Some(component) = &p.component {
                 f = Some(
-                    Function::load_file(&p.name, component, &p.limits, &opts).with_context(
-                        || format!("pipelines[{i}].component ({})", component.display()),
-                    )?,
+                    Function::load_file(
+                        &p.name,
+                        component,
+                        &p.limits,
+                        &opts.sized_for(p.concurrency),
+                    )
+                    .with_context(|| {
+                        format!("pipelines[{i}].component ({})", component.display())
+                    })?,
                 );
             }
         }
@@ -261,6 +275,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let result = finish(worker, &config);
     let _ = watcher.join();
     result
+}
+
+/// Refuses to start when the pipelines' worst-case memory exceeds the
+/// budget (`run` and `validate`).
+pub fn check_memory_budget(config: &Config) -> Result<(), crate::budget::BudgetError> {
+    let shares = crate::budget::check(config)?;
+    if let Some((budget, source)) = crate::budget::budget(config) {
+        let total: u64 = shares.iter().map(|s| s.bytes).sum();
+        tracing::info!(
+            worst_case_mib = total >> 20,
+            budget_mib = budget >> 20,
+            budget_source = %source,
+            "memory budget checked"
+        );
+    }
+    Ok(())
 }
 
 /// `pipeline-worker control`: only the upload/activation API.

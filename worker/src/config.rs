@@ -51,6 +51,10 @@ pub struct Config {
     /// ignores it, so workers and the control plane can share one file).
     #[serde(default)]
     pub control: Option<ControlConfig>,
+    /// Data-plane quotas per tenant (see [`TenantQuota`]); the same names as
+    /// `control.tenants`, so one file serves workers and the control plane.
+    #[serde(default)]
+    pub tenants: Vec<TenantQuota>,
     #[serde(default, rename = "pipelines")]
     pub pipelines: Vec<PipelineConfig>,
     /// Directory of the config file: relative paths are resolved against it.
@@ -92,6 +96,32 @@ pub struct ControlConfig {
     #[serde(default = "default_max_component_bytes")]
     pub max_component_bytes: usize,
     pub tenants: Vec<TenantConfig>,
+}
+
+/// One `[[tenants]]` entry: what all of the tenant's pipelines on one worker
+/// may take together. Every field but `name` is optional; an unset rate is
+/// not limited.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuota {
+    pub name: String,
+    /// Input records per second, over all of the tenant's pipelines here.
+    #[serde(default)]
+    pub records_per_second: Option<u32>,
+    /// Records that may go at once after an idle spell; default one second's worth.
+    #[serde(default)]
+    pub records_burst: Option<u32>,
+    /// Input bytes (key + value + headers) per second.
+    #[serde(default)]
+    pub bytes_per_second: Option<u32>,
+    /// Default one second's worth.
+    #[serde(default)]
+    pub bytes_burst: Option<u32>,
+    /// Share of this worker's CPUs the tenant's functions may keep busy
+    /// (wasm time), 0 < share <= 1. Default: an equal share among the
+    /// tenants with pipelines on the worker, when there are two or more.
+    #[serde(default)]
+    pub cpu_share: Option<f64>,
 }
 
 fn default_max_component_bytes() -> usize {
@@ -167,6 +197,11 @@ pub struct RuntimeConfig {
     /// images). Turn off only on hosts with tight virtual-memory limits.
     #[serde(default = "default_true")]
     pub pooling: bool,
+    /// Memory the worker may commit to its sandboxes, checked at start-up
+    /// against every pipeline's worst case. Default: the cgroup's memory
+    /// limit, when there is one.
+    #[serde(default)]
+    pub memory_budget_bytes: Option<u64>,
 }
 
 impl Default for RuntimeConfig {
@@ -179,6 +214,7 @@ impl Default for RuntimeConfig {
             drain_timeout_ms: default_drain_timeout_ms(),
             max_in_flight: default_max_in_flight(),
             pooling: true,
+            memory_budget_bytes: None,
         }
     }
 }
@@ -552,6 +588,13 @@ impl Config {
         if self.runtime.max_in_flight == 0 {
             return Err(invalid("runtime.max_in_flight", "must be at least 1"));
         }
+        if self.runtime.memory_budget_bytes == Some(0) {
+            return Err(invalid(
+                "runtime.memory_budget_bytes",
+                "must be positive (omit it for the cgroup limit)",
+            ));
+        }
+        self.validate_tenants()?;
         if self.pipelines.is_empty() {
             return Err(invalid(
                 "pipelines",
@@ -705,6 +748,75 @@ pub fn valid_name(s: &str) -> bool {
 }
 
 impl Config {
+    fn validate_tenants(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let k = |f: &str| format!("tenants[{i}].{f}");
+            if !valid_name(&t.name) {
+                return Err(invalid(k("name"), format!("{:?} {NAME_RULE}", t.name)));
+            }
+            if !seen.insert(t.name.as_str()) {
+                return Err(invalid(k("name"), format!("duplicate tenant {:?}", t.name)));
+            }
+            for (rate, burst, rk, bk) in [
+                (
+                    t.records_per_second,
+                    t.records_burst,
+                    "records_per_second",
+                    "records_burst",
+                ),
+                (
+                    t.bytes_per_second,
+                    t.bytes_burst,
+                    "bytes_per_second",
+                    "bytes_burst",
+                ),
+            ] {
+                if rate == Some(0) {
+                    return Err(invalid(k(rk), "must be positive (omit it for no limit)"));
+                }
+                match (rate, burst) {
+                    (_, Some(0)) => return Err(invalid(k(bk), "must be positive")),
+                    (None, Some(_)) => {
+                        return Err(invalid(
+                            k(bk),
+                            format!("needs {rk} (a burst of what rate?)"),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(s) = t.cpu_share {
+                if !(s > 0.0 && s <= 1.0) {
+                    return Err(invalid(
+                        k("cpu_share"),
+                        format!("{s} must be above 0 and at most 1 (a share of the worker's CPUs)"),
+                    ));
+                }
+            }
+        }
+        if !self.tenants.is_empty() {
+            for (i, p) in self.pipelines.iter().enumerate() {
+                if let Some(t) = &p.tenant {
+                    if !seen.contains(t.as_str()) {
+                        return Err(invalid(
+                            format!("pipelines[{i}].tenant"),
+                            format!(
+                                "{t:?} is not in [[tenants]] (declared: {})",
+                                self.tenants
+                                    .iter()
+                                    .map(|t| t.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn validate_registry(&self) -> Result<(), ConfigError> {
         if let Some(r) = &self.registry {
             if r.store.trim().is_empty() {

@@ -116,6 +116,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         telemetry: Default::default(),
         registry: None,
         control: None,
+        tenants: Vec::new(),
         base_dir: ".".into(),
         pipelines: vec![PipelineConfig {
             name: "enrich".into(),

@@ -8,12 +8,14 @@
 //! writes and [`telemetry`] reads.
 
 pub mod app;
+pub mod budget;
 pub mod config;
 pub mod dev;
 pub mod dlq;
 pub mod kafka;
 pub mod localtest;
 pub mod pipeline;
+pub mod quota;
 pub mod record;
 pub mod registry;
 pub mod sandbox;

@@ -117,6 +117,7 @@ fn main() -> ExitCode {
         } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| {
+                app::check_memory_budget(&c)?;
                 let opts = app::sandbox_options(&c)?;
                 let fs = app::load_functions(&c, &opts)?;
                 for (p, f) in &fs {

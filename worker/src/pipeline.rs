@@ -47,6 +47,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::Offset;
 
 use crate::config::{KafkaConfig, PipelineConfig, RuntimeConfig, TombstoneMode};
+use crate::quota;
 use crate::record::{self, Poison};
 use crate::sandbox::{Function, InputRecord, RecordError, RecordResult, Runner};
 use crate::sink::{Disposition, Fatal, Sink, SinkTarget};
@@ -236,6 +237,23 @@ struct Inbound {
 }
 
 impl Inbound {
+    /// Key, value and header bytes, as a tenant's bytes quota counts them.
+    fn size(&self) -> usize {
+        match &self.work {
+            Work::Record(r) => {
+                r.key.as_ref().map_or(0, |k| k.len())
+                    + r.value.as_ref().map_or(0, |v| v.len())
+                    + r.headers
+                        .iter()
+                        .map(|h| h.key.len() + h.value.len())
+                        .sum::<usize>()
+            }
+            Work::Poison(p) => {
+                p.raw.key.as_ref().map_or(0, Vec::len) + p.raw.value.as_ref().map_or(0, Vec::len)
+            }
+        }
+    }
+
     fn offset(&self) -> i64 {
         match &self.work {
             Work::Record(r) => r.offset,
@@ -252,6 +270,7 @@ pub fn spawn(
     slot: Arc<FunctionSlot>,
     sink: Arc<Sink>,
     shutdown: Arc<Shutdown>,
+    tenant: Option<Arc<quota::TenantLimiter>>,
 ) -> Result<PipelineHandle, PipelineError> {
     if pipeline.tombstones == TombstoneMode::Function {
         if let Some(f) = slot.get() {
@@ -302,9 +321,16 @@ pub fn spawn(
         tracing::warn!(pipeline = %pipeline.name, offset = at, "fault injection on: the sandbox thread panics at this offset");
     }
 
+    let episodes = Arc::new(quota::Episodes::new(
+        &pipeline.name,
+        tenant.as_deref(),
+        stats.clone(),
+    ));
     let mut workers = Vec::with_capacity(lanes.inboxes.len());
     for (lane, inbox) in lanes.inboxes.iter().enumerate() {
         let ctx = LaneContext {
+            gate: quota::Gate::new(tenant.clone(), episodes.clone(), stats.clone()),
+            consumer: Arc::downgrade(&consumer),
             lane,
             slot: slot.clone(),
             sink: sink.clone(),
@@ -529,6 +555,10 @@ fn consume_loop(
 /// What one sandbox thread works with.
 struct LaneContext {
     lane: usize,
+    /// Tenant quota, CPU share and deadline backoff of this lane.
+    gate: quota::Gate,
+    /// To pause the lane's partitions while its gate holds it.
+    consumer: std::sync::Weak<BaseConsumer<SourceContext>>,
     slot: Arc<FunctionSlot>,
     sink: Arc<Sink>,
     target: Arc<SinkTarget>,
@@ -553,9 +583,10 @@ fn take_batch(
     batch: &mut Vec<Inbound>,
 ) {
     let n = feeds.len();
+    let limit = ctx.gate.batch_limit(ctx.batch_size);
     for i in 0..n {
         let feed = &feeds[(start + i) % n];
-        while batch.len() < ctx.batch_size {
+        while batch.len() < limit {
             let msg = match feed.queue.poll(Duration::ZERO) {
                 None => break,
                 Some(Err(e)) => {
@@ -582,13 +613,13 @@ fn take_batch(
             item.tracker.register(item.offset());
             batch.push(item);
         }
-        if batch.len() >= ctx.batch_size {
+        if batch.len() >= limit {
             break;
         }
     }
 }
 
-fn sandbox_lane(ctx: LaneContext) {
+fn sandbox_lane(mut ctx: LaneContext) {
     let mut batch: Vec<Inbound> = Vec::with_capacity(ctx.batch_size);
     let mut runner: LaneRunner = None;
     let mut cache = TrackerCache::new();
@@ -601,6 +632,7 @@ fn sandbox_lane(ctx: LaneContext) {
         }
         take_batch(&ctx, &feeds, start, &mut cache, &mut batch);
         if batch.is_empty() {
+            ctx.gate.idle();
             // Woken by a queue turning non-empty or a new assignment; the
             // timeout only bounds how late a stop is seen.
             ctx.inbox.wait(Duration::from_millis(100));
@@ -618,6 +650,12 @@ fn sandbox_lane(ctx: LaneContext) {
         if batch.is_empty() {
             continue;
         }
+        if !hold_for_quota(&mut ctx, &mut batch) {
+            break;
+        }
+        if batch.is_empty() {
+            continue;
+        }
         // The batch's first offset per partition (a batch spans a few), so
         // a panic can give up the rest: abandoning it abandons the later ones.
         started.clear();
@@ -626,6 +664,7 @@ fn sandbox_lane(ctx: LaneContext) {
                 started.push((m.tracker.clone(), m.offset()));
             }
         }
+        let (ran, before) = (batch.len(), lane_stats(&runner));
         let run = AssertUnwindSafe(|| process_batch(&ctx, &mut runner, &mut batch));
         if let Err(p) = catch_unwind(run) {
             // Whatever of the batch was not acknowledged is read again.
@@ -644,6 +683,16 @@ fn sandbox_lane(ctx: LaneContext) {
             batch.clear();
             break;
         }
+        let after = lane_stats(&runner);
+        // A new runner (function swap) starts its counters at zero.
+        let (wasm, hits) = match (before, after) {
+            (Some((g0, w0, d0)), Some((g1, w1, d1))) if g0 == g1 => {
+                (w1.saturating_sub(w0), d1.saturating_sub(d0))
+            }
+            (_, Some((_, w, d))) => (w, d),
+            (_, None) => (0, 0),
+        };
+        ctx.gate.after_batch(wasm, ran, hits);
         batch.clear();
     }
     // Stopping (or dead): never start another record; what was not taken
@@ -651,6 +700,42 @@ fn sandbox_lane(ctx: LaneContext) {
     for m in batch.drain(..) {
         m.tracker.abandon(m.offset());
     }
+}
+
+/// The runner's generation, wasm time and deadline hits so far.
+fn lane_stats(runner: &LaneRunner) -> Option<(u64, u64, u64)> {
+    runner
+        .as_ref()
+        .map(|(g, r, _)| (*g, r.stats.wasm_nanos, r.stats.deadline_hits))
+}
+
+/// The tenant's quota and the deadline backoff, before a batch runs: false
+/// when stopping. Records of a partition revoked meanwhile are given up.
+fn hold_for_quota(ctx: &mut LaneContext, batch: &mut Vec<Inbound>) -> bool {
+    let bytes: u64 = batch.iter().map(|m| m.size() as u64).sum();
+    let LaneContext {
+        gate,
+        consumer,
+        inbox,
+        shutdown,
+        ..
+    } = ctx;
+    gate.owe_input(batch.len(), bytes);
+    gate.admit(
+        consumer,
+        inbox,
+        || shutdown.stopping(),
+        || {
+            batch.retain(|m| {
+                let keep = !m.tracker.revoked();
+                if !keep {
+                    m.tracker.abandon(m.offset());
+                }
+                keep
+            });
+            !batch.is_empty()
+        },
+    )
 }
 
 /// How one record of a batch is handled.

@@ -73,6 +73,53 @@ pub struct PipelineStats {
     /// `/readyz` names it while the process exits on the fatal error.
     pub dead_thread: std::sync::Mutex<Option<String>>,
     versions: std::sync::RwLock<Vec<Arc<VersionStats>>>,
+    /// Time sandbox threads spent held by a quota or backoff, per
+    /// [`ThrottleReason`], summed over the pipeline's threads.
+    pub throttled_nanos: [AtomicU64; ThrottleReason::ALL.len()],
+}
+
+/// Why a sandbox thread waited before a batch (`quota` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleReason {
+    Records,
+    Bytes,
+    Cpu,
+    DeadlineBackoff,
+}
+
+impl ThrottleReason {
+    pub const ALL: [ThrottleReason; 4] = [
+        ThrottleReason::Records,
+        ThrottleReason::Bytes,
+        ThrottleReason::Cpu,
+        ThrottleReason::DeadlineBackoff,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ThrottleReason::Records => "records",
+            ThrottleReason::Bytes => "bytes",
+            ThrottleReason::Cpu => "cpu",
+            ThrottleReason::DeadlineBackoff => "deadline-backoff",
+        }
+    }
+}
+
+impl PipelineStats {
+    pub fn add_throttled(&self, reason: ThrottleReason, d: std::time::Duration) {
+        self.throttled_nanos[reason as usize].fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn throttled_seconds_by(&self, reason: ThrottleReason) -> f64 {
+        self.throttled_nanos[reason as usize].load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    pub fn throttled_seconds(&self) -> f64 {
+        ThrottleReason::ALL
+            .iter()
+            .map(|r| self.throttled_seconds_by(*r))
+            .sum()
+    }
 }
 
 /// What one function version did in one pipeline on this worker.

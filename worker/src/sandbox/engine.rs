@@ -12,7 +12,7 @@ use crate::config::Limits;
 /// component has a handful of core instances and memories; these leave room.
 const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 const MEMORIES_PER_COMPONENT: u32 = 8;
-const TABLES_PER_COMPONENT: u32 = 16;
+pub(crate) const TABLES_PER_COMPONENT: u32 = 16;
 
 /// Fiber stack on top of `max_stack_bytes` for the host code that runs on it
 /// (WASI implementations, lifting and lowering). wasmtime's own default
@@ -21,7 +21,7 @@ const TABLES_PER_COMPONENT: u32 = 16;
 pub const HOST_STACK_HEADROOM: usize = 2 << 20;
 
 /// Bytes of each table slot reset with memset rather than madvise.
-const TABLE_KEEP_RESIDENT: usize = 64 << 10;
+pub(crate) const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 
 /// One engine per function: fuel metering and the memory cap are compiled into
 /// the code and the pool, so they cannot differ between functions sharing one.
@@ -36,9 +36,7 @@ pub fn build(limits: &Limits, opts: &SandboxOptions) -> wasmtime::Result<Engine>
     c.async_stack_size(limits.max_stack_bytes.saturating_add(HOST_STACK_HEADROOM));
     c.parallel_compilation(true);
     if opts.pooling {
-        // Two instances per sandbox thread (one live, one being created after
-        // a trap) plus the load-time test instance.
-        let instances = opts.max_instances.saturating_mul(2).saturating_add(2);
+        let instances = pool_instances(opts.max_instances);
         let mut p = PoolingAllocationConfig::default();
         p.total_component_instances(instances)
             .total_core_instances(instances * CORE_INSTANCES_PER_COMPONENT)
@@ -63,6 +61,22 @@ pub fn build(limits: &Limits, opts: &SandboxOptions) -> wasmtime::Result<Engine>
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     }
     Engine::new(&c)
+}
+
+/// Instance slots of a function's pool: two per sandbox thread (one live,
+/// one being created after a trap) plus the load-time test instance.
+pub fn pool_instances(threads: u32) -> u32 {
+    threads.saturating_mul(2).saturating_add(2)
+}
+
+/// What a pool keeps resident however idle: every table slot's first
+/// [`TABLE_KEEP_RESIDENT`] bytes, once used, are reset by memset and stay
+/// committed. Linear memory slots are decommitted when freed (virtual only);
+/// a live instance's memory counts under its memory cap instead.
+pub fn pool_resident_bytes(threads: u32) -> u64 {
+    u64::from(pool_instances(threads))
+        * u64::from(TABLES_PER_COMPONENT)
+        * TABLE_KEEP_RESIDENT as u64
 }
 
 /// Bumps the epoch of every registered engine each tick; a store whose

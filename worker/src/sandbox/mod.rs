@@ -68,7 +68,7 @@ pub use cache::{
     digest, ArtifactCache, ArtifactPin, CacheKey, CacheKeyError, CacheStats, RemoteArtifacts,
     KEY_ENV as CACHE_KEY_ENV,
 };
-pub use engine::EpochTicker;
+pub use engine::{pool_resident_bytes, EpochTicker, HOST_STACK_HEADROOM};
 use host::CallEnd;
 pub use host::{GuestLog, GuestOutput, HostState, LimitError, TABLE_ELEMENT_BYTES};
 pub use imports::{
@@ -636,6 +636,19 @@ pub struct SandboxOptions {
     pub max_instances: u32,
 }
 
+impl SandboxOptions {
+    /// The same options with the pool sized for `threads` sandbox threads:
+    /// each function's pool reserves address space per slot (memory cap +
+    /// guard per memory), so it is sized from the pipelines that run it,
+    /// not from the largest concurrency of the process.
+    pub fn sized_for(&self, threads: usize) -> SandboxOptions {
+        SandboxOptions {
+            max_instances: threads.clamp(1, u32::MAX as usize) as u32,
+            ..self.clone()
+        }
+    }
+}
+
 struct Live {
     store: Store<HostState>,
     exports: Exports,
@@ -648,6 +661,8 @@ pub struct CallStats {
     pub wasm_nanos: u64,
     pub instantiations: u32,
     pub instantiate_nanos: u64,
+    /// Records whose call hit the deadline (the quota module backs off on them).
+    pub deadline_hits: u64,
 }
 
 pub type RecordResult = Result<Vec<OutputRecord>, RecordError>;
@@ -686,6 +701,15 @@ impl Runner {
 
     /// One result per input, in order.
     pub fn run_batch(&mut self, inputs: &[InputRecord]) -> Vec<RecordResult> {
+        let results = self.run_batch_uncounted(inputs);
+        self.stats.deadline_hits += results
+            .iter()
+            .filter(|r| matches!(r, Err(RecordError::Deadline { .. })))
+            .count() as u64;
+        results
+    }
+
+    fn run_batch_uncounted(&mut self, inputs: &[InputRecord]) -> Vec<RecordResult> {
         let f = self.function.clone();
         if let Err(e) = &self.rt {
             return inputs

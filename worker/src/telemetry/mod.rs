@@ -316,10 +316,34 @@ pub fn render(s: &TelemetryState) -> String {
             pick(v).render(&mut out, name, labels);
         }
     }
+    render_throttled(&mut out, &ps);
     if let Some(cache) = s.artifact_cache.get() {
         render_artifact_cache(&mut out, &cache.stats());
     }
     out
+}
+
+/// Seconds each pipeline's sandbox threads were held by its tenant's quota
+/// or the deadline backoff (summed over threads), by reason.
+fn render_throttled(out: &mut String, ps: &[PipelineView]) {
+    let name = "pipeline_throttled_seconds_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time the pipeline's sandbox threads spent paused by the tenant's quota (records, bytes, cpu) or the deadline backoff, summed over its threads.\n# TYPE {name} counter"
+    );
+    for p in ps {
+        for r in crate::stats::ThrottleReason::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{messaging_system=\"kafka\",messaging_consumer_group_name=\"{}\",pipeline=\"{}\",tenant=\"{}\",reason=\"{}\"}} {}",
+                p.group,
+                p.name,
+                p.tenant.as_deref().unwrap_or(""),
+                r.label(),
+                p.stats.throttled_seconds_by(r)
+            );
+        }
+    }
 }
 
 /// The artifact cache's series, process-wide (no pipeline labels); the

@@ -330,6 +330,22 @@ fn register_observables(meter: &Meter, state: Arc<TelemetryState>) {
     }
     let s = state.clone();
     meter
+        .f64_observable_counter("pipeline.throttled")
+        .with_unit("s")
+        .with_description("Time the pipeline's sandbox threads spent paused by the tenant's quota or the deadline backoff, summed over its threads.")
+        .with_callback(move |obs| {
+            for p in s.pipelines.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                for r in crate::stats::ThrottleReason::ALL {
+                    let mut attrs = attributes(p);
+                    attrs.push(KeyValue::new("tenant", p.tenant.clone().unwrap_or_default()));
+                    attrs.push(KeyValue::new("reason", r.label()));
+                    obs.observe(p.stats.throttled_seconds_by(r), &attrs);
+                }
+            }
+        })
+        .build();
+    let s = state.clone();
+    meter
         .i64_observable_gauge("pipeline.in_flight")
         .with_description("Records consumed and not yet acknowledged downstream.")
         .with_callback(move |obs| {
