@@ -21,5 +21,6 @@ mod produce_errors;
 mod readiness;
 mod redrive;
 mod registry;
+mod replay;
 mod sandbox_reuse;
 mod telemetry;
