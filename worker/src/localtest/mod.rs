@@ -253,10 +253,17 @@ pub enum LocalTestError {
         line: usize,
         reason: String,
     },
+    /// Boxed: librdkafka's errors would make every `Result` here large.
     #[error(transparent)]
-    Replay(#[from] replay::ReplayError),
+    Replay(Box<replay::ReplayError>),
     #[error("{0} problem(s); see FAIL lines above")]
     Failed(usize),
+}
+
+impl From<replay::ReplayError> for LocalTestError {
+    fn from(e: replay::ReplayError) -> Self {
+        Self::Replay(Box::new(e))
+    }
 }
 
 /// The pipeline a test runs under, resolved from --config or the flags.
@@ -1233,7 +1240,7 @@ fn replay_group(kafka: &crate::config::KafkaConfig, p: &PipelineConfig) -> Strin
 
 /// What `--topic`/`--replay` read, from the flags and the config.
 fn replay_plan(args: &replay::ReplayArgs, ctx: &Context) -> Result<replay::Plan, LocalTestError> {
-    let usage = |m: &str| LocalTestError::Replay(replay::ReplayError::Usage(m.into()));
+    let usage = |m: &str| LocalTestError::from(replay::ReplayError::Usage(m.into()));
     let mut kafka = match (&ctx.kafka, &args.brokers) {
         (Some(k), _) => k.clone(),
         (None, Some(_)) => default_kafka(),
@@ -1256,11 +1263,12 @@ fn replay_plan(args: &replay::ReplayArgs, ctx: &Context) -> Result<replay::Plan,
         ));
     };
     if args.timeout.is_zero() {
-        return Err(LocalTestError::Replay(replay::ReplayError::BadFlag {
+        return Err(replay::ReplayError::BadFlag {
             flag: "--timeout",
             value: "0s".into(),
             reason: "must be positive".into(),
-        }));
+        }
+        .into());
     }
     Ok(replay::Plan {
         group: replay_group(&kafka, &ctx.pipeline),

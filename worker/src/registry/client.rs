@@ -107,8 +107,15 @@ pub enum ClientError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Store(#[from] crate::registry::StoreError),
+    /// Boxed: a replay's librdkafka error would make every `Result` here large.
     #[error(transparent)]
-    Preview(#[from] crate::localtest::LocalTestError),
+    Preview(Box<crate::localtest::LocalTestError>),
+}
+
+impl From<crate::localtest::LocalTestError> for ClientError {
+    fn from(e: crate::localtest::LocalTestError) -> Self {
+        Self::Preview(Box::new(e))
+    }
 }
 
 struct Client {
