@@ -419,3 +419,130 @@ fn init_ts_builds_and_passes_its_own_test() {
         "{tested}"
     );
 }
+
+/// Whole records, as topics carry them: a binary key in base64, headers
+/// (order and repeats kept), a null value, a base64 value, and where each
+/// record came from. The hostile guest's `ok` echoes the record, so the key
+/// and headers it was handed come back out; the origin names the output
+/// lines; a bad line is refused naming the line and the field.
+#[test]
+fn whole_records_with_binary_keys_base64_values_and_origins() {
+    let dir = scratch();
+    // {"action":"ok","id":2}
+    let value_b64 = "eyJhY3Rpb24iOiJvayIsImlkIjoyfQ==";
+    let input = write(
+        &dir,
+        "records.jsonl",
+        &[
+            r#"{"key_base64": "/wBr", "value": {"action": "ok", "id": 1}, "headers": [["h", "1"], ["h", "2"]], "topic": "orders", "partition": 3, "offset": 41}"#,
+            &format!(r#"{{"key": "k2", "value_base64": "{value_b64}", "headers": {{"x": null}}}}"#),
+            r#"{"key": "gone", "value": null, "timestamp": 1700000000000}"#,
+        ],
+    );
+    let expect = write(
+        &dir,
+        "expected.jsonl",
+        &[
+            r#"[{"headers": [["h", "1"], ["h", "2"]], "value": {"action": "ok", "id": 1}}]"#,
+            r#"[{"key": "k2", "headers": {"x": ""}, "value": {"action": "ok", "id": 2}}]"#,
+            r#"[{"key": "gone", "value": null}]"#,
+        ],
+    );
+    let component = guest("hostile");
+    let (ok, text) = pw_test(&[
+        os("--component"),
+        component.as_os_str(),
+        os("--output-topic"),
+        os("out"),
+        os("--input-format"),
+        os("records"),
+        os("--input"),
+        input.as_os_str(),
+        os("--expect"),
+        expect.as_os_str(),
+    ]);
+    assert!(ok, "{text}");
+    let at = format!("{}:1 (orders/3@41): 1 output(s)", input.display());
+    assert!(text.lines().any(|l| l == at), "want {at:?} in:\n{text}");
+    assert!(
+        text.contains(r#"→ out  key b"\xff\x00k"  headers ["h": "1", "h": "2", "#),
+        "{text}"
+    );
+    assert!(text.contains("null (tombstone)"), "{text}");
+
+    // The golden file states keys: a wrong one fails, naming the path.
+    let wrong = write(
+        &dir,
+        "wrong.jsonl",
+        &[
+            r#"[{"value": {"action": "ok", "id": 1}}]"#,
+            r#"[{"key": "k3", "value": {"action": "ok", "id": 2}}]"#,
+            r#"[{"key": "gone", "value": {}}]"#,
+        ],
+    );
+    let (ok, text) = pw_test(&[
+        os("--component"),
+        component.as_os_str(),
+        os("--input-format"),
+        os("records"),
+        os("--input"),
+        input.as_os_str(),
+        os("--expect"),
+        wrong.as_os_str(),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(r#"$[0].key: expected "k3", got "k2""#),
+        "{text}"
+    );
+    assert!(
+        text.contains("$[0].value: expected {}, got a tombstone"),
+        "{text}"
+    );
+
+    // One value field only, base64 checked, each named with the line.
+    for (line, needle) in [
+        (
+            r#"{"value": 1, "value_base64": "AA=="}"#,
+            "give one of `value`, `value_text`, `value_base64`, not `value` and `value_base64`",
+        ),
+        (
+            r#"{"value_base64": "not base64!"}"#,
+            "`value_base64`: not base64",
+        ),
+        (
+            r#"{"key": "a", "key_base64": "AA==", "value": 1}"#,
+            "`key` or `key_base64`",
+        ),
+        (
+            r#"{"value": 1, "partition": -1}"#,
+            "`partition`: -1 is negative",
+        ),
+    ] {
+        let bad = write(&dir, "bad.jsonl", &[r#"{"value": 1}"#, line]);
+        let (ok, text) = pw_test(&[
+            os("--component"),
+            component.as_os_str(),
+            os("--input-format"),
+            os("records"),
+            os("--input"),
+            bad.as_os_str(),
+        ]);
+        assert!(!ok, "{line}: {text}");
+        assert!(
+            text.contains(&format!("{}:2: ", bad.display())) && text.contains(needle),
+            "{line}: want {needle:?} in:\n{text}"
+        );
+    }
+
+    // Plain lines keep working; a whole record read as a value is hinted at.
+    let plain = write(&dir, "plain.jsonl", &[r#"{"value": {"action": "ok"}}"#]);
+    let (_, text) = pw_test(&[
+        os("--component"),
+        component.as_os_str(),
+        os("--input"),
+        plain.as_os_str(),
+    ]);
+    assert!(text.contains("pass --input-format records"), "{text}");
+    assert!(text.contains("ERROR [invalid-input]"), "{text}");
+}

@@ -22,6 +22,7 @@ mod quotas;
 mod readiness;
 mod redrive;
 mod registry;
+mod replay;
 mod sandbox_reuse;
 mod sdk_packages;
 mod telemetry;

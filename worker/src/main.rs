@@ -67,9 +67,10 @@ enum Command {
     /// Run the main job on an in-process Kafka cluster: sample records through
     /// the bundled example function, enriched output printed.
     Dev(dev::DevArgs),
-    /// Run sample records as a pipeline would, minus Kafka: same sandbox,
-    /// limits, batch size, tombstones and output-topic check; compare with a
-    /// golden file; non-zero exit on a mismatch or an unexpected error.
+    /// Run sample records, or records replayed from a topic (committing and
+    /// producing nothing), as a pipeline would: same sandbox, limits, batch
+    /// size, tombstones and output-topic check; compare with a golden file;
+    /// non-zero exit on a mismatch or an unexpected error.
     Test(localtest::TestArgs),
     /// Create a function project: source, sample records, expected output.
     Init(scaffold::InitArgs),

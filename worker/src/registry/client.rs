@@ -47,11 +47,15 @@ pub enum FunctionsCommand {
         version: Option<u64>,
     },
     /// Run a version (default: the latest) on a pipeline, on every worker.
+    /// With --dry-run: compare it with the active version on the pipeline's
+    /// latest input records first, and switch nothing.
     Activate {
         pipeline: String,
         function: String,
         #[arg(long)]
         version: Option<u64>,
+        #[command(flatten)]
+        dry_run: DryRunArgs,
     },
     /// Go back to the pipeline's previous version.
     Rollback { pipeline: String },
@@ -59,6 +63,30 @@ pub enum FunctionsCommand {
     Delete { name: String, version: u64 },
     /// Pipelines: what is active and what each worker runs.
     Status { pipeline: Option<String> },
+}
+
+/// `functions activate --dry-run`.
+#[derive(Args)]
+pub struct DryRunArgs {
+    /// Activate nothing: run the last --records records of every input
+    /// partition through the active version and this one, under the
+    /// pipeline's limits, and show how they differ. Reads with no consumer
+    /// group, commits nothing and produces nothing.
+    #[arg(long, requires = "config")]
+    pub dry_run: bool,
+    /// The worker config the pipeline runs under (its [kafka] section, the
+    /// [registry] store to fetch both components from, the pipeline's limits).
+    #[arg(long, short, requires = "dry_run")]
+    pub config: Option<PathBuf>,
+    /// Records per input partition (its last N).
+    #[arg(long, default_value_t = 100, requires = "dry_run", value_parser = clap::value_parser!(u64).range(1..))]
+    pub records: u64,
+    /// Differing records shown in full.
+    #[arg(long, default_value_t = 5, requires = "dry_run")]
+    pub show: usize,
+    /// How long the brokers may take to answer.
+    #[arg(long, default_value = "10s", requires = "dry_run")]
+    pub timeout: humantime::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +101,21 @@ pub enum ClientError {
         code: String,
         message: String,
     },
+    #[error("--dry-run: {0}")]
+    DryRun(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] crate::registry::StoreError),
+    /// Boxed: a replay's librdkafka error would make every `Result` here large.
+    #[error(transparent)]
+    Preview(Box<crate::localtest::LocalTestError>),
+}
+
+impl From<crate::localtest::LocalTestError> for ClientError {
+    fn from(e: crate::localtest::LocalTestError) -> Self {
+        Self::Preview(Box::new(e))
+    }
 }
 
 struct Client {
@@ -326,6 +369,15 @@ pub fn run(args: FunctionsArgs) -> Result<(), ClientError> {
             pipeline,
             function,
             version,
+            dry_run,
+        } if dry_run.dry_run => {
+            return self::dry_run(&c, &pipeline, &function, version, &dry_run);
+        }
+        FunctionsCommand::Activate {
+            pipeline,
+            function,
+            version,
+            ..
         } => c.post_json(
             &format!("/v1/pipelines/{pipeline}/activate"),
             json!({"function": function, "version": version}),
@@ -343,5 +395,112 @@ pub fn run(args: FunctionsArgs) -> Result<(), ClientError> {
         },
     };
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    Ok(())
+}
+
+/// `activate --dry-run`: what the control plane says is active and what the
+/// candidate is, both components from the store (digests checked), then the
+/// comparison. Never posts anything.
+fn dry_run(
+    c: &Client,
+    pipeline: &str,
+    function: &str,
+    version: Option<u64>,
+    args: &DryRunArgs,
+) -> Result<(), ClientError> {
+    let path = args.config.as_ref().expect("clap requires --config");
+    let view = c.get(&format!("/v1/pipelines/{pipeline}"))?;
+    let active = &view["active"];
+    if active.is_null() {
+        return Err(ClientError::DryRun(format!(
+            "pipeline {pipeline} has no active version to compare with; try the candidate on its input with `pipeline-worker test --config {} --pipeline {pipeline} --component FILE --replay`",
+            path.display()
+        )));
+    }
+    let manifest = match version {
+        Some(v) => c.get(&format!("/v1/functions/{function}/versions/{v}"))?,
+        None => c.get(&format!("/v1/functions/{function}"))?["versions"]
+            .as_array()
+            .and_then(|v| v.last().cloned())
+            .ok_or_else(|| ClientError::DryRun(format!("function {function} has no versions")))?,
+    };
+    let field = |v: &Value, k: &str| -> Result<String, ClientError> {
+        match &v[k] {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            _ => Err(ClientError::DryRun(format!(
+                "the control API's answer has no `{k}`: {v}"
+            ))),
+        }
+    };
+    let a_digest = field(active, "digest")?;
+    let c_digest = field(&manifest, "digest")?;
+    let a_label = format!(
+        "{}@{}",
+        field(active, "function")?,
+        field(active, "version")?
+    );
+    let c_label = format!(
+        "{}@{}",
+        field(&manifest, "function")?,
+        field(&manifest, "version")?
+    );
+    let input_topics: Vec<String> = view["input_topics"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if input_topics.is_empty() {
+        return Err(ClientError::DryRun(format!(
+            "the control API reports no input topics for pipeline {pipeline}: {view}"
+        )));
+    }
+    let config = crate::config::Config::load(path)?;
+    let Some(registry) = &config.registry else {
+        return Err(ClientError::DryRun(format!(
+            "{}: config key `registry`: missing; the components are fetched from its store",
+            path.display()
+        )));
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::DryRun(format!("runtime: {e}")))?;
+    let (a_bytes, c_bytes) = {
+        let _guard = rt.enter();
+        let store = super::FunctionStore::open(registry, &config.base_dir)?;
+        let a = rt.block_on(store.get_blob(&a_digest))?;
+        let b = rt.block_on(store.get_blob(&c_digest))?;
+        (a, b)
+    };
+    println!("dry run: pipeline {pipeline}, active {a_label} ({a_digest}), candidate {c_label} ({c_digest})");
+    if a_digest == c_digest {
+        println!("the candidate is the active component (same digest); its outputs can only differ where the function is not deterministic");
+    }
+    let summary = crate::localtest::preview::preview(crate::localtest::preview::Request {
+        config: &config,
+        config_path: path,
+        pipeline,
+        input_topics,
+        active: crate::localtest::preview::Version {
+            label: a_label,
+            bytes: a_bytes,
+        },
+        candidate: crate::localtest::preview::Version {
+            label: c_label.clone(),
+            bytes: c_bytes,
+        },
+        records: args.records,
+        timeout: args.timeout.into(),
+        show: args.show,
+    })?;
+    println!(
+        "nothing was activated (dry run); to switch: pipeline-worker functions activate {pipeline} {function} --version {}",
+        c_label.rsplit('@').next().unwrap_or_default()
+    );
+    let _ = summary;
     Ok(())
 }

@@ -8,6 +8,9 @@
 //! The formats are documented once, in the `--input` / `--expect` help
 //! ([`INPUT_HELP`], [`EXPECT_HELP`]), which the README repeats.
 
+pub mod preview;
+pub mod replay;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,14 +36,22 @@ bytes exactly as written; the key is null and there are no headers.
 With --input-format records each line is a JSON object describing a whole \
 record:
   {\"key\": \"k1\", \"value\": {\"id\": 1}, \"headers\": {\"h\": \"v\"}, \"timestamp\": 1700000000000}
-  value       any JSON; its text exactly as written becomes the value bytes; \
+  value         any JSON; its text exactly as written becomes the value bytes; \
 null is a tombstone (null value)
-  value_text  instead of value: a string whose UTF-8 bytes are the value (not JSON)
-  key         a string (its UTF-8 bytes) or null; absent = null
-  headers     {\"name\": \"value\", ...} or [[\"name\", \"value\"], ...] (order \
+  value_text    instead of value: a string whose UTF-8 bytes are the value (not JSON)
+  value_base64  instead of value: the value's bytes in base64 (standard alphabet, padded)
+  key           a string (its UTF-8 bytes) or null; absent = null
+  key_base64    instead of key: the key's bytes in base64
+  headers       {\"name\": \"value\", ...} or [[\"name\", \"value\"], ...] (order \
 kept, names may repeat); a null header value reaches the function as empty, as from Kafka
-  timestamp   milliseconds since the epoch; absent = none
-One of value / value_text is required; other keys are refused.";
+  timestamp     milliseconds since the epoch; absent = none
+  topic, partition, offset  where the record came from, as the function sees \
+it and as error lines name it; absent = the pipeline's first input topic, \
+partition 0, the line's position
+Exactly one of value / value_text / value_base64 is required; other keys are refused.
+
+The format is never guessed: a value line holding {\"value\": ...} is a valid \
+value too, so records are read as whole records only with --input-format records.";
 
 const EXPECT_HELP: &str = "\
 Golden file (JSON lines) compared with what the pipeline would produce. \
@@ -91,7 +102,8 @@ Exit status: 0 when every record matched (or, without --expect, none failed); 1 
 pub enum InputFormat {
     /// Each line is a record value.
     Value,
-    /// Each line is `{"key", "value" | "value_text", "headers", "timestamp"}`.
+    /// Each line is `{"key" | "key_base64", "value" | "value_text" |
+    /// "value_base64", "headers", "timestamp", "topic", "partition", "offset"}`.
     Records,
 }
 
@@ -129,12 +141,15 @@ pub struct TestArgs {
     /// required for a pipeline whose function comes from the registry).
     #[arg(long)]
     pub component: Option<PathBuf>,
-    /// Input records (one per line; see --input-format).
-    #[arg(long, long_help = INPUT_HELP)]
-    pub input: PathBuf,
+    /// Input records (one per line; see --input-format). Without it, records
+    /// are read from Kafka (--topic, --brokers, or --replay with --config).
+    #[arg(long, long_help = INPUT_HELP, required_unless_present_any = ["replay", "brokers", "topics"])]
+    pub input: Option<PathBuf>,
+    #[command(flatten)]
+    pub kafka: replay::ReplayArgs,
     /// How input lines are read: `value` (a record value per line) or
-    /// `records` (a JSON object with key, value, headers, timestamp).
-    #[arg(long, value_enum, default_value_t = InputFormat::Value)]
+    /// `records` (a JSON object with key, value, headers, timestamp, ...).
+    #[arg(long, value_enum, default_value_t = InputFormat::Value, conflicts_with_all = ["replay", "brokers", "topics"])]
     pub input_format: InputFormat,
     /// Golden file: flat output stream or one line per input; outputs,
     /// `{"error": KIND, "message": SUBSTRING}` or `{"filtered": true}`.
@@ -238,13 +253,24 @@ pub enum LocalTestError {
         line: usize,
         reason: String,
     },
+    /// Boxed: librdkafka's errors would make every `Result` here large.
+    #[error(transparent)]
+    Replay(Box<replay::ReplayError>),
     #[error("{0} problem(s); see FAIL lines above")]
     Failed(usize),
+}
+
+impl From<replay::ReplayError> for LocalTestError {
+    fn from(e: replay::ReplayError) -> Self {
+        Self::Replay(Box::new(e))
+    }
 }
 
 /// The pipeline a test runs under, resolved from --config or the flags.
 struct Context {
     pipeline: PipelineConfig,
+    /// The config's `[kafka]`, for a replay.
+    kafka: Option<crate::config::KafkaConfig>,
     /// `pipelines[i]` when it came from a config (error keys name it).
     index: Option<usize>,
     component: PathBuf,
@@ -313,6 +339,7 @@ fn resolve(args: &TestArgs) -> Result<Context, LocalTestError> {
         }
         return Ok(Context {
             pipeline,
+            kafka: Some(config.kafka.clone()),
             index: Some(index),
             component,
             opts,
@@ -365,6 +392,7 @@ fn resolve(args: &TestArgs) -> Result<Context, LocalTestError> {
     };
     Ok(Context {
         pipeline: p,
+        kafka: None,
         index: None,
         component,
         opts,
@@ -392,15 +420,111 @@ fn read_lines(path: &Path) -> Result<Vec<(usize, String)>, LocalTestError> {
 struct RecordLine {
     #[serde(default)]
     key: Option<String>,
+    #[serde(default)]
+    key_base64: Option<String>,
     /// Outer `None`: absent; inner `None`: `null`, a tombstone.
     #[serde(default, deserialize_with = "present")]
     value: Option<Option<Box<RawValue>>>,
     #[serde(default)]
     value_text: Option<String>,
     #[serde(default)]
+    value_base64: Option<String>,
+    #[serde(default)]
     headers: HeaderList,
     #[serde(default)]
     timestamp: Option<i64>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    partition: Option<i32>,
+    #[serde(default)]
+    offset: Option<i64>,
+}
+
+fn base64_field(field: &str, text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("`{field}`: not base64 ({e})"))
+}
+
+/// The record a line describes, and where it says it came from (for the
+/// label of its results).
+fn record_line(line: &str, record: &mut InputRecord) -> Result<Option<String>, String> {
+    let r: RecordLine = serde_json::from_str(line).map_err(|e| {
+        format!(
+            "not a record line ({e}); --input-format records wants {{\"key\" or \"key_base64\", \"value\" or \"value_text\" or \"value_base64\", \"headers\", \"timestamp\", \"topic\", \"partition\", \"offset\"}}"
+        )
+    })?;
+    let given: Vec<&str> = [
+        ("value", r.value.is_some()),
+        ("value_text", r.value_text.is_some()),
+        ("value_base64", r.value_base64.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(n, g)| g.then_some(n))
+    .collect();
+    record.value = match (r.value, r.value_text, r.value_base64) {
+        _ if given.len() > 1 => {
+            return Err(format!(
+                "give one of `value`, `value_text`, `value_base64`, not {}",
+                given
+                    .iter()
+                    .map(|g| format!("`{g}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ))
+        }
+        (Some(raw), _, _) => raw.map(|r| r.get().as_bytes().to_vec()),
+        (_, Some(text), _) => Some(text.into_bytes()),
+        (_, _, Some(b)) => Some(base64_field("value_base64", &b)?),
+        (None, None, None) => return Err(
+            "missing field `value` (JSON, null for a tombstone), `value_text` or `value_base64`"
+                .into(),
+        ),
+    };
+    record.key = match (r.key, r.key_base64) {
+        (Some(_), Some(_)) => return Err("give `key` or `key_base64`, not both".into()),
+        (Some(k), None) => Some(k.into_bytes()),
+        (None, Some(b)) => Some(base64_field("key_base64", &b)?),
+        (None, None) => None,
+    };
+    record.headers = r
+        .headers
+        .0
+        .into_iter()
+        .map(|(key, value)| Header {
+            key,
+            value: value.map(String::into_bytes).unwrap_or_default(),
+        })
+        .collect();
+    record.timestamp = r.timestamp;
+    if let Some(p) = r.partition.filter(|p| *p < 0) {
+        return Err(format!("`partition`: {p} is negative"));
+    }
+    if let Some(o) = r.offset.filter(|o| *o < 0) {
+        return Err(format!("`offset`: {o} is negative"));
+    }
+    let stated = r.topic.is_some() || r.partition.is_some() || r.offset.is_some();
+    if let Some(t) = r.topic {
+        if t.is_empty() {
+            return Err("`topic`: empty".into());
+        }
+        record.topic = t;
+    }
+    if let Some(p) = r.partition {
+        record.partition = p;
+    }
+    if let Some(o) = r.offset {
+        record.offset = o;
+    }
+    Ok(stated.then(|| origin_label(record)))
+}
+
+/// `topic/partition@offset`: a topic name cannot contain `/`, so this is
+/// unambiguous.
+pub(crate) fn origin_label(r: &InputRecord) -> String {
+    format!("{}/{}@{}", r.topic, r.partition, r.offset)
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Box<RawValue>>>, D::Error> {
@@ -442,14 +566,19 @@ impl<'de> Deserialize<'de> for HeaderList {
     }
 }
 
+/// One input: its label (`file:line`, or where it came from) and the record,
+/// or why it cannot reach the function (a consumed record whose header key is
+/// not UTF-8, dead-lettered as `invalid-input` by `run` too).
+pub(crate) type Input = (String, Result<InputRecord, RecordError>);
+
 fn read_inputs(
     path: &Path,
     format: InputFormat,
     topic: &str,
-) -> Result<Vec<(String, InputRecord)>, LocalTestError> {
+) -> Result<Vec<Input>, LocalTestError> {
     let mut out = Vec::new();
     for (idx, (line_no, line)) in read_lines(path)?.into_iter().enumerate() {
-        let at = format!("{}:{line_no}", path.display());
+        let mut at = format!("{}:{line_no}", path.display());
         let mut record = InputRecord {
             key: None,
             value: None,
@@ -460,52 +589,60 @@ fn read_inputs(
             timestamp: None,
         };
         match format {
-            InputFormat::Value => record.value = Some(line.into_bytes()),
+            InputFormat::Value => {
+                if idx == 0 && looks_like_a_record(&line) {
+                    eprintln!(
+                        "note: {at} looks like a whole record; it is read as a value (pass --input-format records to read it as a record)"
+                    );
+                }
+                record.value = Some(line.into_bytes())
+            }
             InputFormat::Records => {
-                let bad = |reason: String| LocalTestError::Input {
-                    path: path.display().to_string(),
-                    line: line_no,
-                    reason,
-                };
-                let r: RecordLine = serde_json::from_str(&line).map_err(|e| {
-                    bad(format!(
-                        "not a record line ({e}); --input-format records wants {{\"key\", \"value\" or \"value_text\", \"headers\", \"timestamp\"}}"
-                    ))
-                })?;
-                record.value =
-                    match (r.value, r.value_text) {
-                        (Some(_), Some(_)) => {
-                            return Err(bad("give `value` or `value_text`, not both".into()))
-                        }
-                        (None, None) => return Err(bad(
-                            "missing field `value` (JSON, null for a tombstone) or `value_text`"
-                                .into(),
-                        )),
-                        (Some(raw), None) => raw.map(|r| r.get().as_bytes().to_vec()),
-                        (None, Some(text)) => Some(text.into_bytes()),
-                    };
-                record.key = r.key.map(String::into_bytes);
-                record.headers = r
-                    .headers
-                    .0
-                    .into_iter()
-                    .map(|(key, value)| Header {
-                        key,
-                        value: value.map(String::into_bytes).unwrap_or_default(),
-                    })
-                    .collect();
-                record.timestamp = r.timestamp;
+                let origin =
+                    record_line(&line, &mut record).map_err(|reason| LocalTestError::Input {
+                        path: path.display().to_string(),
+                        line: line_no,
+                        reason,
+                    })?;
+                if let Some(o) = origin {
+                    at = format!("{at} ({o})");
+                }
             }
         }
-        out.push((at, record));
+        out.push((at, Ok(record)));
     }
     Ok(out)
+}
+
+/// An object whose keys are all record-line keys, with a value field.
+fn looks_like_a_record(line: &str) -> bool {
+    const KEYS: [&str; 10] = [
+        "key",
+        "key_base64",
+        "value",
+        "value_text",
+        "value_base64",
+        "headers",
+        "timestamp",
+        "topic",
+        "partition",
+        "offset",
+    ];
+    match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(m)) => {
+            ["value", "value_text", "value_base64"]
+                .iter()
+                .any(|k| m.contains_key(*k))
+                && m.keys().all(|k| KEYS.contains(&k.as_str()))
+        }
+        _ => false,
+    }
 }
 
 // ------------------------------------------------------------ what Kafka gets
 
 /// One output as the producer would be handed it.
-struct Produced {
+pub(crate) struct Produced {
     /// The topic it goes to; `None` only when no output topic is declared
     /// and the function named none.
     topic: Option<String>,
@@ -978,7 +1115,7 @@ fn check_per_input(
 fn check_flat(
     expect_path: &str,
     want: &[(usize, Item)],
-    results: &[(String, Result<Vec<Produced>, RecordError>)],
+    results: &[Outcome],
     default_topic: Option<&str>,
     problems: &mut Vec<String>,
 ) {
@@ -1039,22 +1176,27 @@ fn check_flat(
 
 // --------------------------------------------------------------------- run
 
-pub fn run(args: TestArgs) -> Result<(), LocalTestError> {
-    let ctx = resolve(&args)?;
-    let p = &ctx.pipeline;
-    let shown = ctx.component.display().to_string();
-    let f =
-        Function::load_file(&p.name, &ctx.component, &p.limits, &ctx.opts).map_err(|source| {
-            LocalTestError::Load {
-                component: shown.clone(),
-                source,
-            }
-        })?;
+/// Loads a component under the pipeline's limits and prints what was
+/// loaded; `version` stamps outputs as `run` would.
+fn load(
+    p: &PipelineConfig,
+    index: Option<usize>,
+    origin: &str,
+    version: Option<&str>,
+    bytes: &[u8],
+    opts: &SandboxOptions,
+) -> Result<Arc<Function>, LocalTestError> {
+    let f = Function::load_versioned(&p.name, version, origin, bytes, &p.limits, opts).map_err(
+        |source| LocalTestError::Load {
+            component: origin.to_string(),
+            source,
+        },
+    )?;
     if p.tombstones == TombstoneMode::Function {
-        crate::pipeline::check_tombstones(&p.name, ctx.index, &f)?;
+        crate::pipeline::check_tombstones(&p.name, index, &f)?;
     }
     println!(
-        "{shown}: {} bytes, {}, {} in {} ms, batch export: {}",
+        "{origin}: {} bytes, {}, {} in {} ms, batch export: {}",
         f.load_report.size_bytes,
         f.digest,
         if f.load_report.from_cache {
@@ -1065,10 +1207,14 @@ pub fn run(args: TestArgs) -> Result<(), LocalTestError> {
         f.load_report.load_ms,
         f.load_report.exports_batch
     );
+    Ok(f)
+}
+
+fn print_pipeline(p: &PipelineConfig, from_config: bool) {
     println!(
         "pipeline {}{}: output topics {}, batch size {}, tombstones {:?}, limits {:?}",
         p.name,
-        if ctx.index.is_some() {
+        if from_config {
             " (from the config)"
         } else {
             ""
@@ -1083,8 +1229,100 @@ pub fn run(args: TestArgs) -> Result<(), LocalTestError> {
         p.tombstones,
         p.limits
     );
-    let input_topic = p.input_topics.first().map_or("test", String::as_str);
-    let inputs = read_inputs(&args.input, args.input_format, input_topic)?;
+}
+
+/// The consumer group id a replay hands librdkafka (never joined, never
+/// committed): named after the pipeline's group, so group ACL prefixes
+/// still apply.
+fn replay_group(kafka: &crate::config::KafkaConfig, p: &PipelineConfig) -> String {
+    format!("{}.replay", crate::kafka::group_id(kafka, p))
+}
+
+/// What `--topic`/`--replay` read, from the flags and the config.
+fn replay_plan(args: &replay::ReplayArgs, ctx: &Context) -> Result<replay::Plan, LocalTestError> {
+    let usage = |m: &str| LocalTestError::from(replay::ReplayError::Usage(m.into()));
+    let mut kafka = match (&ctx.kafka, &args.brokers) {
+        (Some(k), _) => k.clone(),
+        (None, Some(_)) => default_kafka(),
+        (None, None) => {
+            return Err(usage(
+                "reading a topic needs --brokers (or --config, whose [kafka] section is used)",
+            ))
+        }
+    };
+    if let Some(b) = &args.brokers {
+        kafka.brokers = b.clone();
+    }
+    let topics = if !args.topics.is_empty() {
+        args.topics.clone()
+    } else if ctx.kafka.is_some() {
+        ctx.pipeline.input_topics.clone()
+    } else {
+        return Err(usage(
+            "name the topic to replay with --topic (or give --config, whose pipeline's input topics are replayed)",
+        ));
+    };
+    if args.timeout.is_zero() {
+        return Err(replay::ReplayError::BadFlag {
+            flag: "--timeout",
+            value: "0s".into(),
+            reason: "must be positive".into(),
+        }
+        .into());
+    }
+    Ok(replay::Plan {
+        group: replay_group(&kafka, &ctx.pipeline),
+        kafka,
+        topics,
+        partitions: args.partitions.clone(),
+        start: args.start()?,
+        limit: Some(args.limit),
+        timeout: args.timeout.into(),
+        isolation: args.isolation,
+    })
+}
+
+/// `[kafka]` with every default, for a replay without --config.
+fn default_kafka() -> crate::config::KafkaConfig {
+    toml::from_str::<crate::config::KafkaConfig>("brokers = \"\"")
+        .expect("a minimal [kafka] table deserializes")
+}
+
+fn print_ranges(ranges: &[replay::Range], read: usize) {
+    for r in ranges {
+        println!(
+            "replaying {}/{}: offsets [{}, {}) of {} (high watermark at start)",
+            r.topic, r.partition, r.start, r.end, r.high
+        );
+    }
+    println!("{read} record(s) read; nothing is committed or produced");
+}
+
+pub fn run(args: TestArgs) -> Result<(), LocalTestError> {
+    let ctx = resolve(&args)?;
+    let p = &ctx.pipeline;
+    let shown = ctx.component.display().to_string();
+    let bytes = std::fs::read(&ctx.component).map_err(|source| LocalTestError::Load {
+        component: shown.clone(),
+        source: LoadError::Read {
+            path: shown.clone(),
+            source,
+        },
+    })?;
+    let f = load(p, ctx.index, &shown, None, &bytes, &ctx.opts)?;
+    print_pipeline(p, ctx.index.is_some());
+    let inputs = match &args.input {
+        Some(path) => {
+            let input_topic = p.input_topics.first().map_or("test", String::as_str);
+            read_inputs(path, args.input_format, input_topic)?
+        }
+        None => {
+            let plan = replay_plan(&args.kafka, &ctx)?;
+            let r = replay::read(&plan)?;
+            print_ranges(&r.ranges, r.inputs.len());
+            r.inputs
+        }
+    };
     let golden = args.expect.as_deref().map(read_golden).transpose()?;
     let target = SinkTarget {
         pipeline: p.name.clone(),
@@ -1093,7 +1331,7 @@ pub fn run(args: TestArgs) -> Result<(), LocalTestError> {
         group: String::new(),
     };
     let default_topic = p.output_topics.first().map(String::as_str);
-    let results = run_all(&f, p, &target, &inputs);
+    let results = run_all(&f, p, &target, &inputs, true);
 
     let mut problems: Vec<String> = Vec::new();
     match &golden {
@@ -1151,23 +1389,30 @@ pub fn run(args: TestArgs) -> Result<(), LocalTestError> {
     }
 }
 
+/// One input's result: what the producer would be handed, or the error it
+/// is dead-lettered with.
+pub(crate) type Outcome = (String, Result<Vec<Produced>, RecordError>);
+
 /// Runs every input the way a sandbox thread does: batches of `batch_size`,
 /// tombstones per the pipeline's mode taken out of the function's batch,
-/// function results through the sink's routing check. Prints as it goes.
+/// function results through the sink's routing check. Prints as it goes
+/// when `verbose`.
 fn run_all(
     f: &Arc<Function>,
     p: &PipelineConfig,
     target: &SinkTarget,
-    inputs: &[(String, InputRecord)],
-) -> Vec<(String, Result<Vec<Produced>, RecordError>)> {
+    inputs: &[Input],
+    verbose: bool,
+) -> Vec<Outcome> {
     let mut runner = Runner::new(f.clone());
     let metered = p.limits.fuel.is_some();
     let mut results = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(p.batch_size.max(1)) {
         let to_function: Vec<InputRecord> = chunk
             .iter()
-            .filter(|(_, r)| r.value.is_some() || p.tombstones == TombstoneMode::Function)
-            .map(|(_, r)| r.clone())
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .filter(|r| r.value.is_some() || p.tombstones == TombstoneMode::Function)
+            .cloned()
             .collect();
         let before = runner.stats;
         let mut from_function = if to_function.is_empty() {
@@ -1182,13 +1427,26 @@ fn run_all(
         } else {
             String::new()
         };
-        println!(
-            "{} record(s), {} to the function: {} µs in wasm{fuel}",
-            chunk.len(),
-            to_function.len(),
-            (after.wasm_nanos - before.wasm_nanos) / 1000
-        );
+        if verbose {
+            println!(
+                "{} record(s), {} to the function: {} µs in wasm{fuel}",
+                chunk.len(),
+                to_function.len(),
+                (after.wasm_nanos - before.wasm_nanos) / 1000
+            );
+        }
         for (at, input) in chunk {
+            let input = match input {
+                Ok(input) => input,
+                // Refused before the function, as `run` dead-letters it.
+                Err(e) => {
+                    if verbose {
+                        print_error(at, e, target);
+                    }
+                    results.push((at.clone(), Err(e.clone())));
+                    continue;
+                }
+            };
             let (result, note) = if input.value.is_none() && p.tombstones != TombstoneMode::Function
             {
                 match p.tombstones {
@@ -1241,39 +1499,47 @@ fn run_all(
                         })
                         .collect::<Vec<_>>()
                 });
-            match &result {
-                Ok(outs) if outs.is_empty() => println!("{at}: no output{note}"),
-                Ok(outs) => {
-                    println!("{at}: {} output(s){note}", outs.len());
-                    outs.iter().for_each(print_output);
-                }
-                Err(e) => println!(
-                    "{at}: ERROR [{}] {}  → dead letter{}",
-                    e.kind(),
-                    crate::sandbox::truncate(&e.to_string(), 4096),
-                    if target.dead_letter_topic.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" {}", target.dead_letter_topic)
+            if verbose {
+                match &result {
+                    Ok(outs) if outs.is_empty() => println!("{at}: no output{note}"),
+                    Ok(outs) => {
+                        println!("{at}: {} output(s){note}", outs.len());
+                        outs.iter().for_each(print_output);
                     }
-                ),
+                    Err(e) => print_error(at, e, target),
+                }
             }
             results.push((at.clone(), result));
         }
     }
     let s = runner.stats;
+    if verbose {
+        println!(
+            "\n{} record(s), {} instantiation(s), wasm time {} µs{}",
+            inputs.len(),
+            s.instantiations,
+            s.wasm_nanos / 1000,
+            if metered {
+                format!(", fuel {}", s.fuel_consumed)
+            } else {
+                String::new()
+            }
+        );
+    }
+    results
+}
+
+fn print_error(at: &str, e: &RecordError, target: &SinkTarget) {
     println!(
-        "\n{} record(s), {} instantiation(s), wasm time {} µs{}",
-        inputs.len(),
-        s.instantiations,
-        s.wasm_nanos / 1000,
-        if metered {
-            format!(", fuel {}", s.fuel_consumed)
-        } else {
+        "{at}: ERROR [{}] {}  → dead letter{}",
+        e.kind(),
+        crate::sandbox::truncate(&e.to_string(), 4096),
+        if target.dead_letter_topic.is_empty() {
             String::new()
+        } else {
+            format!(" {}", target.dead_letter_topic)
         }
     );
-    results
 }
 
 #[cfg(test)]
@@ -1514,7 +1780,11 @@ dead_letter_topic = "dlq2"
             ),
         )
         .unwrap();
-        let got = read_inputs(&path, InputFormat::Records, "in").unwrap();
+        let got: Vec<(String, InputRecord)> = read_inputs(&path, InputFormat::Records, "in")
+            .unwrap()
+            .into_iter()
+            .map(|(at, r)| (at, r.unwrap()))
+            .collect();
         assert_eq!(got.len(), 3);
         assert_eq!(
             got[0].1.value.as_deref(),
@@ -1529,6 +1799,23 @@ dead_letter_topic = "dlq2"
         assert_eq!(got[1].1.timestamp, Some(5));
         assert_eq!(got[2].1.value.as_deref(), Some(&b"plain"[..]));
         assert!(got[2].0.ends_with(":4"), "{}", got[2].0);
+
+        assert_eq!((got[0].1.topic.as_str(), got[2].1.offset), ("in", 2));
+
+        // Binary keys and values, and where a record came from.
+        std::fs::write(
+            &path,
+            r#"{"key_base64": "/wA=", "value_base64": "AAE=", "topic": "t", "partition": 2, "offset": 9}"#,
+        )
+        .unwrap();
+        let (at, r) = read_inputs(&path, InputFormat::Records, "in")
+            .unwrap()
+            .remove(0);
+        let r = r.unwrap();
+        assert_eq!(r.key.as_deref(), Some(&b"\xff\x00"[..]));
+        assert_eq!(r.value.as_deref(), Some(&b"\x00\x01"[..]));
+        assert_eq!((r.topic.as_str(), r.partition, r.offset), ("t", 2, 9));
+        assert!(at.ends_with("in.jsonl:1 (t/2@9)"), "{at}");
 
         std::fs::write(&path, "{\"vaule\": 1}\n").unwrap();
         let e = read_inputs(&path, InputFormat::Records, "in")
