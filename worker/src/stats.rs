@@ -73,6 +73,16 @@ pub struct PipelineStats {
     /// `/readyz` names it while the process exits on the fatal error.
     pub dead_thread: std::sync::Mutex<Option<String>>,
     versions: std::sync::RwLock<Vec<Arc<VersionStats>>>,
+    /// Exactly-once pipelines (`crate::txn`): transactions committed and
+    /// aborted, and the time spent committing (send offsets + commit).
+    pub transactions: TransactionStats,
+}
+
+#[derive(Default, Debug)]
+pub struct TransactionStats {
+    pub committed: AtomicU64,
+    pub aborted: AtomicU64,
+    pub commit_micros: AtomicU64,
 }
 
 /// What one function version did in one pipeline on this worker.
