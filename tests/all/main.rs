@@ -10,6 +10,7 @@ mod config_errors;
 mod crash;
 mod dead_letter;
 mod dev_mode;
+mod exactly_once;
 mod examples;
 mod group;
 mod guest_errors;

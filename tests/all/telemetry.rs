@@ -320,6 +320,7 @@ fn mock_worker(
             )]
             .into_iter()
             .collect(),
+            worker_id: None,
         },
         runtime: RuntimeConfig {
             cache_dir: repo_root().join(".cache/pipeline-worker-tests"),
@@ -343,6 +344,9 @@ fn mock_worker(
             batch_size: 8,
             concurrency: 1,
             tombstones: Default::default(),
+            delivery: Default::default(),
+            transaction_interval_ms: 100,
+            transaction_max_records: 10_000,
             limits: Limits::default(),
         }],
     };

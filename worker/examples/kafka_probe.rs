@@ -167,6 +167,7 @@ fn worker(topic: &str, n: usize, component: &str, extra: &[(String, String)]) {
             group_id: format!("probe-worker-{out}"),
             auto_offset_reset: "earliest".into(),
             librdkafka: extra.iter().cloned().collect(),
+            worker_id: None,
         },
         runtime: RuntimeConfig {
             cache_dir: root.join(".cache/pipeline-worker-bench"),
@@ -193,6 +194,9 @@ fn worker(topic: &str, n: usize, component: &str, extra: &[(String, String)]) {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(2),
             tombstones: Default::default(),
+            delivery: Default::default(),
+            transaction_interval_ms: 100,
+            transaction_max_records: 10_000,
             limits: Limits::default(),
         }],
     };

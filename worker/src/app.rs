@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rdkafka::producer::Producer as _;
 
-use crate::config::{Config, PipelineConfig};
+use crate::config::{Config, DeliveryMode, PipelineConfig};
 use crate::pipeline::{self, FunctionSlot, PipelineHandle, Shutdown};
 use crate::registry::{self, activations::LogReader, Registry};
 use crate::sandbox::{ArtifactCache, EpochTicker, Function, SandboxOptions};
@@ -138,6 +138,7 @@ impl Worker {
         let quotas = crate::quota::Quotas::from_config(config);
         let mut pipelines = Vec::new();
         for (p, slot) in functions {
+            let setup = exactly_once_setup(config, &p)?;
             let handle = pipeline::spawn(
                 &p,
                 &config.kafka,
@@ -146,6 +147,7 @@ impl Worker {
                 sink.clone(),
                 shutdown.clone(),
                 quotas.for_pipeline(&p),
+                setup.as_ref(),
             )?;
             telemetry
                 .pipelines
@@ -193,6 +195,46 @@ impl Worker {
         );
         self.shutdown.fatal.get()
     }
+}
+
+/// How long start-up waits for `init_transactions`, and the bound on each
+/// commit or abort.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The transactional settings of an exactly-once pipeline; `None` for
+/// at-least-once. Refused without a stable worker identity.
+fn exactly_once_setup(
+    config: &Config,
+    p: &PipelineConfig,
+) -> anyhow::Result<Option<pipeline::TxnSetup>> {
+    if p.delivery != DeliveryMode::ExactlyOnce {
+        return Ok(None);
+    }
+    let i = config
+        .pipelines
+        .iter()
+        .position(|c| c.name == p.name)
+        .unwrap_or_default();
+    let registry_id = config
+        .registry
+        .as_ref()
+        .and_then(|r| r.worker_id.as_deref());
+    let Some(worker) = crate::kafka::worker_identity(&config.kafka, registry_id) else {
+        anyhow::bail!(
+            "pipelines[{i}].delivery = \"exactly-once\" needs a stable worker identity for its transactional.id: set kafka.worker_id (or registry.worker_id, or HOSTNAME)"
+        );
+    };
+    Ok(Some(pipeline::TxnSetup {
+        key: format!("pipelines[{i}].delivery"),
+        transactional_id: crate::kafka::transactional_id(&config.kafka, p, &worker),
+        interval: Duration::from_millis(p.transaction_interval_ms),
+        max_records: p.transaction_max_records,
+        op_timeout: TRANSACTION_TIMEOUT.min(
+            Duration::from_millis(config.runtime.drain_timeout_ms).max(Duration::from_secs(1)),
+        ),
+        message_max_bytes: config.message_max_bytes()?,
+        output_topics: p.output_topics.clone(),
+    }))
 }
 
 /// `pipeline-worker run`: until SIGTERM/SIGINT or a fatal error.

@@ -157,6 +157,12 @@ pub struct KafkaConfig {
     /// timeouts, ...). Keys the worker manages itself are refused.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
+    /// This worker's stable identity for exactly-once pipelines: their
+    /// producers' `transactional.id` is `pipeline-worker-<group>-<worker_id>`.
+    /// Default: `registry.worker_id`, else `$HOSTNAME` (a StatefulSet pod
+    /// name). Two live processes must never share one (see README).
+    #[serde(default)]
+    pub worker_id: Option<String>,
 }
 
 fn default_group_id() -> String {
@@ -315,8 +321,36 @@ pub struct PipelineConfig {
     /// What a record with a null value (a tombstone) does; see [`TombstoneMode`].
     #[serde(default)]
     pub tombstones: TombstoneMode,
+    /// At-least-once (default) or exactly-once (Kafka transactions).
+    #[serde(default)]
+    pub delivery: DeliveryMode,
+    /// Exactly-once: longest a transaction stays open before it commits.
+    #[serde(default = "default_transaction_interval_ms")]
+    pub transaction_interval_ms: u64,
+    /// Exactly-once: records one transaction takes at most.
+    #[serde(default = "default_transaction_max_records")]
+    pub transaction_max_records: usize,
     #[serde(default)]
     pub limits: Limits,
+}
+
+/// Per pipeline: how outputs, dead letters and input offsets reach Kafka.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// One shared idempotent producer; offsets committed after acks.
+    #[default]
+    AtLeastOnce,
+    /// Per pipeline a transactional producer: a unit of work's outputs, dead
+    /// letters and input offsets commit in one Kafka transaction (KIP-447).
+    ExactlyOnce,
+}
+
+fn default_transaction_interval_ms() -> u64 {
+    100
+}
+fn default_transaction_max_records() -> usize {
+    10_000
 }
 
 /// Per pipeline: what happens to a record whose value is null (a Kafka
@@ -551,6 +585,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_delivery()?;
         if let Some(f) = &self.telemetry.log_format {
             if f != "text" && f != "json" {
                 return Err(invalid(
@@ -747,6 +782,9 @@ pub fn valid_name(s: &str) -> bool {
         && s.as_bytes()[0].is_ascii_alphanumeric()
 }
 
+/// librdkafka's default `transaction.timeout.ms`.
+const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
+
 impl Config {
     fn validate_tenants(&self) -> Result<(), ConfigError> {
         let mut seen = std::collections::HashSet::new();
@@ -815,6 +853,87 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Exactly-once settings, and the librdkafka overrides that would break
+    /// it. `transactional.id` is refused for every pipeline: the map is
+    /// shared by all clients, and a transactional at-least-once producer
+    /// would refuse every record sent outside a transaction.
+    fn validate_delivery(&self) -> Result<(), ConfigError> {
+        let lk = |k: &str| format!("kafka.librdkafka.\"{k}\"");
+        if self.kafka.librdkafka.contains_key("transactional.id") {
+            return Err(invalid(
+                lk("transactional.id"),
+                "is set by the worker itself for each exactly-once pipeline (pipeline-worker-<group>-<worker id>); set kafka.worker_id to choose the worker identity",
+            ));
+        }
+        if let Some(w) = &self.kafka.worker_id {
+            if w.trim().is_empty() || w.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(invalid(
+                    "kafka.worker_id",
+                    format!("{w:?} must be non-empty, without spaces or control characters"),
+                ));
+            }
+        }
+        let timeout = match self.kafka.librdkafka.get("transaction.timeout.ms") {
+            None => DEFAULT_TRANSACTION_TIMEOUT_MS,
+            Some(v) => v.trim().parse().map_err(|_| {
+                invalid(
+                    lk("transaction.timeout.ms"),
+                    format!("{v:?} is not a whole number of milliseconds"),
+                )
+            })?,
+        };
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let k = |field: &str| format!("pipelines[{i}].{field}");
+            if !(10..=300_000).contains(&p.transaction_interval_ms) {
+                return Err(invalid(
+                    k("transaction_interval_ms"),
+                    format!(
+                        "{} must be between 10 and 300000",
+                        p.transaction_interval_ms
+                    ),
+                ));
+            }
+            if !(1..=1_000_000).contains(&p.transaction_max_records) {
+                return Err(invalid(
+                    k("transaction_max_records"),
+                    format!(
+                        "{} must be between 1 and 1000000",
+                        p.transaction_max_records
+                    ),
+                ));
+            }
+            if p.delivery != DeliveryMode::ExactlyOnce {
+                continue;
+            }
+            if let Some(v) = self.kafka.librdkafka.get("isolation.level") {
+                if v.trim() != "read_committed" {
+                    return Err(invalid(
+                        lk("isolation.level"),
+                        format!("{v:?} would let {} = \"exactly-once\" read records of aborted transactions; remove it (the worker sets read_committed)", k("delivery")),
+                    ));
+                }
+            }
+            if timeout <= p.transaction_interval_ms {
+                return Err(invalid(
+                    lk("transaction.timeout.ms"),
+                    format!(
+                        "{timeout} ms is not above {} ({} ms): the broker would abort every transaction before it commits",
+                        k("transaction_interval_ms"),
+                        p.transaction_interval_ms
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any pipeline runs exactly-once.
+    pub fn any_exactly_once(&self) -> bool {
+        self.pipelines
+            .iter()
+            .any(|p| p.delivery == DeliveryMode::ExactlyOnce)
     }
 
     fn validate_registry(&self) -> Result<(), ConfigError> {
@@ -1125,5 +1244,71 @@ component = "q.wasm"
             .unwrap_err()
             .to_string();
         assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn exactly_once_settings_are_checked_with_their_key() {
+        let eos = |extra: &str| load(&format!("{BASE}delivery = \"exactly-once\"\n{extra}"), &[]);
+        let c = eos("").unwrap();
+        assert_eq!(c.pipelines[1].delivery, DeliveryMode::ExactlyOnce);
+        assert_eq!(c.pipelines[0].delivery, DeliveryMode::AtLeastOnce);
+        assert_eq!(c.pipelines[1].transaction_interval_ms, 100);
+        let e = eos("transaction_interval_ms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`pipelines[1].transaction_interval_ms`"), "{e}");
+        let e = eos("transaction_max_records = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`pipelines[1].transaction_max_records`"), "{e}");
+        let e = load(&format!("{BASE}delivery = \"exactly_once\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`pipelines[1].delivery`"), "{e}");
+        let with = |k: &str, v: &str| {
+            load(
+                &BASE
+                    .replace(
+                        "brokers = \"b:9092\"",
+                        &format!("brokers = \"b:9092\"\nlibrdkafka = {{ \"{k}\" = \"{v}\" }}"),
+                    )
+                    .replace(
+                        "component = \"q.wasm\"",
+                        "component = \"q.wasm\"\ndelivery = \"exactly-once\"",
+                    ),
+                &[],
+            )
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+        };
+        let e = with("isolation.level", "read_uncommitted");
+        assert!(
+            e.contains("`kafka.librdkafka.\"isolation.level\"`")
+                && e.contains("pipelines[1].delivery"),
+            "{e}"
+        );
+        let e = with("transactional.id", "mine");
+        assert!(e.contains("`kafka.librdkafka.\"transactional.id\"`"), "{e}");
+        let e = with("transaction.timeout.ms", "50");
+        assert!(
+            e.contains("`kafka.librdkafka.\"transaction.timeout.ms\"`")
+                && e.contains("pipelines[1].transaction_interval_ms"),
+            "{e}"
+        );
+        let e = with("enable.idempotence", "false");
+        assert!(
+            e.contains("`kafka.librdkafka.\"enable.idempotence\"`"),
+            "{e}"
+        );
+        // read_uncommitted on an at-least-once-only config is the operator's call.
+        assert!(load(
+            &BASE.replace(
+                "brokers = \"b:9092\"",
+                "brokers = \"b:9092\"\nlibrdkafka = { \"isolation.level\" = \"read_uncommitted\" }"
+            ),
+            &[]
+        )
+        .is_ok());
     }
 }

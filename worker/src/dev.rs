@@ -108,6 +108,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             group_id: "pipeline-worker-dev".into(),
             auto_offset_reset: "earliest".into(),
             librdkafka: Default::default(),
+            worker_id: None,
         },
         runtime: RuntimeConfig {
             drain_timeout_ms: DEV_DRAIN.as_millis() as u64,
@@ -128,6 +129,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             batch_size: 16,
             concurrency: 2,
             tombstones: Default::default(),
+            delivery: Default::default(),
+            transaction_interval_ms: 100,
+            transaction_max_records: 10_000,
             limits: Limits::default(),
         }],
     };

@@ -4,7 +4,7 @@
 
 use rdkafka::config::ClientConfig;
 
-use crate::config::{KafkaConfig, PipelineConfig, RuntimeConfig};
+use crate::config::{DeliveryMode, KafkaConfig, PipelineConfig, RuntimeConfig};
 
 /// librdkafka settings shared by consumers and the producer: the operator's
 /// pass-through map first, then the keys correctness depends on.
@@ -68,8 +68,13 @@ pub fn consumer_config(
     runtime: &RuntimeConfig,
 ) -> ClientConfig {
     let mut cc = base_client_config(kafka);
+    let exactly_once = pipeline.delivery == DeliveryMode::ExactlyOnce;
     cc.set("group.id", group_id(kafka, pipeline))
-        .set("enable.auto.commit", "true")
+        // Exactly-once: offsets are committed only inside transactions.
+        .set(
+            "enable.auto.commit",
+            if exactly_once { "false" } else { "true" },
+        )
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", &kafka.auto_offset_reset)
         .set("partition.assignment.strategy", "cooperative-sticky");
@@ -86,5 +91,39 @@ pub fn consumer_config(
     if !kafka.librdkafka.contains_key("fetch.queue.backoff.ms") {
         cc.set("fetch.queue.backoff.ms", "10");
     }
+    if exactly_once {
+        // Records of aborted transactions upstream (or our own replays'
+        // aborted outputs, when chained) must never be processed.
+        cc.set("isolation.level", "read_committed");
+    }
     cc
+}
+
+/// The worker identity behind `transactional.id`: `kafka.worker_id`, else
+/// `registry.worker_id`, else `$HOSTNAME` (else the kernel's hostname). Stable across restarts of the same
+/// worker (a StatefulSet pod keeps its name), so a restarted worker's
+/// `init_transactions` aborts whatever its predecessor left open.
+pub fn worker_identity(kafka: &KafkaConfig, registry_worker_id: Option<&str>) -> Option<String> {
+    kafka
+        .worker_id
+        .clone()
+        .or_else(|| registry_worker_id.map(str::to_owned))
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// `pipeline-worker-<group>-<worker id>`: one transactional producer per
+/// exactly-once pipeline and worker.
+pub fn transactional_id(kafka: &KafkaConfig, pipeline: &PipelineConfig, worker: &str) -> String {
+    format!("pipeline-worker-{}-{worker}", group_id(kafka, pipeline))
+}
+
+/// An exactly-once pipeline's own producer: the shared settings plus its
+/// `transactional.id` (which implies idempotence and `acks=all`).
+pub fn transactional_producer_config(kafka: &KafkaConfig, transactional_id: &str) -> ClientConfig {
+    let mut c = producer_config(kafka);
+    c.set("transactional.id", transactional_id);
+    c
 }

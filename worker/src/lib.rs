@@ -24,3 +24,4 @@ pub mod sink;
 pub mod source;
 pub mod stats;
 pub mod telemetry;
+pub mod txn;

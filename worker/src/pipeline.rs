@@ -55,6 +55,8 @@ use crate::source::{
     LaneInbox, Lanes, PartitionFeed, PartitionTracker, SourceContext, TrackerCache, Trackers,
 };
 use crate::telemetry::otel;
+use crate::txn::Transactions;
+pub use crate::txn::TxnSetup;
 
 use crate::stats::{PipelineStats, VersionStats};
 
@@ -202,6 +204,11 @@ pub enum PipelineError {
         version: String,
         world: String,
     },
+    #[error("pipeline {pipeline}: {source}")]
+    Transactions {
+        pipeline: String,
+        source: Box<crate::txn::TxnError>,
+    },
     #[error("pipeline {pipeline}: cannot start a thread: {source}")]
     Thread {
         pipeline: String,
@@ -215,6 +222,8 @@ pub struct PipelineHandle {
     pub stats: Arc<PipelineStats>,
     pub trackers: Arc<Trackers>,
     pub slot: Arc<FunctionSlot>,
+    /// Set for `delivery = "exactly-once"`.
+    pub txn: Option<Arc<Transactions>>,
     thread: JoinHandle<()>,
 }
 
@@ -263,6 +272,9 @@ impl Inbound {
 }
 
 /// Starts the pipeline's threads. Returns once the consumer has subscribed.
+/// `exactly_once`: the pipeline gets its own transactional producer
+/// (initialised here, so a broker that cannot do transactions fails start-up)
+/// and `sink` is not used for it.
 pub fn spawn(
     pipeline: &PipelineConfig,
     kafka: &KafkaConfig,
@@ -271,6 +283,7 @@ pub fn spawn(
     sink: Arc<Sink>,
     shutdown: Arc<Shutdown>,
     tenant: Option<Arc<quota::TenantLimiter>>,
+    exactly_once: Option<&TxnSetup>,
 ) -> Result<PipelineHandle, PipelineError> {
     if pipeline.tombstones == TombstoneMode::Function {
         if let Some(f) = slot.get() {
@@ -286,6 +299,24 @@ pub fn spawn(
     let lanes = Arc::new(Lanes::new(pipeline.concurrency.max(1)));
     let drain_timeout = Duration::from_millis(runtime.drain_timeout_ms);
     let group = crate::kafka::group_id(kafka, pipeline);
+    let txn = match exactly_once {
+        None => None,
+        Some(setup) => Some(Arc::new(
+            Transactions::start(
+                &pipeline.name,
+                setup,
+                kafka,
+                trackers.clone(),
+                stats.clone(),
+                shutdown.fatal.clone(),
+            )
+            .map_err(|source| PipelineError::Transactions {
+                pipeline: pipeline.name.clone(),
+                source: Box::new(source),
+            })?,
+        )),
+    };
+    let sink = txn.as_ref().map_or(sink, |t| t.sink.clone());
     let context = SourceContext {
         pipeline: pipeline.name.clone(),
         trackers: trackers.clone(),
@@ -293,7 +324,12 @@ pub fn spawn(
         stats: stats.clone(),
         shutdown_deadline: Default::default(),
         lanes: lanes.clone(),
+        revoke_hook: Default::default(),
     };
+    if let Some(t) = &txn {
+        let hook: Arc<dyn crate::source::RevokeHook> = t.clone();
+        let _ = context.revoke_hook.set(hook);
+    }
     let consumer: BaseConsumer<SourceContext> =
         crate::kafka::consumer_config(kafka, pipeline, runtime)
             .create_with_context(context)
@@ -342,6 +378,8 @@ pub fn spawn(
             batch_size: pipeline.batch_size,
             tombstones: pipeline.tombstones,
             panic_at,
+            txn: txn.clone(),
+            txn_epoch: std::cell::Cell::new(u64::MAX),
         };
         let w = std::thread::Builder::new()
             .name(format!("sandbox-{}-{lane}", pipeline.name))
@@ -357,6 +395,7 @@ pub fn spawn(
     let thread_stats = stats.clone();
     let thread_trackers = trackers.clone();
     let thread_slot = slot.clone();
+    let thread_txn = txn.clone();
     let thread = std::thread::Builder::new()
         .name(format!("consumer-{}", pipeline.name))
         .spawn(move || {
@@ -372,6 +411,7 @@ pub fn spawn(
                     &thread_stats,
                     &shutdown,
                     drain_timeout,
+                    thread_txn.as_deref(),
                 )
             });
             if let Err(p) = catch_unwind(run) {
@@ -393,6 +433,7 @@ pub fn spawn(
         stats,
         trackers,
         slot,
+        txn,
         thread,
     })
 }
@@ -416,9 +457,10 @@ fn consumer_thread(
     stats: &PipelineStats,
     shutdown: &Shutdown,
     drain_timeout: Duration,
+    txn: Option<&Transactions>,
 ) {
     if wait_for_function(name, consumer, slot, topics, shutdown) {
-        consume_loop(name, consumer, trackers, lanes, shutdown);
+        consume_loop(name, consumer, trackers, lanes, shutdown, txn);
     }
     // One deadline for the whole stop: lanes finishing their batch, the
     // producer's acks, and any revoke the consumer's close triggers.
@@ -445,6 +487,19 @@ fn consumer_thread(
         if !t.wait_drained(deadline.saturating_duration_since(Instant::now())) {
             tracing::warn!(pipeline = %name, topic = %t.topic, partition = t.partition, in_flight = t.in_flight(), "records still unacknowledged at shutdown; they will be processed again");
         }
+    }
+    if let Some(txn) = txn {
+        // The lanes are done: what they enqueued commits now, or, after a
+        // fatal error, nothing of it does.
+        if shutdown.fatal.get().is_some() {
+            txn.abort(consumer, "stopping on a fatal error");
+        } else if txn.commit(consumer, "stop") {
+            tracing::info!(pipeline = %name, "final transaction committed");
+        }
+        lanes.clear();
+        consumer.unsubscribe();
+        tracing::info!(pipeline = %name, stats = ?stats.snapshot(), transactions = ?stats.transactions, "pipeline stopped");
+        return;
     }
     // The partition queues hold the consumer: it closes (and leaves the
     // group) only once they are gone.
@@ -515,10 +570,19 @@ fn consume_loop(
     trackers: &Trackers,
     lanes: &Lanes,
     shutdown: &Shutdown,
+    txn: Option<&Transactions>,
 ) {
     let mut last_store = Instant::now();
+    // Exactly-once: a short poll so a transaction commits close to its
+    // interval (the lanes wait while one is full).
+    let poll = Duration::from_millis(if txn.is_some() { 5 } else { 100 });
     while !shutdown.stopping() {
-        match consumer.poll(Duration::from_millis(100)) {
+        if let Some(t) = txn {
+            if t.due() {
+                t.commit(consumer, "interval");
+            }
+        }
+        match consumer.poll(poll) {
             None => {}
             Some(Err(e)) => tracing::warn!(pipeline = name, error = %e, "consumer error"),
             Some(Ok(msg)) => {
@@ -541,7 +605,7 @@ fn consume_loop(
                 }
             }
         }
-        if last_store.elapsed() >= Duration::from_millis(100) {
+        if txn.is_none() && last_store.elapsed() >= Duration::from_millis(100) {
             trackers.store_offsets(consumer);
             last_store = Instant::now();
         }
@@ -569,6 +633,10 @@ struct LaneContext {
     batch_size: usize,
     tombstones: TombstoneMode,
     panic_at: Option<i64>,
+    txn: Option<Arc<Transactions>>,
+    /// The transaction epoch this lane last contributed to: it switches
+    /// function versions only once that transaction is over.
+    txn_epoch: std::cell::Cell<u64>,
 }
 
 type LaneRunner = Option<(u64, Runner, Arc<VersionStats>)>;
@@ -625,13 +693,25 @@ fn sandbox_lane(mut ctx: LaneContext) {
     let mut cache = TrackerCache::new();
     let (mut known, mut feeds) = (u64::MAX, Vec::new());
     let mut start = 0usize;
-    let mut started: Vec<(Arc<PartitionTracker>, i64)> = Vec::new();
+    // Per partition of the batch: tracker, first and last offset.
+    let mut started: Vec<(Arc<PartitionTracker>, i64, i64)> = Vec::new();
+    // Apart from the context, which the quota wait borrows mutably.
+    let txn = ctx.txn.clone();
     while !ctx.shutdown.stopping() {
         if let Some((g, f)) = ctx.inbox.feeds_since(known) {
             (known, feeds) = (g, f);
         }
+        // Exactly-once: from taking records to enqueueing their results,
+        // so a transaction boundary never falls inside a batch.
+        let txn_guard = txn.as_ref().map(|t| t.enter());
+        if txn.as_ref().is_some_and(|t| t.full()) {
+            drop(txn_guard);
+            ctx.inbox.wait(Duration::from_millis(5));
+            continue;
+        }
         take_batch(&ctx, &feeds, start, &mut cache, &mut batch);
         if batch.is_empty() {
+            drop(txn_guard);
             ctx.gate.idle();
             // Woken by a queue turning non-empty or a new assignment; the
             // timeout only bounds how late a stop is seen.
@@ -650,25 +730,48 @@ fn sandbox_lane(mut ctx: LaneContext) {
         if batch.is_empty() {
             continue;
         }
-        if !hold_for_quota(&mut ctx, &mut batch) {
-            break;
-        }
-        if batch.is_empty() {
-            continue;
+        // At-least-once pays for a batch before running it. Exactly-once
+        // pays after, outside the transaction gate: a quota wait inside it
+        // would hold back the commit (and a revoke) for as long as the wait.
+        if txn.is_none() {
+            if !hold_for_quota(&mut ctx, &mut batch) {
+                break;
+            }
+            if batch.is_empty() {
+                continue;
+            }
         }
         // The batch's first offset per partition (a batch spans a few), so
         // a panic can give up the rest: abandoning it abandons the later ones.
         started.clear();
         for m in &batch {
-            if !started.iter().any(|(t, _)| Arc::ptr_eq(t, &m.tracker)) {
-                started.push((m.tracker.clone(), m.offset()));
+            match started
+                .iter_mut()
+                .find(|(t, _, _)| Arc::ptr_eq(t, &m.tracker))
+            {
+                Some(s) => s.2 = s.2.max(m.offset()),
+                None => started.push((m.tracker.clone(), m.offset(), m.offset())),
             }
         }
         let (ran, before) = (batch.len(), lane_stats(&runner));
+        let txn_bytes: u64 = match txn {
+            Some(_) => batch.iter().map(|m| m.size() as u64).sum(),
+            None => 0,
+        };
         let run = AssertUnwindSafe(|| process_batch(&ctx, &mut runner, &mut batch));
-        if let Err(p) = catch_unwind(run) {
+        let result = catch_unwind(run);
+        if let (Some(txn), true) = (&ctx.txn, result.is_ok()) {
+            let spans: Vec<(&str, i32, i64, i64)> = started
+                .iter()
+                .map(|(t, first, last)| (t.topic.as_str(), t.partition, *first, *last))
+                .collect();
+            txn.record_batch(&spans);
+            ctx.txn_epoch.set(txn.epoch());
+        }
+        drop(txn_guard);
+        if let Err(p) = result {
             // Whatever of the batch was not acknowledged is read again.
-            for (t, o) in started.drain(..) {
+            for (t, o, _) in started.drain(..) {
                 t.abandon(o);
             }
             let why = format!(
@@ -694,6 +797,9 @@ fn sandbox_lane(mut ctx: LaneContext) {
         };
         ctx.gate.after_batch(wasm, ran, hits);
         batch.clear();
+        if txn.is_some() && !pay_after(&mut ctx, ran, txn_bytes) {
+            break;
+        }
     }
     // Stopping (or dead): never start another record; what was not taken
     // stays in librdkafka, uncommitted, for the next owner.
@@ -738,6 +844,20 @@ fn hold_for_quota(ctx: &mut LaneContext, batch: &mut Vec<Inbound>) -> bool {
     )
 }
 
+/// Exactly-once: the quota for a batch already run, waited for outside the
+/// transaction gate. Returns false on stop.
+fn pay_after(ctx: &mut LaneContext, records: usize, bytes: u64) -> bool {
+    let LaneContext {
+        gate,
+        consumer,
+        inbox,
+        shutdown,
+        ..
+    } = ctx;
+    gate.owe_input(records, bytes);
+    gate.admit(consumer, inbox, || shutdown.stopping(), || true)
+}
+
 /// How one record of a batch is handled.
 enum Plan {
     /// The next result of the function batch.
@@ -754,9 +874,15 @@ fn process_batch(ctx: &LaneContext, runner: &mut LaneRunner, batch: &mut Vec<Inb
         }
     }
     // The batch boundary: the only place a lane changes function.
+    // Exactly-once: not while the open transaction holds this lane's
+    // records of the old version (see `txn_epoch`).
+    let may_switch = ctx
+        .txn
+        .as_ref()
+        .is_none_or(|t| ctx.txn_epoch.get() != t.epoch());
     if runner
         .as_ref()
-        .is_none_or(|(g, _, _)| *g != ctx.slot.generation())
+        .is_none_or(|(g, _, _)| *g != ctx.slot.generation() && may_switch)
     {
         if let (generation, Some(f)) = ctx.slot.get_with_generation() {
             if let Some((_, old, _)) = &runner {
@@ -889,6 +1015,18 @@ fn tombstone(
 ) {
     match ctx.tombstones {
         TombstoneMode::Pass => {
+            if let Some(why) = refused_before(ctx, &r) {
+                deliver(
+                    ctx,
+                    function,
+                    r,
+                    tracker,
+                    Err(RecordError::ProduceRejected(why)),
+                    None,
+                    stats,
+                );
+                return;
+            }
             // Unchanged and unstamped: no function produced it.
             if let Disposition::Produced(n) =
                 ctx.sink.forward(&ctx.target, function, r, tracker, None)
@@ -929,6 +1067,15 @@ fn dead_letter_poison(
     count_dead_letter(stats, &p.error);
 }
 
+/// Exactly-once: an output of this input was refused in a transaction that
+/// aborted; its replay dead-letters it (`produce-rejected`) instead.
+fn refused_before(ctx: &LaneContext, input: &InputRecord) -> Option<String> {
+    ctx.txn
+        .as_ref()?
+        .faults
+        .take_refused(&input.topic, input.partition, input.offset)
+}
+
 /// The one call into the sink, with the counting of what happened.
 fn deliver(
     ctx: &LaneContext,
@@ -940,6 +1087,14 @@ fn deliver(
     stats: &VersionStats,
 ) -> (Disposition, Option<RecordError>) {
     let offset = input.offset;
+    let result = match (refused_before(ctx, &input), &ctx.txn, result) {
+        (Some(why), _, _) => Err(RecordError::ProduceRejected(why)),
+        (None, Some(txn), Ok(outs)) => txn
+            .check_sizes(&ctx.target.output_topics[0], &outs)
+            .map(|()| outs)
+            .map_err(RecordError::ProduceRejected),
+        (None, _, result) => result,
+    };
     let (disposition, err) =
         ctx.sink
             .deliver(&ctx.target, function, input, tracker, result, traceparent);

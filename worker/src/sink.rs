@@ -137,6 +137,98 @@ pub struct SinkStats {
     pub dead_letter_retries: AtomicU64,
 }
 
+/// Exactly-once: what the produce path tells the pipeline's transaction
+/// coordinator (`crate::txn`). Inside a transaction nothing is dead-lettered
+/// asynchronously: a refusal there puts librdkafka's transaction in an
+/// abortable state, so the coordinator aborts, rewinds, and the replay
+/// dead-letters the refused input synchronously, inside the next transaction.
+pub struct TxnFaults {
+    /// The producer's `transactional.id`, for the fenced error.
+    pub transactional_id: String,
+    /// Why the open transaction must abort (the first reason).
+    failure: Mutex<Option<String>>,
+    /// Inputs whose output was refused in an aborted transaction: their
+    /// replay is dead-lettered `produce-rejected` instead of looping.
+    refused: Mutex<std::collections::HashMap<(String, i32, i64), String>>,
+    /// Lets the per-record check skip the lock while `refused` is empty.
+    any_refused: std::sync::atomic::AtomicBool,
+}
+
+impl TxnFaults {
+    pub fn new(transactional_id: &str) -> Self {
+        Self {
+            transactional_id: transactional_id.to_string(),
+            failure: Mutex::default(),
+            refused: Mutex::default(),
+            any_refused: Default::default(),
+        }
+    }
+
+    /// The open transaction must abort.
+    pub fn fail(&self, why: String) {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(why);
+    }
+
+    pub fn take_failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// An output of input `topic`/`partition`/`offset` was refused.
+    pub fn refuse(&self, topic: &str, partition: i32, offset: i64, why: String) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((topic.to_string(), partition, offset))
+            .or_insert(why);
+        self.any_refused.store(true, Ordering::Release);
+        self.fail(format!(
+            "an output of {topic}/{partition} offset {offset} was refused"
+        ));
+    }
+
+    /// Why this input's output was refused before, once.
+    pub fn take_refused(&self, topic: &str, partition: i32, offset: i64) -> Option<String> {
+        if !self.any_refused.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut m = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let why = m.remove(&(topic.to_string(), partition, offset));
+        if m.is_empty() {
+            self.any_refused.store(false, Ordering::Release);
+        }
+        why
+    }
+
+    /// The one line a fenced producer is reported with.
+    pub fn fenced_message(&self, error: &str) -> String {
+        format!(
+            "fenced: another member owns these partitions (transactional.id {}): {error}",
+            self.transactional_id
+        )
+    }
+}
+
+/// librdkafka names fencing in the fatal error's text (`ProducerFenced`,
+/// `InvalidProducerEpoch`, "fenced by a newer instance").
+pub fn is_fencing(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("fenc") || t.contains("producer_epoch") || t.contains("producerepoch")
+}
+
+/// Records of an aborted transaction are purged with these; nothing settles.
+fn is_purged(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+    )
+}
+
 /// What the sink needs to know about the pipeline it writes for.
 pub struct SinkTarget {
     pub pipeline: String,
@@ -221,6 +313,8 @@ pub struct SinkContext {
     jobs: Sender<Job>,
     outstanding: Arc<AtomicUsize>,
     stats: Arc<SinkStats>,
+    /// Set for an exactly-once pipeline's transactional producer.
+    txn: Option<Arc<TxnFaults>>,
 }
 
 impl SinkContext {
@@ -242,8 +336,13 @@ impl ClientContext for SinkContext {
         // The idempotent producer's fatal error (fenced, out-of-order
         // sequence): every later record could be lost or reordered.
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            self.fatal
-                .set(format!("producer fatal error: {reason} ({error})"));
+            match &self.txn {
+                // A transactional producer's fatal error is its fencing.
+                Some(t) if is_fencing(reason) => self.fatal.set(t.fenced_message(reason)),
+                _ => self
+                    .fatal
+                    .set(format!("producer fatal error: {reason} ({error})")),
+            }
         } else {
             tracing::warn!(target: "librdkafka", error = %error, reason, "producer error");
         }
@@ -254,6 +353,10 @@ impl ProducerContext for SinkContext {
     type DeliveryOpaque = Arc<InFlight>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, inflight: Arc<InFlight>) {
+        if let (Some(txn), Err((e, msg))) = (&self.txn, result) {
+            txn_delivery_failed(txn, &inflight, e, msg);
+            return;
+        }
         match &inflight.carried {
             Carried::Outputs { .. } => match result {
                 Ok(_) => settle_output(&inflight, None, self),
@@ -284,6 +387,45 @@ impl ProducerContext for SinkContext {
     }
 }
 
+/// Inside a transaction a failed delivery aborts it (unless it is the purge
+/// of an abort already under way); a refused output is remembered so that
+/// its input is dead-lettered on replay.
+fn txn_delivery_failed(
+    txn: &TxnFaults,
+    inflight: &InFlight,
+    e: &KafkaError,
+    msg: &rdkafka::message::BorrowedMessage<'_>,
+) {
+    use rdkafka::Message;
+    if is_purged(e) {
+        return;
+    }
+    match &inflight.carried {
+        Carried::Outputs {
+            settle, tracker, ..
+        } => {
+            let offset = settle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+                .as_ref()
+                .map(|i| i.offset);
+            let why = format!("output to topic {}: {e}", msg.topic());
+            match (classify(e), offset) {
+                (Class::Refused, Some(o)) => txn.refuse(&tracker.topic, tracker.partition, o, why),
+                _ => txn.fail(why),
+            }
+        }
+        Carried::DeadLetter(dl) => txn.fail(format!(
+            "dead letter of {}/{} offset {} to {}: {e}",
+            dl.tracker.topic,
+            dl.tracker.partition,
+            dl.offset,
+            msg.topic()
+        )),
+    }
+}
+
 /// One output of an input settled (`refused` = why the producer or broker
 /// would not take it). The last one completes the input or dead-letters it.
 fn settle_output(inflight: &InFlight, refused: Option<String>, ctx: &SinkContext) {
@@ -298,11 +440,14 @@ fn settle_output(inflight: &InFlight, refused: Option<String>, ctx: &SinkContext
         return;
     };
     if let Some(why) = refused {
-        settle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .get_or_insert(why);
+        let mut st = settle.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(txn), Some(input)) = (&ctx.txn, &st.0) {
+            // Refused at enqueue inside a transaction: other outputs of the
+            // input may be in it already, so the whole transaction aborts.
+            txn.refuse(&tracker.topic, tracker.partition, input.offset, why);
+            return;
+        }
+        st.1.get_or_insert(why);
     }
     if inflight.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
         return;
@@ -384,6 +529,7 @@ struct Shared {
     stats: Arc<SinkStats>,
     /// The producer's `message.max.bytes`.
     message_max_bytes: usize,
+    txn: Option<Arc<TxnFaults>>,
 }
 
 pub struct Sink {
@@ -400,6 +546,26 @@ impl Sink {
         fatal: Arc<Fatal>,
         message_max_bytes: usize,
     ) -> Result<Self, KafkaError> {
+        Self::create_inner(config, fatal, message_max_bytes, None)
+    }
+
+    /// An exactly-once pipeline's sink: `config` has its `transactional.id`;
+    /// failures go to `txn` instead of the dead-letter thread.
+    pub fn create_transactional(
+        config: &ClientConfig,
+        fatal: Arc<Fatal>,
+        message_max_bytes: usize,
+        txn: Arc<TxnFaults>,
+    ) -> Result<Self, KafkaError> {
+        Self::create_inner(config, fatal, message_max_bytes, Some(txn))
+    }
+
+    fn create_inner(
+        config: &ClientConfig,
+        fatal: Arc<Fatal>,
+        message_max_bytes: usize,
+        txn: Option<Arc<TxnFaults>>,
+    ) -> Result<Self, KafkaError> {
         let (tx, rx) = channel();
         let outstanding = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(SinkStats::default());
@@ -408,6 +574,7 @@ impl Sink {
             jobs: tx.clone(),
             outstanding: outstanding.clone(),
             stats: stats.clone(),
+            txn: txn.clone(),
         })?;
         let shared = Arc::new(Shared {
             producer,
@@ -416,6 +583,7 @@ impl Sink {
             outstanding,
             stats: stats.clone(),
             message_max_bytes,
+            txn,
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
@@ -582,10 +750,13 @@ impl Sink {
                                     ctx,
                                 );
                             }
-                            Class::Fatal => self
-                                .shared
-                                .fatal
-                                .set(format!("cannot enqueue a record for {topic}: {e}")),
+                            Class::Fatal => {
+                                let why = format!("cannot enqueue a record for {topic}: {e}");
+                                match &self.shared.txn {
+                                    Some(txn) => txn.fail(why),
+                                    None => self.shared.fatal.set(why),
+                                }
+                            }
                         },
                     }
                 }
@@ -706,6 +877,14 @@ fn send_dead_letter(shared: &Shared, mut dl: Box<DeadLetter>) {
             }
             dl = back;
             continue;
+        }
+        if let Some(txn) = &shared.txn {
+            // The replay of the aborted transaction tries it again.
+            txn.fail(format!(
+                "cannot enqueue the dead letter of {}/{} offset {} for {}: {e}",
+                back.tracker.topic, back.tracker.partition, back.offset, back.topic
+            ));
+            return;
         }
         match classify(&e) {
             Class::Refused => hand_off(

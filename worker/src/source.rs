@@ -111,6 +111,15 @@ impl PartitionTracker {
         }
     }
 
+    /// Forgets everything registered and every cap: an aborted transaction
+    /// rewound the partition, so its records are read and registered again.
+    pub fn reset(&self) {
+        let mut s = self.lock();
+        s.pending.clear();
+        s.cap = None;
+        self.drained.notify_all();
+    }
+
     pub fn revoked(&self) -> bool {
         self.revoked.load(Ordering::Acquire)
     }
@@ -410,6 +419,14 @@ impl Lanes {
     }
 }
 
+/// What an exactly-once pipeline does on revoke instead of draining and
+/// committing watermarks: finish its open transaction (commit, or abort when
+/// the assignment was `lost`) before librdkafka releases the partitions.
+/// Implemented by `crate::txn`, which sits above this module.
+pub trait RevokeHook: Send + Sync {
+    fn on_revoke(&self, consumer: &BaseConsumer<SourceContext>, lost: bool);
+}
+
 /// Rebalance handling. On revoke: skip the revoked partitions' records still
 /// queued, wait for those being processed (all partitions against one
 /// deadline), then commit their watermarks synchronously so the next
@@ -427,6 +444,8 @@ pub struct SourceContext {
     /// waits no longer than the stop's one deadline.
     pub shutdown_deadline: Mutex<Option<Instant>>,
     pub lanes: Arc<Lanes>,
+    /// Set for an exactly-once pipeline (see [`RevokeHook`]).
+    pub revoke_hook: OnceLock<Arc<dyn RevokeHook>>,
 }
 
 /// Broker reachability comes from what the client itself reports: a group
@@ -474,6 +493,13 @@ impl ConsumerContext for SourceContext {
                         self.trackers.remove(e.topic(), e.partition())
                     })
                     .collect();
+                if let Some(hook) = self.revoke_hook.get() {
+                    // Lanes are between batches once the hook holds the
+                    // transaction gate; the revoked trackers are marked, so
+                    // no lane starts another record of those partitions.
+                    hook.on_revoke(consumer, lost);
+                    return;
+                }
                 let mut deadline = Instant::now() + self.revoke_timeout;
                 if let Some(stop) = *self
                     .shutdown_deadline

@@ -76,6 +76,9 @@ pub struct PipelineStats {
     /// Time sandbox threads spent held by a quota or backoff, per
     /// [`ThrottleReason`], summed over the pipeline's threads.
     pub throttled_nanos: [AtomicU64; ThrottleReason::ALL.len()],
+    /// Exactly-once pipelines (`crate::txn`): transactions committed and
+    /// aborted, and the time spent committing (send offsets + commit).
+    pub transactions: TransactionStats,
 }
 
 /// Why a sandbox thread waited before a batch (`quota` module).
@@ -120,6 +123,13 @@ impl PipelineStats {
             .map(|r| self.throttled_seconds_by(*r))
             .sum()
     }
+}
+
+#[derive(Default, Debug)]
+pub struct TransactionStats {
+    pub committed: AtomicU64,
+    pub aborted: AtomicU64,
+    pub commit_micros: AtomicU64,
 }
 
 /// What one function version did in one pipeline on this worker.

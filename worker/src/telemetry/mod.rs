@@ -283,6 +283,26 @@ pub fn render(s: &TelemetryState) -> String {
             })
             .collect(),
     );
+    for (name, help, pick) in [
+        (
+            "pipeline_transactions_committed_total",
+            "Exactly-once pipelines: transactions committed.",
+            (|p: &PipelineView| p.stats.transactions.committed.load(Ordering::Relaxed))
+                as fn(&PipelineView) -> u64,
+        ),
+        (
+            "pipeline_transactions_aborted_total",
+            "Exactly-once pipelines: transactions aborted (and their partitions rewound).",
+            |p: &PipelineView| p.stats.transactions.aborted.load(Ordering::Relaxed),
+        ),
+        (
+            "pipeline_transaction_commit_microseconds_total",
+            "Exactly-once pipelines: time spent committing (divide by pipeline_transactions_committed_total for the mean).",
+            |p: &PipelineView| p.stats.transactions.commit_micros.load(Ordering::Relaxed),
+        ),
+    ] {
+        family(name, "counter", help, ps.iter().map(|p| (base(p), pick(p))).collect());
+    }
     let mut lag_rows = Vec::new();
     for p in ps.iter() {
         let lag = p.stats.lag.lock().unwrap_or_else(|e| e.into_inner());
