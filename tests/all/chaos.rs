@@ -140,8 +140,7 @@ struct Verdict {
     misplaced: Vec<String>,
     /// Faults injected before the last id was visible to a reader.
     faults_mid_stream: usize,
-    /// Lines of every worker process (all slots, all restarts) that
-    /// mention fencing.
+    /// Lines of the SIGSTOPped workers' processes that mention fencing.
     fenced_lines: Vec<String>,
     /// Partition assignments with at least one partition, over all
     /// worker processes.
@@ -218,6 +217,8 @@ struct Harness<'a> {
     slots: Vec<Slot>,
     exits: Vec<String>,
     started: Instant,
+    /// Slots that were SIGSTOPped: the zombies.
+    stopped: Vec<usize>,
 }
 
 impl Harness<'_> {
@@ -338,6 +339,7 @@ impl Harness<'_> {
                     .map(|s| assignments(&self.log(s)))
                     .collect();
                 self.signal(slot, "-STOP");
+                self.stopped.push(slot);
                 self.event(&format!("SIGSTOP w{slot}"));
                 let deadline = Instant::now() + Duration::from_millis(SESSION_TIMEOUT_MS * 5);
                 let moved = loop {
@@ -619,6 +621,7 @@ fn run(plan: &Plan<'_>) -> Verdict {
         slots,
         exits: Vec::new(),
         started: Instant::now(),
+        stopped: Vec::new(),
     };
     for s in 0..plan.workers {
         h.spawn(s);
@@ -773,8 +776,12 @@ fn run(plan: &Plan<'_>) -> Verdict {
         duplicated: duplicated.into_iter().take(20).collect(),
         misplaced: misplaced.into_iter().take(20).collect(),
         faults_mid_stream,
-        fenced_lines: all_logs
+        fenced_lines: h
+            .slots
             .iter()
+            .enumerate()
+            .filter(|(s, _)| h.stopped.contains(s))
+            .flat_map(|(_, s)| s.old_logs.iter())
             .flat_map(|l| l.lines())
             .filter(|l| l.to_ascii_lowercase().contains("fenc"))
             .map(|l| l.chars().take(400).collect())
