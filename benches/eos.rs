@@ -24,7 +24,7 @@
 //! BENCH_EOS_RATE (5000), BENCH_EOS_LATENCY_RECORDS (20000),
 //! BENCH_EOS_INTERVALS (50,100,500), KAFKA_BOOTSTRAP (127.0.0.1:9092).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -182,15 +182,18 @@ impl Candidate {
         }
     }
 
-    fn spawn(&self, input: &str, output: &str, dlq: &str, tag: &str, log: &PathBuf) -> Proc {
-        let delivery = match self.interval_ms {
-            None => String::new(),
-            Some(ms) => {
-                format!("delivery = \"exactly-once\"\ntransaction_interval_ms = {ms}\n")
-            }
+    fn spawn(&self, input: &str, output: &str, dlq: &str, tag: &str, log: &Path) -> Proc {
+        // kafka.worker_id names the transactional producer; each run gets
+        // its own so no two candidates fence each other.
+        let (identity, delivery) = match self.interval_ms {
+            None => (String::new(), String::new()),
+            Some(ms) => (
+                format!("worker_id = \"bench-eos-{tag}\"\n"),
+                format!("delivery = \"exactly-once\"\ntransaction_interval_ms = {ms}\n"),
+            ),
         };
         let config = format!(
-            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"bench-eos-{tag}\"\nworker_id = \"bench-eos-{tag}\"\n\n[runtime]\ncache_dir = \"{}\"\n\n[[pipelines]]\nname = \"enrich\"\ninput_topics = [\"{input}\"]\noutput_topics = [\"{output}\"]\ndead_letter_topic = \"{dlq}\"\ncomponent = \"{}\"\n{delivery}",
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"bench-eos-{tag}\"\n{identity}\n[runtime]\ncache_dir = \"{}\"\n\n[[pipelines]]\nname = \"enrich\"\ninput_topics = [\"{input}\"]\noutput_topics = [\"{output}\"]\ndead_letter_topic = \"{dlq}\"\ncomponent = \"{}\"\n{delivery}",
             brokers(),
             root().join(".cache/pipeline-worker-bench").display(),
             root()
@@ -245,13 +248,7 @@ struct Figures {
 
 /// Records/s from the first to the last of `n` outputs visible at a
 /// `read_committed` reader, the worker started on a full `input`.
-fn backlog(
-    cand: Candidate,
-    input: &str,
-    n: usize,
-    tag: &str,
-    dir: &PathBuf,
-) -> Result<f64, String> {
+fn backlog(cand: Candidate, input: &str, n: usize, tag: &str, dir: &Path) -> Result<f64, String> {
     let (output, dlq) = (
         format!("bench-eos-out-{tag}"),
         format!("bench-eos-dlq-{tag}"),
@@ -288,7 +285,7 @@ fn latency(
     n: usize,
     rate: u64,
     tag: &str,
-    dir: &PathBuf,
+    dir: &Path,
 ) -> Result<(f64, f64), String> {
     let (input, output, dlq) = (
         format!("bench-eos-lat-in-{tag}"),
@@ -368,6 +365,7 @@ fn main() {
     let intervals: Vec<u64> = std::env::var("BENCH_EOS_INTERVALS")
         .unwrap_or_else(|_| "50,100,500".into())
         .split(',')
+        .filter(|s| !s.trim().is_empty())
         .map(|s| {
             s.trim()
                 .parse()

@@ -500,6 +500,9 @@ fn live_tally(
     })
 }
 
+/// A record's id (None: not one of ours) and its `pw.error.kind`.
+type Seen = (Option<u64>, Option<String>);
+
 /// Every record of `topic` up to the end of each partition (for
 /// `read_committed`, the last stable offset), or a note on what was not
 /// reached within `timeout`.
@@ -508,7 +511,7 @@ fn read_to_end(
     topic: &str,
     partitions: i32,
     timeout: Duration,
-) -> (Vec<(Option<u64>, Option<String>)>, Option<String>) {
+) -> (Vec<Seen>, Option<String>) {
     let c = consumer(bootstrap, true);
     assign_all(&c, topic, partitions);
     let mut at_end = vec![false; partitions as usize];
