@@ -65,3 +65,26 @@ fuzz:
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
 	  LDFLAGS=-fsanitize=address $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
+
+# The chaos harness (tests/all/chaos.rs) at full size: kill -9 at random
+# moments in both delivery modes, a SIGSTOPped zombie, two workers moving
+# partitions, a private broker restarted mid-stream. `make test` runs the
+# same tests with their bounded defaults; CHAOS_SEED=<printed seed> replays a
+# run's fault schedule.
+CHAOS_RECORDS ?= 200000
+CHAOS_KILLS ?= 100
+CHAOS_ALO_RECORDS ?= 50000
+CHAOS_ALO_KILLS ?= 20
+CHAOS_GROUP_RECORDS ?= 100000
+CHAOS_GROUP_FAULTS ?= 30
+CHAOS_BROKER_RECORDS ?= 100000
+CHAOS_BROKER_RESTARTS ?= 3
+CHAOS_MAX_DELAY_MS ?= 1500
+.PHONY: chaos
+chaos: guests kafka-start
+	CHAOS_RECORDS=$(CHAOS_RECORDS) CHAOS_KILLS=$(CHAOS_KILLS) \
+	CHAOS_ALO_RECORDS=$(CHAOS_ALO_RECORDS) CHAOS_ALO_KILLS=$(CHAOS_ALO_KILLS) \
+	CHAOS_GROUP_RECORDS=$(CHAOS_GROUP_RECORDS) CHAOS_GROUP_FAULTS=$(CHAOS_GROUP_FAULTS) \
+	CHAOS_BROKER_RECORDS=$(CHAOS_BROKER_RECORDS) CHAOS_BROKER_RESTARTS=$(CHAOS_BROKER_RESTARTS) \
+	CHAOS_MAX_DELAY_MS=$(CHAOS_MAX_DELAY_MS) \
+	$(CARGO) test --release -p pipeline-worker --test all -- chaos:: --test-threads=1 --nocapture

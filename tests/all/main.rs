@@ -6,6 +6,7 @@
 mod support;
 
 mod cache;
+mod chaos;
 mod config_errors;
 mod crash;
 mod dead_letter;
