@@ -7,6 +7,7 @@ mod support;
 
 mod cache;
 mod config_errors;
+mod control_limits;
 mod crash;
 mod dead_letter;
 mod dev_mode;
