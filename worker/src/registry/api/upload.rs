@@ -449,9 +449,8 @@ async fn compile_and_store(
     };
     drop(progress);
     api.metrics.compiled(started.elapsed());
-    let (functions, _same_bytes) = match loaded.map_err(internal)? {
-        (r, guard) => (r.map_err(load_error)?, guard),
-    };
+    let (r, _same_bytes) = loaded.map_err(internal)?;
+    let functions = r.map_err(load_error)?;
     let compile_ms = started.elapsed().as_millis() as u64;
     let first = &functions[0];
     let digest = first.digest.clone();
