@@ -8,6 +8,7 @@ mod support;
 mod cache;
 mod chaos;
 mod config_errors;
+mod control_limits;
 mod crash;
 mod dead_letter;
 mod dev_mode;

@@ -95,6 +95,37 @@ pub struct ControlConfig {
     /// Largest component accepted by an upload.
     #[serde(default = "default_max_component_bytes")]
     pub max_component_bytes: usize,
+    /// Uploads in progress at once (receiving, waiting to compile or
+    /// compiling), over all tenants; past it: 429.
+    #[serde(default = "default_max_concurrent_uploads")]
+    pub max_concurrent_uploads: usize,
+    /// The same, per tenant.
+    #[serde(default = "default_max_concurrent_uploads_per_tenant")]
+    pub max_concurrent_uploads_per_tenant: usize,
+    /// Upload rate per tenant (GCRA): `upload_burst` at once, then this many
+    /// per minute. Each tenant may override both.
+    #[serde(default = "default_uploads_per_minute")]
+    pub uploads_per_minute: u32,
+    #[serde(default = "default_upload_burst")]
+    pub upload_burst: u32,
+    /// Validation and precompilation of one upload; past it: 422
+    /// `compile-timeout`, nothing stored.
+    #[serde(default = "default_compile_timeout_ms")]
+    pub compile_timeout_ms: u64,
+    /// Compiles running at once, over all tenants.
+    #[serde(default = "default_compile_concurrency")]
+    pub compile_concurrency: usize,
+    /// Compiles one tenant may run at once; the rest of its uploads queue
+    /// behind its own.
+    #[serde(default = "default_compile_concurrency_per_tenant")]
+    pub compile_concurrency_per_tenant: usize,
+    /// From a connection's first byte of a request to the end of its headers.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// From the end of the headers to the last byte of the body (a total,
+    /// so a body trickled a byte at a time is cut too).
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -127,6 +158,33 @@ pub struct TenantQuota {
 fn default_max_component_bytes() -> usize {
     64 << 20
 }
+fn default_max_concurrent_uploads() -> usize {
+    8
+}
+fn default_max_concurrent_uploads_per_tenant() -> usize {
+    2
+}
+fn default_uploads_per_minute() -> u32 {
+    60
+}
+fn default_upload_burst() -> u32 {
+    20
+}
+fn default_compile_timeout_ms() -> u64 {
+    120_000
+}
+fn default_compile_concurrency() -> usize {
+    2
+}
+fn default_compile_concurrency_per_tenant() -> usize {
+    1
+}
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_body_read_timeout_ms() -> u64 {
+    120_000
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,6 +196,12 @@ pub struct TenantConfig {
     /// Or: the environment variable holding the token (a Kubernetes Secret).
     #[serde(default)]
     pub token_env: Option<String>,
+    /// This tenant's upload rate, instead of `control.uploads_per_minute`.
+    #[serde(default)]
+    pub uploads_per_minute: Option<u32>,
+    /// This tenant's burst, instead of `control.upload_burst`.
+    #[serde(default)]
+    pub upload_burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -953,6 +1017,7 @@ impl Config {
             if c.tenants.is_empty() {
                 return Err(invalid("control.tenants", "declare at least one tenant"));
             }
+            self.validate_control_limits(c)?;
             let mut seen = std::collections::HashSet::new();
             for (i, t) in c.tenants.iter().enumerate() {
                 let k = |f: &str| format!("control.tenants[{i}].{f}");
@@ -979,6 +1044,78 @@ impl Config {
                         ))
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_control_limits(&self, c: &ControlConfig) -> Result<(), ConfigError> {
+        let positive = [
+            ("max_component_bytes", c.max_component_bytes as u64),
+            ("max_concurrent_uploads", c.max_concurrent_uploads as u64),
+            (
+                "max_concurrent_uploads_per_tenant",
+                c.max_concurrent_uploads_per_tenant as u64,
+            ),
+            ("uploads_per_minute", c.uploads_per_minute.into()),
+            ("upload_burst", c.upload_burst.into()),
+            ("compile_timeout_ms", c.compile_timeout_ms),
+            ("compile_concurrency", c.compile_concurrency as u64),
+            (
+                "compile_concurrency_per_tenant",
+                c.compile_concurrency_per_tenant as u64,
+            ),
+            ("header_read_timeout_ms", c.header_read_timeout_ms),
+            ("body_read_timeout_ms", c.body_read_timeout_ms),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(invalid(format!("control.{key}"), "must be positive"));
+            }
+        }
+        if c.max_concurrent_uploads_per_tenant > c.max_concurrent_uploads {
+            return Err(invalid(
+                "control.max_concurrent_uploads_per_tenant",
+                format!(
+                    "{} exceeds control.max_concurrent_uploads ({})",
+                    c.max_concurrent_uploads_per_tenant, c.max_concurrent_uploads
+                ),
+            ));
+        }
+        // With one tenant taking every compile worker, another tenant's
+        // upload would wait behind its compiles.
+        if c.tenants.len() > 1 && c.compile_concurrency_per_tenant >= c.compile_concurrency {
+            return Err(invalid(
+                "control.compile_concurrency_per_tenant",
+                format!(
+                    "must be below control.compile_concurrency ({}) so that one tenant cannot take every compile worker",
+                    c.compile_concurrency
+                ),
+            ));
+        }
+        if c.compile_concurrency_per_tenant > c.compile_concurrency {
+            return Err(invalid(
+                "control.compile_concurrency_per_tenant",
+                format!(
+                    "exceeds control.compile_concurrency ({})",
+                    c.compile_concurrency
+                ),
+            ));
+        }
+        for (i, t) in c.tenants.iter().enumerate() {
+            if t.uploads_per_minute == Some(0) {
+                return Err(invalid(
+                    format!("control.tenants[{i}].uploads_per_minute"),
+                    "must be positive",
+                ));
+            }
+            if t.upload_burst == Some(0) {
+                return Err(invalid(
+                    format!("control.tenants[{i}].upload_burst"),
+                    "must be positive",
+                ));
             }
         }
         Ok(())
@@ -1310,5 +1447,51 @@ component = "q.wasm"
             &[]
         )
         .is_ok());
+    }
+
+    #[test]
+    fn control_limits_are_checked_with_their_keys() {
+        let control = |extra: &str, tenant_extra: &str| {
+            format!(
+                "[registry]\nstore = \"s\"\n[control]\nlisten = \"127.0.0.1:0\"\n{extra}\n\
+                 [[control.tenants]]\nname = \"a\"\ntoken_env = \"A\"\n{tenant_extra}\n\
+                 [[control.tenants]]\nname = \"b\"\ntoken_env = \"B\"\n{BASE}"
+            )
+        };
+        let c = load(&control("", ""), &[]).unwrap().control.unwrap();
+        assert_eq!((c.max_concurrent_uploads, c.compile_concurrency), (8, 2));
+        let t = load(&control("", "upload_burst = 3"), &[]).unwrap();
+        assert_eq!(t.control.unwrap().tenants[0].upload_burst, Some(3));
+        for (extra, tenant_extra, key) in [
+            ("compile_timeout_ms = 0", "", "control.compile_timeout_ms"),
+            (
+                "body_read_timeout_ms = 0",
+                "",
+                "control.body_read_timeout_ms",
+            ),
+            (
+                "max_concurrent_uploads = 1",
+                "",
+                "control.max_concurrent_uploads_per_tenant",
+            ),
+            (
+                "compile_concurrency = 1",
+                "",
+                "control.compile_concurrency_per_tenant",
+            ),
+            (
+                "",
+                "uploads_per_minute = 0",
+                "control.tenants[0].uploads_per_minute",
+            ),
+        ] {
+            let e = load(&control(extra, tenant_extra), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("`{key}`")),
+                "{extra}{tenant_extra}: {e}"
+            );
+        }
     }
 }

@@ -24,6 +24,10 @@ pub struct ControlMetrics {
     activations: Mutex<BTreeMap<&'static str, u64>>,
     compile_buckets: [AtomicU64; COMPILE_BUCKETS.len() + 1],
     compile_sum_nanos: AtomicU64,
+    header_timeouts: AtomicU64,
+    body_timeouts: AtomicU64,
+    /// Upload body bytes the server read (after the token was accepted).
+    body_bytes: AtomicU64,
 }
 
 impl ControlMetrics {
@@ -51,6 +55,20 @@ impl ControlMetrics {
         self.compile_buckets[i].fetch_add(1, Ordering::Relaxed);
         self.compile_sum_nanos
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// `phase`: "headers" (hyper cut the connection) or "body".
+    pub fn http_timeout(&self, phase: &str) {
+        let c = if phase == "headers" {
+            &self.header_timeouts
+        } else {
+            &self.body_timeouts
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn body_bytes(&self, n: usize) {
+        self.body_bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub fn activation(&self, action: &str) {
@@ -115,6 +133,27 @@ impl ControlMetrics {
         {
             let _ = writeln!(out, "{name}{{action=\"{action}\"}} {n}");
         }
+        let name = "pipeline_control_http_timeouts_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests cut off by control.header_read_timeout_ms (phase=headers) or control.body_read_timeout_ms (phase=body).\n# TYPE {name} counter"
+        );
+        for (phase, c) in [
+            ("headers", &self.header_timeouts),
+            ("body", &self.body_timeouts),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{phase=\"{phase}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let name = "pipeline_control_upload_body_bytes_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Upload body bytes read, all after the token was accepted.\n# TYPE {name} counter\n{name} {}",
+            self.body_bytes.load(Ordering::Relaxed)
+        );
         crate::telemetry::render_artifact_cache(&mut out, cache);
         out
     }
@@ -145,6 +184,12 @@ mod tests {
         m.compiled(Duration::from_secs(15));
         m.activation("activate");
         m.activation("rollback");
+        m.upload(429, "too-many-uploads");
+        m.http_timeout("headers");
+        m.http_timeout("body");
+        m.http_timeout("body");
+        m.body_bytes(10);
+        m.body_bytes(5);
         let text = m.render(&CacheStats {
             size_bytes: 7,
             limit_bytes: 10,
@@ -165,6 +210,10 @@ mod tests {
             "pipeline_control_compile_duration_seconds_count 2",
             "pipeline_control_activations_total{action=\"activate\"} 1",
             "pipeline_control_activations_total{action=\"rollback\"} 1",
+            "pipeline_control_uploads_total{result=\"rejected\",reason=\"too-many-uploads\"} 1",
+            "pipeline_control_http_timeouts_total{phase=\"headers\"} 1",
+            "pipeline_control_http_timeouts_total{phase=\"body\"} 2",
+            "pipeline_control_upload_body_bytes_total 15",
             "pipeline_artifact_cache_size_bytes 7",
             "pipeline_artifact_cache_evictions_total 2",
             "pipeline_artifact_cache_rejected_total{reason=\"hash-mismatch\"} 1",

@@ -16,8 +16,8 @@
 //! first [`text::GUEST_TEXT_HEAD`] bytes and the last ones (see
 //! [`GuestOutput`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use bytes::Bytes;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -35,9 +35,9 @@ use crate::config::Limits;
 const MAX_LINE: usize = 1024;
 /// Guest output buffered per instance before a newline; longer runs are cut.
 const MAX_PENDING: usize = 8 * 1024;
-/// Token bucket per function: burst and lines per second.
-const LOG_BURST: f64 = 100.0;
-const LOG_PER_SEC: f64 = 50.0;
+/// Rate limit per function: burst and lines per second.
+const LOG_BURST: u32 = 100;
+const LOG_PER_SEC: u32 = 50;
 /// Lines of one call held until it ends; more are counted, not logged (the
 /// rate limit would drop them anyway).
 pub const MAX_HELD_LINES: usize = LOG_BURST as usize;
@@ -428,37 +428,48 @@ impl ResourceLimiter for Limiter {
 /// limited on its own so that neither crowds out the other.
 pub struct GuestLog {
     function: String,
-    bucket: Mutex<Bucket>,
-    failures: Mutex<Bucket>,
+    lines: LineLimit,
+    failures: LineLimit,
 }
 
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-    dropped: u64,
+/// GCRA (governor): `LOG_BURST` lines at once, then `LOG_PER_SEC`, and a
+/// count of what it dropped for the next line admitted to report.
+struct LineLimit<C: governor::clock::Clock = governor::clock::DefaultClock> {
+    limiter: governor::RateLimiter<
+        governor::state::NotKeyed,
+        governor::state::InMemoryState,
+        C,
+        governor::middleware::NoOpMiddleware<C::Instant>,
+    >,
+    dropped: AtomicU64,
 }
 
-impl Bucket {
+fn log_quota() -> governor::Quota {
+    const PER_SEC: std::num::NonZeroU32 = std::num::NonZeroU32::new(LOG_PER_SEC).unwrap();
+    const BURST: std::num::NonZeroU32 = std::num::NonZeroU32::new(LOG_BURST).unwrap();
+    governor::Quota::per_second(PER_SEC).allow_burst(BURST)
+}
+
+impl LineLimit {
     fn new() -> Self {
-        Bucket {
-            tokens: LOG_BURST,
-            last: Instant::now(),
-            dropped: 0,
+        Self::with_clock(governor::clock::DefaultClock::default())
+    }
+}
+
+impl<C: governor::clock::Clock> LineLimit<C> {
+    fn with_clock(clock: C) -> Self {
+        Self {
+            limiter: governor::RateLimiter::direct_with_clock(log_quota(), clock),
+            dropped: AtomicU64::new(0),
         }
     }
 
     /// `Some(lines dropped since the last admitted one)`, or `None` to drop.
-    fn admit(m: &Mutex<Bucket>) -> Option<u64> {
-        let mut b = m.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        b.tokens =
-            (b.tokens + now.duration_since(b.last).as_secs_f64() * LOG_PER_SEC).min(LOG_BURST);
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Some(std::mem::take(&mut b.dropped))
+    fn admit(&self) -> Option<u64> {
+        if self.limiter.check().is_ok() {
+            Some(self.dropped.swap(0, Ordering::Relaxed))
         } else {
-            b.dropped += 1;
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             None
         }
     }
@@ -468,18 +479,18 @@ impl GuestLog {
     pub fn new(function: &str) -> Self {
         Self {
             function: function.to_string(),
-            bucket: Mutex::new(Bucket::new()),
-            failures: Mutex::new(Bucket::new()),
+            lines: LineLimit::new(),
+            failures: LineLimit::new(),
         }
     }
 
     fn admit(&self) -> Option<u64> {
-        Bucket::admit(&self.bucket)
+        self.lines.admit()
     }
 
     /// The failed-record line's rate limit: `Some(suppressed before it)`.
     pub(super) fn admit_failure(&self) -> Option<u64> {
-        Bucket::admit(&self.failures)
+        self.failures.admit()
     }
 
     pub fn emit(&self, level: Level, stream: &str, message: &str) {
@@ -625,6 +636,7 @@ impl tokio::io::AsyncWrite for GuestPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn limiter(memory_bytes: u64) -> Limiter {
         Limiter::new(&Limits {
@@ -660,6 +672,32 @@ mod tests {
         let room = (100 << 20) - l.used_bytes();
         assert!(l.memory_growing(40 << 20, (40 << 20) + room, None).unwrap());
         refused(l.memory_growing(0, 1, None));
+    }
+
+    #[test]
+    fn guest_lines_burst_then_rate_and_count_what_was_dropped() {
+        let clock = governor::clock::FakeRelativeClock::default();
+        let l = LineLimit::with_clock(clock.clone());
+        for i in 0..LOG_BURST {
+            assert_eq!(l.admit(), Some(0), "line {i} of the burst");
+        }
+        assert_eq!(l.admit(), None);
+        assert_eq!(l.admit(), None);
+        // One line's worth of time (1/50 s) admits exactly one more, which
+        // reports the two dropped before it.
+        clock.advance(Duration::from_millis(1000 / LOG_PER_SEC as u64));
+        assert_eq!(l.admit(), Some(2));
+        assert_eq!(l.admit(), None);
+        // A long quiet spell refills the burst, no more.
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(l.admit(), Some(1), "the line dropped before the spell");
+        for _ in 1..LOG_BURST {
+            assert_eq!(l.admit(), Some(0));
+        }
+        assert_eq!(l.admit(), None);
+        assert_eq!(l.admit(), None);
+        clock.advance(Duration::from_millis(1000 / LOG_PER_SEC as u64));
+        assert_eq!(l.admit(), Some(2));
     }
 
     #[test]
