@@ -275,6 +275,7 @@ impl Inbound {
 /// `exactly_once`: the pipeline gets its own transactional producer
 /// (initialised here, so a broker that cannot do transactions fails start-up)
 /// and `sink` is not used for it.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     pipeline: &PipelineConfig,
     kafka: &KafkaConfig,
