@@ -141,13 +141,14 @@ fn rebalance_under_saturation_keeps_the_assignment() {
 }
 
 /// Partitions are spread over the sandbox threads (one each here), and a
-/// thread stuck on slow records does not hold up the other: partition 0's 40
-/// records each run to their 200 ms deadline (8 s in all) while partition 1's
-/// 200 quick ones all come out, long before partition 0 is done. Then every
-/// record of both is handled, and the process stops cleanly.
+/// thread stuck on slow records does not hold up the other: partition 0's 16
+/// records each run to their 200 ms deadline, and its thread backs off
+/// between them (up to 2 s: about 28 s in all), while partition 1's 200 quick
+/// ones all come out, long before partition 0 is done. Then every record of
+/// both is handled, and the process stops cleanly.
 #[test]
 fn a_slow_partition_does_not_hold_up_the_others() {
-    const SLOW: usize = 40;
+    const SLOW: usize = 16;
     const FAST: usize = 200;
     let topics = TestTopics::create("lanes", 2);
     let config = topics.config(
@@ -178,6 +179,11 @@ fn a_slow_partition_does_not_hold_up_the_others() {
     let slow = read_until(&[&topics.dlq], SLOW, Duration::from_secs(60));
     assert_eq!(slow.len(), SLOW, "log:\n{}", w.log_text());
     assert!(slow.iter().all(|d| d.header("pw.error.kind") == "deadline"));
+    assert!(
+        w.log_text().contains("pipeline backing off"),
+        "the thread stuck on deadlines never backed off:\n{}",
+        w.log_text()
+    );
     assert_eq!(w.terminate(Duration::from_secs(30)), Some(0));
 }
 

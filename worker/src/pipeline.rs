@@ -585,6 +585,15 @@ fn consume_loop(
         }
         match consumer.poll(poll) {
             None => {}
+            // A fatal consumer error (e.g. a static member fenced by a
+            // newer one with its `group.instance.id`) ends the consumer: it
+            // would sit there looking alive and fetch nothing. Stop, commit
+            // nothing more, and let the next start rejoin.
+            Some(Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_))) => {
+                shutdown
+                    .fatal
+                    .set(format!("pipeline {name}: fatal consumer error: {e}"));
+            }
             Some(Err(e)) => tracing::warn!(pipeline = name, error = %e, "consumer error"),
             Some(Ok(msg)) => {
                 // Only if a partition was assigned without its queue split

@@ -355,7 +355,10 @@ impl Transactions {
                     return false;
                 }
                 let why = late.map_or_else(
-                    || format!("commit failed: {e}"),
+                    || match fenced_by_group(&e) {
+                        true => format!("fenced by the group generation (KIP-447): another member owns these partitions now; nothing committed: {e}"),
+                        false => format!("commit failed: {e}"),
+                    },
                     |l| format!("{l} (commit: {e})"),
                 );
                 self.restore(open);
@@ -509,6 +512,16 @@ fn topic_limits(
     out
 }
 
+/// The offsets commit was refused because this member's generation is over:
+/// it was a zombie, and its transaction must not count.
+fn fenced_by_group(e: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::IllegalGeneration | C::UnknownMemberId | C::FencedInstanceId)
+    )
+}
+
 fn is_fatal(e: &KafkaError) -> bool {
     match e {
         KafkaError::Transaction(t) => t.is_fatal(),
@@ -521,7 +534,12 @@ impl RevokeHook for Transactions {
         if lost {
             // The partitions are someone else's already: committing their
             // offsets would be refused; nothing of this transaction counts.
-            self.abort(consumer, "assignment lost");
+            // A zombie's way back: its session ended while it was away.
+            tracing::warn!(pipeline = %self.pipeline, transactional_id = %self.transactional_id, "assignment lost: fenced, the group gave these partitions to another member; committing nothing and rejoining");
+            self.abort(
+                consumer,
+                "assignment lost: fenced, the group gave these partitions to another member",
+            );
         } else if self.commit(consumer, "revoke") {
             tracing::info!(pipeline = %self.pipeline, "committed the open transaction before releasing revoked partitions");
         }

@@ -313,9 +313,10 @@ async fn precheck(
 
 /// The body if it fits in `control.max_component_bytes`, else how much was
 /// seen; the whole body within `control.body_read_timeout_ms`. A declared
-/// length over the limit is refused before reading. An oversized body is
-/// otherwise read on (not kept) up to twice the limit, so that the client
-/// receives the 413 rather than a reset connection.
+/// length over twice the limit is refused before reading (the client may
+/// then see a reset). An oversized body is otherwise read on (not kept) up to
+/// twice the limit, so that the client receives the 413 rather than a reset
+/// connection: the tenant is authenticated by then.
 async fn read_limited(
     api: &Api,
     body: Body,
@@ -323,7 +324,7 @@ async fn read_limited(
 ) -> ApiResult<Result<Bytes, usize>> {
     use futures::StreamExt;
     let max = api.max_bytes;
-    if let Some(n) = declared.filter(|n| *n > max) {
+    if let Some(n) = declared.filter(|n| *n > max.saturating_mul(2)) {
         return Ok(Err(n));
     }
     let deadline = tokio::time::Instant::now() + api.body_timeout;
