@@ -710,55 +710,34 @@ fn read_dead_letters(
     consumer
         .assign(&assignment)
         .map_err(kafka_err("assigning"))?;
-    let mut progress = Instant::now();
-    let mut last_error: Option<KafkaError> = None;
-    while !pending.is_empty() {
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Ok(m)) => {
-                progress = Instant::now();
-                let Some(&end) = pending.get(&m.partition()) else {
-                    continue;
-                };
-                if m.offset() + 1 >= end {
-                    pending.remove(&m.partition());
-                }
-                if m.offset() >= end {
-                    continue;
-                }
-                summary.read += 1;
-                let dl = DeadLetter::from_message(&m);
-                drop(m);
-                if r.filters.matches(&dl) {
-                    summary.selected += 1;
-                    each(dl)?;
-                }
+    let read = crate::kafka::read_to_ends(
+        &consumer,
+        pending,
+        Duration::from_millis(200),
+        sel.timeout,
+        |m| -> Result<(), DlqError> {
+            summary.read += 1;
+            let dl = DeadLetter::from_message(&m);
+            drop(m);
+            if r.filters.matches(&dl) {
+                summary.selected += 1;
+                each(dl)?;
             }
-            // At the partition's current end, which is at or past the end
-            // captured at start (the last offsets can be transaction markers,
-            // never delivered).
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                progress = Instant::now();
-                pending.remove(&p);
-            }
-            // librdkafka retries transport errors itself; one that persists
-            // ends the read at --timeout, reported then.
-            Some(Err(e)) => last_error = Some(e),
-        }
-        if !pending.is_empty() && progress.elapsed() > sel.timeout {
-            return Err(DlqError::Stalled {
-                topic: topic.into(),
-                timeout: sel.timeout,
-                pending: pending
-                    .keys()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                last_error: last_error
-                    .map(|e| format!("; last error: {e}"))
-                    .unwrap_or_default(),
-            });
-        }
+            Ok(())
+        },
+    )?;
+    if let Err(s) = read {
+        return Err(DlqError::Stalled {
+            topic: topic.into(),
+            timeout: sel.timeout,
+            pending: s
+                .pending
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            last_error: s.last_error_suffix(),
+        });
     }
     Ok(summary)
 }

@@ -127,3 +127,73 @@ pub fn transactional_producer_config(kafka: &KafkaConfig, transactional_id: &str
     c.set("transactional.id", transactional_id);
     c
 }
+
+/// A bounded read ended without reaching the end of these partitions.
+#[derive(Debug)]
+pub struct Stalled {
+    /// The partitions still short of their end.
+    pub pending: Vec<i32>,
+    /// The last error librdkafka reported meanwhile, if any.
+    pub last_error: Option<rdkafka::error::KafkaError>,
+}
+
+impl Stalled {
+    /// `"; last error: …"`, or empty.
+    pub fn last_error_suffix(&self) -> String {
+        self.last_error
+            .as_ref()
+            .map(|e| format!("; last error: {e}"))
+            .unwrap_or_default()
+    }
+}
+
+/// Reads assigned partitions up to the end offset (exclusive) given for each
+/// in `pending`, handing every record before its end to `each`. Ends when
+/// every partition is read (a partition EOF also ends one: its last offsets
+/// can be transaction markers or aborted records, never delivered), or with
+/// [`Stalled`] after `timeout` without progress. Shared by `dlq` and `test`
+/// replays, which read what was there at start and stop.
+pub fn read_to_ends<C: rdkafka::consumer::ConsumerContext, E>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    mut pending: std::collections::BTreeMap<i32, i64>,
+    poll: std::time::Duration,
+    timeout: std::time::Duration,
+    mut each: impl FnMut(rdkafka::message::BorrowedMessage<'_>) -> Result<(), E>,
+) -> Result<Result<(), Stalled>, E> {
+    use rdkafka::error::KafkaError;
+    use rdkafka::message::Message as _;
+    let mut progress = std::time::Instant::now();
+    let mut last_error: Option<KafkaError> = None;
+    while !pending.is_empty() {
+        match consumer.poll(poll) {
+            None => {}
+            Some(Ok(m)) => {
+                progress = std::time::Instant::now();
+                let Some(&end) = pending.get(&m.partition()) else {
+                    continue;
+                };
+                if m.offset() + 1 >= end {
+                    pending.remove(&m.partition());
+                }
+                if m.offset() >= end {
+                    continue;
+                }
+                each(m)?;
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                progress = std::time::Instant::now();
+                pending.remove(&p);
+            }
+            // librdkafka retries transport errors itself; one that persists
+            // ends the read at the timeout, reported then.
+            Some(Err(e)) => last_error = Some(e),
+        }
+        if !pending.is_empty() && progress.elapsed() > timeout {
+            return Ok(Err(Stalled {
+                pending: pending.into_keys().collect(),
+                last_error,
+            }));
+        }
+    }
+    Ok(Ok(()))
+}

@@ -8,7 +8,7 @@
 //! written to.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -379,52 +379,32 @@ fn read_topic(
     consumer
         .assign(&assignment)
         .map_err(kafka_err("assigning"))?;
-    let mut progress = Instant::now();
-    let mut last_error: Option<KafkaError> = None;
-    while !pending.is_empty() {
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(m)) => {
-                use rdkafka::message::Message as _;
-                progress = Instant::now();
-                let Some(&end) = pending.get(&m.partition()) else {
-                    continue;
-                };
-                if m.offset() + 1 >= end {
-                    pending.remove(&m.partition());
-                }
-                if m.offset() >= end {
-                    continue;
-                }
-                let input = match crate::record::from_message(&m) {
-                    Ok(r) => (origin_label(&r), Ok(r)),
-                    Err(poison) => (origin_label(&poison.lossy), Err(poison.error)),
-                };
-                per.entry(m.partition()).or_default().push(input);
-            }
-            // At the partition's current end (the last offsets can be
-            // transaction markers or aborted records, never delivered).
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                progress = Instant::now();
-                pending.remove(&p);
-            }
-            // librdkafka retries transport errors itself; one that persists
-            // ends the read at --timeout, reported then.
-            Some(Err(e)) => last_error = Some(e),
-        }
-        if !pending.is_empty() && progress.elapsed() > timeout {
-            return Err(ReplayError::Stalled {
-                timeout,
-                pending: pending
-                    .keys()
-                    .map(|p| format!("{topic}/{p}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                last_error: last_error
-                    .map(|e| format!("; last error: {e}"))
-                    .unwrap_or_default(),
-            });
-        }
+    let read = crate::kafka::read_to_ends(
+        consumer,
+        pending,
+        Duration::from_millis(100),
+        timeout,
+        |m| -> Result<(), std::convert::Infallible> {
+            use rdkafka::message::Message as _;
+            let input = match crate::record::from_message(&m) {
+                Ok(r) => (origin_label(&r), Ok(r)),
+                Err(poison) => (origin_label(&poison.lossy), Err(poison.error)),
+            };
+            per.entry(m.partition()).or_default().push(input);
+            Ok(())
+        },
+    );
+    if let Ok(Err(s)) = read {
+        return Err(ReplayError::Stalled {
+            timeout,
+            pending: s
+                .pending
+                .iter()
+                .map(|p| format!("{topic}/{p}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            last_error: s.last_error_suffix(),
+        });
     }
     consumer.unassign().map_err(kafka_err("unassigning"))?;
     Ok(per.into_values().flatten().collect())
