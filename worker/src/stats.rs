@@ -34,10 +34,10 @@ impl Histogram {
     }
 
     /// Per-bucket counts (not cumulative, the overflow bucket last) and
-    /// the sum in seconds, as the telemetry module exports them. Read
-    /// bucket by bucket without a lock: a scrape racing an observation may
-    /// see it in the buckets and not yet in the sum, never the reverse of a
-    /// count going down.
+    /// the sum in seconds, as the telemetry module exports them. Each
+    /// atomic is read once, without a lock: a scrape racing an observation
+    /// may see it in its bucket before the sum has it, or the other way
+    /// round; the next scrape sees both, and no count ever goes down.
     pub fn snapshot(&self) -> (Vec<u64>, f64) {
         let buckets = self
             .buckets

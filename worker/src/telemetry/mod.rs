@@ -4,9 +4,16 @@
 //! OpenTelemetry messaging semantic conventions where one exists
 //! (`messaging.client.consumed.messages` → `messaging_client_consumed_messages_total`).
 //! Off unless `[telemetry] http_listen` is set: nothing on the hot path
-//! depends on it, the counters are plain relaxed atomics either way. Every
-//! metric is declared once in [`metrics`], which says why prometheus-client
-//! writes `/metrics` and how the OTLP export comes from the same declarations.
+//! depends on it, the counters are plain relaxed atomics either way.
+//!
+//! Metrics exposition (issue 10, point 5): every metric is declared once in
+//! [`metrics`] (names, help, unit, labels, reader); prometheus-client writes
+//! `/metrics` from a snapshot of those declarations and `otel` builds the
+//! OTLP export from the same snapshot. Not the OpenTelemetry SDK with
+//! opentelemetry-prometheus: that exporter is discontinued (protobuf
+//! advisory), renames series, and the SDK takes no pre-aggregated histogram,
+//! which would have put a lock per record on the hot path. Details in
+//! [`metrics`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
