@@ -26,7 +26,7 @@
 # NetworkPolicies and their ports; the PDB's unhealthyPodEvictionPolicy; the
 # control plane's memory from control.maxComponentBytes; KEDA sasl/tls and the
 # TriggerAuthentication's refs; the PrometheusRule against the README's metrics
-# table and worker/src/telemetry/mod.rs; the registry and the control plane: control
+# table and worker/src/telemetry/metrics.rs; the registry and the control plane: control
 # Deployment + Service only when enabled, its selector apart from the workers',
 # S3 and tenant token secret refs, [registry]/[control] in the ConfigMap, the
 # shared registry PVC variant); renders that must fail (HPA + KEDA, typo'd keys
@@ -642,7 +642,7 @@ def helm_keda(path, *_):
 
 def helm_alerts(path, telemetry_rs, readme_md, *_):
     """The PrometheusRule: one alert per README "alert when" row, on metric
-    names the worker exports (worker/src/telemetry/mod.rs)."""
+    names the worker declares (worker/src/telemetry/metrics.rs)."""
     ds = docs(path)
     prs = find(ds, "PrometheusRule")
     if not check(len(prs) == 1, f"alerts: one PrometheusRule, found {len(prs)}"):
@@ -1179,7 +1179,7 @@ render alerts --set metrics.prometheusRule.enabled=true \
     --set metrics.prometheusRule.labels.release=kube-prometheus-stack,metrics.prometheusRule.alertLabels.team=data-platform \
     --set 'metrics.prometheusRule.disabled={PipelineWorkerTraps}' \
     --set 'metrics.prometheusRule.extraRules[0].alert=CustomExtraRule,metrics.prometheusRule.extraRules[0].expr=vector(1)' \
-    && pycheck "PrometheusRule (README alerts, exported metric names, disabled, extraRules)" helm-alerts "$OUT/alerts.yaml" "$ROOT/worker/src/telemetry/mod.rs" "$ROOT/README.md"
+    && pycheck "PrometheusRule (README alerts, exported metric names, disabled, extraRules)" helm-alerts "$OUT/alerts.yaml" "$ROOT/worker/src/telemetry/metrics.rs" "$ROOT/README.md"
 # The full values' per-pipeline latency alerts use each pipeline's deadlineMs.
 if grep -q 'pipeline="enrich"}\[5m\]))) > 0.4$' "$OUT/full.yaml"; then
     ok "PrometheusRule (full): enrich latency alert at 0.8 x its 500 ms deadline"

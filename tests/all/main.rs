@@ -18,6 +18,7 @@ mod group;
 mod guest_errors;
 mod hostile;
 mod localtest;
+mod metrics_otlp;
 mod pipeline_e2e;
 mod poison;
 mod produce_errors;

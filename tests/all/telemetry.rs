@@ -148,9 +148,9 @@ fn metrics_count_records_and_traps() {
 
 /// A minimal OTLP/HTTP receiver: remembers each POST's path and body.
 /// (path, body) of every POST received.
-type Posts = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+pub type Posts = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
-fn fake_collector() -> (u16, Posts) {
+pub fn fake_collector() -> (u16, Posts) {
     use std::io::BufRead;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

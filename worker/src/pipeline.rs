@@ -944,7 +944,6 @@ fn process_batch(ctx: &LaneContext, runner: &mut LaneRunner, batch: &mut Vec<Inb
     };
     let started = Instant::now();
     let n_inputs = inputs.len();
-    let mut wasm = 0;
     let results = if inputs.is_empty() {
         Vec::new()
     } else {
@@ -955,7 +954,7 @@ fn process_batch(ctx: &LaneContext, runner: &mut LaneRunner, batch: &mut Vec<Inb
             after.fuel_consumed - before.fuel_consumed,
             Ordering::Relaxed,
         );
-        wasm = after.wasm_nanos - before.wasm_nanos;
+        let wasm = after.wasm_nanos - before.wasm_nanos;
         stats.wasm_nanos.fetch_add(wasm, Ordering::Relaxed);
         stats.wasm_duration.observe(Duration::from_nanos(wasm), 1);
         stats.instantiations.fetch_add(
@@ -998,19 +997,6 @@ fn process_batch(ctx: &LaneContext, runner: &mut LaneRunner, batch: &mut Vec<Inb
     let elapsed = started.elapsed();
     if n_inputs > 0 {
         stats.process_duration.observe(elapsed, n_inputs as u64);
-    }
-    if let (Some(o), true) = (tracer, n_inputs > 0) {
-        let attrs = [
-            opentelemetry::KeyValue::new("messaging.system", "kafka"),
-            opentelemetry::KeyValue::new("messaging.consumer.group.name", ctx.target.group.clone()),
-            opentelemetry::KeyValue::new("pipeline", ctx.target.pipeline.clone()),
-            opentelemetry::KeyValue::new("pipeline.function.version", function.version.clone()),
-        ];
-        let secs = elapsed.as_secs_f64();
-        for _ in 0..n_inputs {
-            o.process_duration.record(secs, &attrs);
-        }
-        o.wasm_duration.record(wasm as f64 / 1e9, &attrs);
     }
 }
 

@@ -2,7 +2,6 @@
 //! module: the source, the sandbox lanes and the sink write them, telemetry
 //! reads them, and none of those has to import another to do so.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -13,12 +12,12 @@ pub const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A lock-free fixed-bucket histogram (Prometheus `_bucket`/`_sum`/`_count`).
+/// A lock-free fixed-bucket histogram (Prometheus `_bucket`/`_sum`/`_count`;
+/// the count is the buckets' sum).
 #[derive(Default, Debug)]
 pub struct Histogram {
     buckets: [std::sync::atomic::AtomicU64; BUCKETS.len() + 1],
     sum_nanos: std::sync::atomic::AtomicU64,
-    count: std::sync::atomic::AtomicU64,
 }
 
 impl Histogram {
@@ -32,27 +31,20 @@ impl Histogram {
         self.buckets[i].fetch_add(n, Ordering::Relaxed);
         self.sum_nanos
             .fetch_add(d.as_nanos() as u64 * n, Ordering::Relaxed);
-        self.count.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
-        }
-        cumulative += self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
-        );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    /// Per-bucket counts (not cumulative, the overflow bucket last) and
+    /// the sum in seconds, as the telemetry module exports them. Each
+    /// atomic is read once, without a lock: a scrape racing an observation
+    /// may see it in its bucket before the sum has it, or the other way
+    /// round; the next scrape sees both, and no count ever goes down.
+    pub fn snapshot(&self) -> (Vec<u64>, f64) {
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        (buckets, self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9)
     }
 }
 
@@ -155,9 +147,13 @@ impl PipelineStats {
     /// The counters of `f`'s version (created on first use, kept after a
     /// swap so a rollback continues them).
     pub fn version(&self, f: &Function) -> Arc<VersionStats> {
+        self.version_named(&f.name, &f.version)
+    }
+
+    pub fn version_named(&self, function: &str, version: &str) -> Arc<VersionStats> {
         let find = |vs: &[Arc<VersionStats>]| {
             vs.iter()
-                .find(|v| v.function == f.name && v.version == f.version)
+                .find(|v| v.function == function && v.version == version)
                 .cloned()
         };
         if let Some(v) = find(&self.versions.read().unwrap_or_else(|p| p.into_inner())) {
@@ -168,8 +164,8 @@ impl PipelineStats {
             return v;
         }
         let v = Arc::new(VersionStats {
-            function: f.name.clone(),
-            version: f.version.clone(),
+            function: function.to_string(),
+            version: version.to_string(),
             ..Default::default()
         });
         vs.push(v.clone());

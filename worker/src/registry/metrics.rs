@@ -1,18 +1,121 @@
-//! The control plane's `/metrics` (Prometheus text), named like the worker's:
-//! uploads by result, compile time, activations, and its artifact cache.
+//! The control plane's metrics, named like the worker's: uploads by result,
+//! compile time, activations, HTTP timeouts, body bytes, and its artifact
+//! cache. Declared once in [`CONTROL`] (see `crate::telemetry::metrics` for
+//! the scheme); prometheus-client writes the `/metrics` text.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::sandbox::CacheStats;
+use crate::telemetry::metrics::{self, Desc, Kind, Label, Metric, Value, CACHE};
 
 /// Seconds. A Rust component compiles in under a second, a Python one in
 /// 8-22 s, so the worker's buckets (which stop at 10 s) would not do.
 const COMPILE_BUCKETS: [f64; 12] = [
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+const RESULT: Label = Label {
+    prom: "result",
+    otel: "result",
+};
+const ACTION: Label = Label {
+    prom: "action",
+    otel: "action",
+};
+const PHASE: Label = Label {
+    prom: "phase",
+    otel: "phase",
+};
+
+/// The control plane's metrics, in the order `/metrics` serves them.
+pub static CONTROL: &[Metric<ControlMetrics>] = &[
+    Metric {
+        desc: Desc {
+            prom: "pipeline_control_uploads_total",
+            otel: "pipeline.control.uploads",
+            unit: "{upload}",
+            help: "Uploads by result (accepted, rejected: 4xx, error: 5xx) and reason (the API error code).",
+            kind: Kind::Counter,
+            labels: &[RESULT, metrics::REASON],
+        },
+        read: |m, out| {
+            let uploads = m.uploads.lock().unwrap_or_else(|p| p.into_inner());
+            if uploads.is_empty() {
+                // A series from the start, so that rate() sees the first upload.
+                out.u64(vec!["accepted".into(), String::new()], 0);
+            }
+            for ((result, reason), n) in uploads.iter() {
+                out.u64(vec![(*result).into(), (*reason).into()], *n);
+            }
+        },
+    },
+    Metric {
+        desc: Desc {
+            prom: "pipeline_control_compile_duration_seconds",
+            otel: "pipeline.control.compile.duration",
+            unit: "s",
+            help: "Validation and precompilation of an upload, every engine configuration of its tenant.",
+            kind: Kind::Histogram(&COMPILE_BUCKETS),
+            labels: &[],
+        },
+        read: |m, out| {
+            let buckets = m
+                .compile_buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect();
+            let sum = m.compile_sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            out.push(vec![], Value::Histogram { buckets, sum });
+        },
+    },
+    Metric {
+        desc: Desc {
+            prom: "pipeline_control_activations_total",
+            otel: "pipeline.control.activations",
+            unit: "{activation}",
+            help: "Activations written to the activation log, by action (activate, rollback).",
+            kind: Kind::Counter,
+            labels: &[ACTION],
+        },
+        read: |m, out| {
+            for (action, n) in m
+                .activations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                out.u64(vec![(*action).into()], *n);
+            }
+        },
+    },
+    Metric {
+        desc: Desc {
+            prom: "pipeline_control_http_timeouts_total",
+            otel: "pipeline.control.http.timeouts",
+            unit: "{request}",
+            help: "Requests cut off by control.header_read_timeout_ms (phase=headers) or control.body_read_timeout_ms (phase=body).",
+            kind: Kind::Counter,
+            labels: &[PHASE],
+        },
+        read: |m, out| {
+            out.u64(vec!["headers".into()], m.header_timeouts.load(Ordering::Relaxed));
+            out.u64(vec!["body".into()], m.body_timeouts.load(Ordering::Relaxed));
+        },
+    },
+    Metric {
+        desc: Desc {
+            prom: "pipeline_control_upload_body_bytes_total",
+            otel: "pipeline.control.upload.body",
+            unit: "By",
+            help: "Upload body bytes read, all after the token was accepted.",
+            kind: Kind::Counter,
+            labels: &[],
+        },
+        read: |m, out| out.u64(vec![], m.body_bytes.load(Ordering::Relaxed)),
+    },
 ];
 
 #[derive(Default)]
@@ -86,82 +189,33 @@ impl ControlMetrics {
     }
 
     pub fn render(&self, cache: &CacheStats) -> String {
-        let mut out = String::new();
-        let name = "pipeline_control_uploads_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Uploads by result (accepted, rejected: 4xx, error: 5xx) and reason (the API error code).\n# TYPE {name} counter"
-        );
-        let uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        if uploads.is_empty() {
-            let _ = writeln!(out, "{name}{{result=\"accepted\"}} 0");
-        }
-        for ((result, reason), n) in uploads.iter() {
-            if reason.is_empty() {
-                let _ = writeln!(out, "{name}{{result=\"{result}\"}} {n}");
-            } else {
-                let _ = writeln!(out, "{name}{{result=\"{result}\",reason=\"{reason}\"}} {n}");
-            }
-        }
-        drop(uploads);
-
-        let name = "pipeline_control_compile_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Validation and precompilation of an upload, every engine configuration of its tenant.\n# TYPE {name} histogram"
-        );
-        let mut cumulative = 0;
-        for (i, b) in COMPILE_BUCKETS.iter().enumerate() {
-            cumulative += self.compile_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        cumulative += self.compile_buckets[COMPILE_BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum = self.compile_sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
-
-        let name = "pipeline_control_activations_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Activations written to the activation log, by action (activate, rollback).\n# TYPE {name} counter"
-        );
-        for (action, n) in self
-            .activations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(out, "{name}{{action=\"{action}\"}} {n}");
-        }
-        let name = "pipeline_control_http_timeouts_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Requests cut off by control.header_read_timeout_ms (phase=headers) or control.body_read_timeout_ms (phase=body).\n# TYPE {name} counter"
-        );
-        for (phase, c) in [
-            ("headers", &self.header_timeouts),
-            ("body", &self.body_timeouts),
-        ] {
-            let _ = writeln!(
-                out,
-                "{name}{{phase=\"{phase}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        let name = "pipeline_control_upload_body_bytes_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Upload body bytes read, all after the token was accepted.\n# TYPE {name} counter\n{name} {}",
-            self.body_bytes.load(Ordering::Relaxed)
-        );
-        crate::telemetry::render_artifact_cache(&mut out, cache);
-        out
+        let mut families = Vec::new();
+        metrics::collect(CONTROL, self, &mut families);
+        metrics::collect(CACHE, cache, &mut families);
+        metrics::prometheus_text(families)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declarations_are_consistent() {
+        let m = ControlMetrics::default();
+        m.activation("activate");
+        metrics::tests::check(CONTROL, &m, &[]);
+        let others = metrics::WORKER
+            .iter()
+            .map(|m| &m.desc)
+            .chain(CACHE.iter().map(|m| &m.desc));
+        for b in others {
+            for a in CONTROL {
+                assert_ne!(a.desc.prom, b.prom);
+                assert_ne!(a.desc.otel, b.otel);
+            }
+        }
+    }
 
     #[test]
     fn renders_uploads_compile_time_and_activations() {

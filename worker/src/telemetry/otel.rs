@@ -6,27 +6,31 @@
 //! Spans follow the messaging semantic conventions: `process <topic>`, kind
 //! consumer, parent from the input record's W3C `traceparent` header, and
 //! the span's own `traceparent` written on every output and dead letter.
-//! Metrics are the same counters `/metrics` serves (read from the same
-//! atomics by observable instruments) plus the duration histograms.
+//! Metrics are the families `/metrics` serves, from the same declarations
+//! (`super::metrics`): every `otlp_interval_ms` one snapshot of the atomics
+//! becomes an `ExportMetricsServiceRequest` (cumulative sums, gauges,
+//! explicit-bucket histograms) POSTed to `<endpoint>/v1/metrics`. Nothing is
+//! recorded on the record path for it.
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1 as pb_common;
+use opentelemetry_proto::tonic::metrics::v1 as pb;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
 };
 use opentelemetry_sdk::Resource;
 
+use super::metrics::{Family, Kind, Value};
 use super::TelemetryState;
-use crate::sandbox::{Header, InputRecord, ERROR_KINDS};
-use crate::stats::VersionStats;
+use crate::sandbox::{Header, InputRecord};
 
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -40,9 +44,7 @@ pub struct OtelError {
 pub struct Otel {
     tracer: SdkTracer,
     tracer_provider: SdkTracerProvider,
-    meter_provider: SdkMeterProvider,
-    pub process_duration: Histogram<f64>,
-    pub wasm_duration: Histogram<f64>,
+    metrics: Mutex<Option<MetricsExport>>,
     propagator: TraceContextPropagator,
 }
 
@@ -62,8 +64,8 @@ pub fn endpoint(configured: Option<&str>) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Starts the exporters (once per process) and registers the observable
-/// instruments over `state`.
+/// Starts the exporters (once per process); the metrics export reads the
+/// declared metrics over `state`.
 pub fn init(
     endpoint: &str,
     state: Arc<TelemetryState>,
@@ -105,38 +107,17 @@ pub fn init(
         .with_span_processor(processor)
         .with_resource(resource.clone())
         .build();
-    let metrics = MetricExporter::builder()
-        .with_http()
-        .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(format!("{endpoint}/v1/metrics"))
-        .with_timeout(Duration::from_secs(5))
-        .with_temporality(Temporality::Cumulative)
-        .build()
-        .map_err(|e| oerr(&e))?;
-    let meter_provider = SdkMeterProvider::builder()
-        .with_reader(
-            PeriodicReader::builder(metrics)
-                .with_interval(export_interval)
-                .build(),
-        )
-        .with_resource(resource)
-        .build();
-    let meter = meter_provider.meter("pipeline-worker");
-    register_observables(&meter, state);
+    let metrics = MetricsExport::start(
+        format!("{endpoint}/v1/metrics"),
+        export_interval,
+        &resource,
+        Box::new(move || super::metrics::worker_families(&state)),
+    )
+    .map_err(|e| oerr(&e))?;
     let otel = Otel {
         tracer: tracer_provider.tracer("pipeline-worker"),
-        process_duration: meter
-            .f64_histogram("messaging.process.duration")
-            .with_unit("s")
-            .with_description("Time from a record's batch entering the sandbox to its outputs being handed to the producer.")
-            .build(),
-        wasm_duration: meter
-            .f64_histogram("pipeline.wasm.execution.duration")
-            .with_unit("s")
-            .with_description("Time inside the function per batch of records.")
-            .build(),
         tracer_provider,
-        meter_provider,
+        metrics: Mutex::new(Some(metrics)),
         propagator: TraceContextPropagator::new(),
     };
     let _ = OTEL.set(otel);
@@ -150,8 +131,9 @@ pub fn shutdown() {
         if let Err(e) = o.tracer_provider.shutdown() {
             tracing::warn!(error = %e, "OTLP trace export at shutdown");
         }
-        if let Err(e) = o.meter_provider.shutdown() {
-            tracing::warn!(error = %e, "OTLP metric export at shutdown");
+        let metrics = o.metrics.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(m) = metrics {
+            m.stop();
         }
     }
 }
@@ -230,170 +212,271 @@ impl Otel {
     }
 }
 
-fn register_observables(meter: &Meter, state: Arc<TelemetryState>) {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    type Pick = fn(&VersionStats) -> &AtomicU64;
-    let per_version: [(&'static str, &'static str, Pick); 7] = [
-        (
-            "messaging.client.sent.messages",
-            "Output records handed to the producer.",
-            |v| &v.produced,
-        ),
-        (
-            "pipeline.records.filtered",
-            "Input records for which the function returned no output.",
-            |v| &v.filtered,
-        ),
-        (
-            "pipeline.records.dead_lettered",
-            "Input records sent to the dead-letter topic.",
-            |v| &v.dead_lettered,
-        ),
-        (
-            "pipeline.traps",
-            "Records whose function trapped or hit a limit.",
-            |v| &v.traps,
-        ),
-        (
-            "pipeline.fuel.consumed",
-            "Wasm fuel consumed (only with limits.fuel).",
-            |v| &v.fuel_consumed,
-        ),
-        ("pipeline.instantiations", "Fresh instances created.", |v| {
-            &v.instantiations
-        }),
-        (
-            "pipeline.wasm.execution.time",
-            "Nanoseconds inside the function.",
-            |v| &v.wasm_nanos,
-        ),
-    ];
-    for (name, description, pick) in per_version {
-        let state = state.clone();
-        meter
-            .u64_observable_counter(name)
-            .with_description(description)
-            .with_callback(move |obs| {
-                for p in state
-                    .pipelines
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
+/// What the metrics export reads at each interval.
+type Source = Box<dyn Fn() -> Vec<Family> + Send>;
+
+/// The metrics export thread: one POST per interval, a last one at stop.
+struct MetricsExport {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl MetricsExport {
+    fn start(
+        url: String,
+        interval: Duration,
+        resource: &Resource,
+        source: Source,
+    ) -> Result<Self, String> {
+        let resource: Vec<pb_common::KeyValue> = resource
+            .iter()
+            .map(|(k, v)| attribute(k.as_str(), &v.to_string()))
+            .collect();
+        let started = unix_nanos(SystemTime::now());
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("otlp-metrics".into())
+            .spawn(move || {
+                // Built on this thread: a blocking client must not be made or
+                // dropped inside the async runtime `init` may be called from.
+                let client = match reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
                 {
-                    for v in p.stats.versions() {
-                        obs.observe(pick(&v).load(Relaxed), &version_attributes(p, &v));
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(url = %url, error = %e, "OTLP metric export not started");
+                        return;
+                    }
+                };
+                let mut failing = false;
+                loop {
+                    // A stop (or the sender gone) still exports once more, so
+                    // the last interval's counts are not lost.
+                    let last = !matches!(
+                        stopped.recv_timeout(interval),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    );
+                    let body = otlp_request(
+                        &source(),
+                        &resource,
+                        started,
+                        unix_nanos(SystemTime::now()),
+                    );
+                    let sent = client
+                        .post(&url)
+                        .header("content-type", "application/x-protobuf")
+                        .body(prost::Message::encode_to_vec(&body))
+                        .send()
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| match r.status() {
+                            s if s.is_success() => Ok(()),
+                            s => Err(format!("HTTP {s}")),
+                        });
+                    // One line when the export starts failing and one when it
+                    // recovers, not one per interval.
+                    match sent {
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(url = %url, error = %e, "OTLP metric export failed; retrying every interval");
+                        }
+                        Ok(()) if failing => {
+                            failing = false;
+                            tracing::info!(url = %url, "OTLP metric export recovered");
+                        }
+                        _ => {}
+                    }
+                    if last {
+                        return;
                     }
                 }
             })
-            .build();
+            .map_err(|e| e.to_string())?;
+        Ok(MetricsExport { stop, thread })
     }
-    let s = state.clone();
-    meter
-        .u64_observable_counter("pipeline.errors")
-        .with_description("Dead-lettered records by error kind.")
-        .with_callback(move |obs| {
-            for p in s.pipelines.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                for v in p.stats.versions() {
-                    for (i, kind) in ERROR_KINDS.iter().enumerate() {
-                        let mut attrs = version_attributes(p, &v);
-                        attrs.push(KeyValue::new("error.type", *kind));
-                        obs.observe(v.errors_by_kind[i].load(Relaxed), &attrs);
-                    }
-                }
-            }
-        })
-        .build();
-    type Read = fn(&super::PipelineView) -> u64;
-    let per_pipeline: [(&'static str, &'static str, Read); 2] = [
-        (
-            "messaging.client.consumed.messages",
-            "Records consumed from the input topics.",
-            |p| p.stats.consumed.load(Relaxed),
-        ),
-        (
-            "pipeline.function.load_failures",
-            "Activated versions this worker could not load.",
-            |p| p.slot.load_failures.load(Relaxed),
-        ),
-    ];
-    for (name, description, read) in per_pipeline {
-        let s = state.clone();
-        meter
-            .u64_observable_counter(name)
-            .with_description(description)
-            .with_callback(move |obs| {
-                for p in s.pipelines.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                    obs.observe(read(p), &attributes(p));
-                }
-            })
-            .build();
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        if self.thread.join().is_err() {
+            tracing::warn!("OTLP metric export thread panicked");
+        }
     }
-    let s = state.clone();
-    meter
-        .f64_observable_counter("pipeline.throttled")
-        .with_unit("s")
-        .with_description("Time the pipeline's sandbox threads spent paused by the tenant's quota or the deadline backoff, summed over its threads.")
-        .with_callback(move |obs| {
-            for p in s.pipelines.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                for r in crate::stats::ThrottleReason::ALL {
-                    let mut attrs = attributes(p);
-                    attrs.push(KeyValue::new("tenant", p.tenant.clone().unwrap_or_default()));
-                    attrs.push(KeyValue::new("reason", r.label()));
-                    obs.observe(p.stats.throttled_seconds_by(r), &attrs);
-                }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn attribute(key: &str, value: &str) -> pb_common::KeyValue {
+    pb_common::KeyValue {
+        key: key.to_string(),
+        value: Some(pb_common::AnyValue {
+            value: Some(pb_common::any_value::Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The OTLP form of `families`: counters as cumulative monotonic sums,
+/// gauges as gauges, histograms with the declared bucket bounds. Names,
+/// units, descriptions and attribute keys are the declarations' OTel ones.
+pub fn otlp_request(
+    families: &[Family],
+    resource: &[pb_common::KeyValue],
+    start: u64,
+    now: u64,
+) -> ExportMetricsServiceRequest {
+    let cumulative = pb::AggregationTemporality::Cumulative as i32;
+    let metrics = families
+        .iter()
+        .map(|f| {
+            let d = f.desc;
+            let attributes = |p: &super::metrics::Point| {
+                f.labels(p)
+                    .map(|(l, v)| attribute(l.otel, v))
+                    .collect::<Vec<_>>()
+            };
+            let number = |p: &super::metrics::Point| pb::NumberDataPoint {
+                attributes: attributes(p),
+                start_time_unix_nano: start,
+                time_unix_nano: now,
+                value: Some(match p.value {
+                    Value::U64(v) => pb::number_data_point::Value::AsInt(v as i64),
+                    Value::F64(v) => pb::number_data_point::Value::AsDouble(v),
+                    // Not a number: the declaration tests rule it out.
+                    Value::Histogram { .. } => pb::number_data_point::Value::AsInt(0),
+                }),
+                ..Default::default()
+            };
+            let data = match d.kind {
+                Kind::Counter => pb::metric::Data::Sum(pb::Sum {
+                    data_points: f.points.iter().map(number).collect(),
+                    aggregation_temporality: cumulative,
+                    is_monotonic: true,
+                }),
+                Kind::Gauge => pb::metric::Data::Gauge(pb::Gauge {
+                    data_points: f.points.iter().map(number).collect(),
+                }),
+                Kind::Histogram(bounds) => pb::metric::Data::Histogram(pb::Histogram {
+                    data_points: f
+                        .points
+                        .iter()
+                        .filter_map(|p| match &p.value {
+                            v @ Value::Histogram { buckets, sum } => Some(pb::HistogramDataPoint {
+                                attributes: attributes(p),
+                                start_time_unix_nano: start,
+                                time_unix_nano: now,
+                                count: v.count().unwrap_or(0),
+                                sum: Some(*sum),
+                                bucket_counts: buckets.clone(),
+                                explicit_bounds: bounds.to_vec(),
+                                ..Default::default()
+                            }),
+                            _ => None,
+                        })
+                        .collect(),
+                    aggregation_temporality: cumulative,
+                }),
+            };
+            pb::Metric {
+                name: d.otel.to_string(),
+                description: d.help.to_string(),
+                unit: d.unit.to_string(),
+                data: Some(data),
+                ..Default::default()
             }
         })
-        .build();
-    let s = state.clone();
-    meter
-        .i64_observable_gauge("pipeline.in_flight")
-        .with_description("Records consumed and not yet acknowledged downstream.")
-        .with_callback(move |obs| {
-            for p in s.pipelines.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                obs.observe(p.trackers.in_flight() as i64, &attributes(p));
-            }
-        })
-        .build();
-    meter
-        .i64_observable_gauge("messaging.kafka.consumer.lag")
-        .with_description("Records between the committed position and the partition end.")
-        .with_callback(move |obs| {
-            for p in state
-                .pipelines
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
+        .collect();
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![pb::ResourceMetrics {
+            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                attributes: resource.to_vec(),
+                ..Default::default()
+            }),
+            scope_metrics: vec![pb::ScopeMetrics {
+                scope: Some(pb_common::InstrumentationScope {
+                    name: "pipeline-worker".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::metrics::{self, tests::busy_state};
+    use super::*;
+
+    /// Declared once ⇒ both: the OTLP request has one metric per family
+    /// `/metrics` serves, with the same series and values.
+    #[test]
+    fn otlp_carries_the_families_of_the_prometheus_text() {
+        let s = busy_state();
+        let text = metrics::prometheus_text(metrics::worker_families(&s));
+        let req = otlp_request(&metrics::worker_families(&s), &[], 1, 2);
+        let otlp = &req.resource_metrics[0].scope_metrics[0].metrics;
+        let served: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        let declared = |otel: &str| {
+            metrics::WORKER
                 .iter()
-            {
-                let lag = p.stats.lag.lock().unwrap_or_else(|e| e.into_inner());
-                for ((topic, part), v) in lag.iter() {
-                    let mut attrs = attributes(p);
-                    attrs.push(KeyValue::new("messaging.destination.name", topic.clone()));
-                    attrs.push(KeyValue::new(
-                        "messaging.destination.partition.id",
-                        part.to_string(),
-                    ));
-                    obs.observe(*v, &attrs);
-                }
-            }
-        })
-        .build();
-}
-
-/// Pipeline-level attributes.
-pub fn attributes(p: &super::PipelineView) -> Vec<KeyValue> {
-    vec![
-        KeyValue::new("messaging.system", "kafka"),
-        KeyValue::new("messaging.consumer.group.name", p.group.clone()),
-        KeyValue::new("pipeline", p.name.clone()),
-    ]
-}
-
-fn version_attributes(p: &super::PipelineView, v: &VersionStats) -> Vec<KeyValue> {
-    let mut a = attributes(p);
-    a.push(KeyValue::new("pipeline.function", v.function.clone()));
-    a.push(KeyValue::new(
-        "pipeline.function.version",
-        v.version.clone(),
-    ));
-    a
+                .map(|m| &m.desc)
+                .find(|d| d.otel == otel)
+                .unwrap_or_else(|| panic!("{otel} is not declared"))
+                .prom
+        };
+        let exported: Vec<&str> = otlp.iter().map(|m| declared(&m.name)).collect();
+        assert_eq!(served, exported);
+        let consumed = otlp
+            .iter()
+            .find(|m| m.name == "messaging.client.consumed.messages")
+            .unwrap();
+        let Some(pb::metric::Data::Sum(sum)) = &consumed.data else {
+            panic!("{consumed:?}")
+        };
+        assert!(sum.is_monotonic);
+        assert_eq!(
+            sum.data_points[0].value,
+            Some(pb::number_data_point::Value::AsInt(54))
+        );
+        let keys: Vec<&str> = sum.data_points[0]
+            .attributes
+            .iter()
+            .map(|a| a.key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "messaging.system",
+                "messaging.consumer.group.name",
+                "pipeline"
+            ]
+        );
+        let hist = otlp
+            .iter()
+            .find(|m| m.name == "messaging.process.duration")
+            .unwrap();
+        let Some(pb::metric::Data::Histogram(h)) = &hist.data else {
+            panic!("{hist:?}")
+        };
+        let p = &h.data_points[0];
+        assert_eq!(
+            (p.count, p.explicit_bounds.len(), p.bucket_counts.len()),
+            (5, 14, 15)
+        );
+        assert_eq!(p.bucket_counts[3], 4, "3 ms in the 5 ms bucket");
+        assert_eq!(p.bucket_counts[14], 1, "60 s in the overflow bucket");
+        assert!((p.sum.unwrap() - 60.012).abs() < 1e-9, "{:?}", p.sum);
+        assert_eq!(hist.unit, "s");
+    }
 }
