@@ -1,6 +1,8 @@
 //! `delivery = "exactly-once"` (issue 12): outputs, dead letters and input
 //! offsets in one transaction, an aborted transaction rewound, a refused
-//! output dead-lettered once, and the settings refused at start-up. Outputs
+//! output dead-lettered once, the settings refused at start-up, a revoke
+//! committing the open transaction, and a hot swap switching versions at a
+//! transaction boundary (seen as a commit marker's gap in the offsets). Outputs
 //! are read with `isolation.level=read_committed` (`support::read_until`).
 //! Kill -9, zombies, broker restarts and two workers are in `chaos.rs`.
 
