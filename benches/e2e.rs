@@ -36,162 +36,25 @@
 //! worker-rust-otlp), BENCH_PEERS_DIR (target/bench-peers), BENCH_JAVA_OPTS,
 //! KAFKA_BOOTSTRAP (127.0.0.1:9092), BENCH_KEEP (1: keep topics and logs).
 
+#[path = "common.rs"]
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, Timestamp};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::{Headers, Message, Timestamp};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-const PARTITIONS: i32 = 4;
 /// A candidate whose output count does not move for this long has failed.
 const STALL: Duration = Duration::from_secs(120);
-
-fn brokers() -> String {
-    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-fn now_millis() -> i64 {
-    (now_nanos() / 1_000_000) as i64
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn admin() -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap()
-}
-
-/// Creates topics of PARTITIONS partitions; output topics get broker
-/// timestamps (`LogAppendTime`), which the throughput is computed from.
-fn create(topics: &[&str], log_append_time: bool) {
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|t| {
-            let t = NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1));
-            if log_append_time {
-                t.set("message.timestamp.type", "LogAppendTime")
-            } else {
-                t
-            }
-        })
-        .collect();
-    for r in rt()
-        .block_on(admin().create_topics(&new, &AdminOptions::new()))
-        .unwrap()
-    {
-        if let Err((t, e)) = r {
-            panic!("creating topic {t}: {e}");
-        }
-    }
-}
-
-/// Deleted at the end of each round, not between candidates (deleting
-/// large topics keeps the broker's disk busy).
-fn delete(topics: &[String]) {
-    if std::env::var("BENCH_KEEP").as_deref() == Ok("1") || topics.is_empty() {
-        return;
-    }
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let _ = rt().block_on(admin().delete_topics(&names, &AdminOptions::new()));
-}
-
-fn value(i: usize) -> String {
-    format!(
-        r#"{{"id":{i},"user":"u{}","event_type":"click","session_start":1700000000,"session_end":{},"page":"/products/{}"}}"#,
-        i % 1000,
-        1700000000 + (i % 120) * 60,
-        i % 50
-    )
-}
-
-fn producer() -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("linger.ms", "5")
-        .create()
-        .unwrap()
-}
-
-/// Produces records `ids`; with `rate`, paced (records/s). Each carries its
-/// send time in a header: `sent-ns`, or `warmup-ns` for warm-up records
-/// (same size, not counted in the latency).
-fn produce(
-    p: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
-    ids: Range<usize>,
-    rate: Option<u64>,
-    header: &str,
-) {
-    let start = Instant::now();
-    let first = ids.start;
-    for i in ids {
-        if let Some(r) = rate {
-            let due = Duration::from_nanos((i - first) as u64 * 1_000_000_000 / r);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        let value = value(i);
-        let sent = now_nanos().to_string();
-        let key = format!("u{}", i % 1000);
-        let mut rec =
-            BaseRecord::to(topic)
-                .key(&key)
-                .payload(&value)
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: header,
-                    value: Some(&sent),
-                }));
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-    }
-    p.flush(Duration::from_secs(120)).unwrap();
-}
 
 fn reader(group: &str) -> BaseConsumer {
     ClientConfig::new()
@@ -729,16 +592,6 @@ fn latency(
     })();
     garbage.extend([input, output, dlq]);
     result
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
 }
 
 /// 1234567.8 → "1,234,568"

@@ -22,133 +22,26 @@
 //!
 //! Environment: BENCH_EOS_RECORDS (200000), BENCH_EOS_ROUNDS (3),
 //! BENCH_EOS_RATE (5000), BENCH_EOS_LATENCY_RECORDS (20000),
-//! BENCH_EOS_INTERVALS (50,100,500), KAFKA_BOOTSTRAP (127.0.0.1:9092).
+//! BENCH_EOS_INTERVALS (50,100,500), BENCH_EOS_KAFKA (extra `[kafka]` lines),
+//! KAFKA_BOOTSTRAP (127.0.0.1:9092), BENCH_KEEP (1: keep topics).
 
-use std::path::{Path, PathBuf};
+#[path = "common.rs"]
+mod common;
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-const PARTITIONS: i32 = 4;
 /// A candidate whose visible output does not move for this long has failed.
 const STALL: Duration = Duration::from_secs(60);
-
-fn brokers() -> String {
-    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-fn create(topics: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for r in rt
-        .block_on(admin.create_topics(&new, &AdminOptions::new()))
-        .unwrap()
-    {
-        if let Err((t, e)) = r {
-            panic!("creating topic {t}: {e}");
-        }
-    }
-}
-
-fn delete(topics: &[String]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let _ = rt.block_on(admin.delete_topics(&names, &AdminOptions::new()));
-}
-
-fn value(i: usize) -> String {
-    format!(
-        r#"{{"id":{i},"user":"u{}","event_type":"click","session_start":1700000000,"session_end":{},"page":"/products/{}"}}"#,
-        i % 1000,
-        1700000000 + (i % 120) * 60,
-        i % 50
-    )
-}
-
-/// Produces ids `from..to`, paced at `rate` records/s if given, each with
-/// its send time in header `header`.
-fn produce(topic: &str, from: usize, to: usize, rate: Option<u64>, header: &str) {
-    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let start = Instant::now();
-    for i in from..to {
-        if let Some(r) = rate {
-            let due = Duration::from_nanos((i - from) as u64 * 1_000_000_000 / r);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        let (v, k, sent) = (value(i), format!("u{}", i % 1000), now_nanos().to_string());
-        let mut rec =
-            BaseRecord::to(topic)
-                .key(&k)
-                .payload(&v)
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: header,
-                    value: Some(&sent),
-                }));
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-    }
-    p.flush(Duration::from_secs(120)).unwrap();
-}
 
 /// A `read_committed` reader of every partition of `topic` from the start.
 fn reader(topic: &str) -> BaseConsumer {
@@ -192,26 +85,33 @@ impl Candidate {
                 format!("delivery = \"exactly-once\"\ntransaction_interval_ms = {ms}\n"),
             ),
         };
+        // BENCH_EOS_KAFKA: extra `[kafka]` lines for every candidate (e.g.
+        // a `librdkafka = { … }` map to compare client settings).
+        let extra = std::env::var("BENCH_EOS_KAFKA").unwrap_or_default();
         let config = format!(
-            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"bench-eos-{tag}\"\n{identity}\n[runtime]\ncache_dir = \"{}\"\n\n[[pipelines]]\nname = \"enrich\"\ninput_topics = [\"{input}\"]\noutput_topics = [\"{output}\"]\ndead_letter_topic = \"{dlq}\"\ncomponent = \"{}\"\n{delivery}",
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"bench-eos-{tag}\"\n{identity}{extra}\n\n[runtime]\ncache_dir = \"{}\"\n\n[[pipelines]]\nname = \"enrich\"\ninput_topics = [\"{input}\"]\noutput_topics = [\"{output}\"]\ndead_letter_topic = \"{dlq}\"\ncomponent = \"{}\"\n{delivery}",
             brokers(),
             root().join(".cache/pipeline-worker-bench").display(),
-            root()
-                .join("target/guests/wasm32-wasip2/release/enrich_rs.wasm")
-                .display(),
+            guest().display(),
         );
         let path = log.with_extension("toml");
         std::fs::write(&path, config).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
             .args(["run", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            // The coordinator's one debug line per commit carries its
+            // timings (see `Profile`).
+            .env("RUST_LOG", "warn,pipeline_worker::txn=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .expect("spawn worker");
         Proc(child)
     }
+}
+
+fn guest() -> std::path::PathBuf {
+    root().join("target/guests/wasm32-wasip2/release/enrich_rs.wasm")
 }
 
 struct Proc(Child);
@@ -239,21 +139,70 @@ impl Drop for Proc {
     }
 }
 
+/// Where an exactly-once worker's time went during a backlog, from the
+/// `transaction committed` debug lines of `pipeline_worker::txn`: per
+/// commit the wait for the gate (lanes finishing their batch), the
+/// offsets RPC, the commit (which flushes what the producer still holds),
+/// and how long the sandbox threads were held out in all.
+#[derive(Default, Clone, Copy)]
+struct Profile {
+    commits: f64,
+    records_per_commit: f64,
+    gate_wait_ms: f64,
+    offsets_ms: f64,
+    commit_ms: f64,
+    /// Share of the backlog's wall time the gate was held exclusively.
+    held_share: f64,
+}
+
+fn field(line: &str, name: &str) -> Option<f64> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..].split_whitespace().next()?.parse().ok()
+}
+
+fn profile(log: &Path, secs: f64) -> Profile {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("transaction committed") && l.contains("why=\"interval\""))
+        .collect();
+    let n = lines.len() as f64;
+    if n == 0.0 {
+        return Profile::default();
+    }
+    let sum = |f: &str| lines.iter().filter_map(|l| field(l, f)).sum::<f64>();
+    Profile {
+        commits: n,
+        records_per_commit: sum("records") / n,
+        gate_wait_ms: sum("gate_wait_us") / n / 1e3,
+        offsets_ms: sum("offsets_us") / n / 1e3,
+        commit_ms: sum("commit_us") / n / 1e3,
+        held_share: sum("held_us") / 1e6 / secs.max(1e-3),
+    }
+}
+
 #[derive(Default, Clone, Copy)]
 struct Figures {
     throughput: f64,
     p50: f64,
     p99: f64,
+    profile: Profile,
 }
 
 /// Records/s from the first to the last of `n` outputs visible at a
 /// `read_committed` reader, the worker started on a full `input`.
-fn backlog(cand: Candidate, input: &str, n: usize, tag: &str, dir: &Path) -> Result<f64, String> {
+fn backlog(
+    cand: Candidate,
+    input: &str,
+    n: usize,
+    tag: &str,
+    dir: &Path,
+) -> Result<(f64, Profile), String> {
     let (output, dlq) = (
         format!("bench-eos-out-{tag}"),
         format!("bench-eos-dlq-{tag}"),
     );
-    create(&[&output, &dlq]);
+    create(&[&output, &dlq], false);
     let log = dir.join(format!("{tag}.log"));
     let result = (|| {
         let c = reader(&output);
@@ -273,7 +222,9 @@ fn backlog(cand: Candidate, input: &str, n: usize, tag: &str, dir: &Path) -> Res
             }
         }
         let secs = first.unwrap().elapsed().as_secs_f64();
-        Ok(n as f64 / secs.max(1e-3))
+        // Stopped (SIGTERM, final commit) before its log is read.
+        drop(child);
+        Ok((n as f64 / secs.max(1e-3), profile(&log, secs)))
     })();
     delete(&[output, dlq]);
     result
@@ -292,7 +243,7 @@ fn latency(
         format!("bench-eos-lat-out-{tag}"),
         format!("bench-eos-lat-dlq-{tag}"),
     );
-    create(&[&input, &output, &dlq]);
+    create(&[&input, &output, &dlq], false);
     let log = dir.join(format!("{tag}-lat.log"));
     let result = (|| {
         let mut child = cand.spawn(&input, &output, &dlq, &format!("{tag}-lat"), &log);
@@ -317,8 +268,9 @@ fn latency(
             }
             lat
         });
-        produce(&input, 0, warmup, Some(rate), "warmup-ns");
-        produce(&input, warmup, warmup + n, Some(rate), "sent-ns");
+        let p = producer();
+        produce(&p, &input, 0..warmup, Some(rate), "warmup-ns");
+        produce(&p, &input, warmup..warmup + n, Some(rate), "sent-ns");
         let deadline = Instant::now() + STALL;
         while !reader_thread.is_finished() {
             if let Some(why) = child.exited() {
@@ -343,19 +295,6 @@ fn latency(
     result
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; this harness takes no arguments.
     let records: usize = env_or("BENCH_EOS_RECORDS", 200_000);
@@ -372,9 +311,8 @@ fn main() {
                 .expect("BENCH_EOS_INTERVALS: comma-separated ms")
         })
         .collect();
-    let guest = root().join("target/guests/wasm32-wasip2/release/enrich_rs.wasm");
-    if !guest.exists() {
-        eprintln!("skipped: {} is missing (make guests)", guest.display());
+    if !guest().exists() {
+        eprintln!("skipped: {} is missing (make guests)", guest().display());
         return;
     }
     let mut cands = vec![Candidate { interval_ms: None }];
@@ -384,15 +322,17 @@ fn main() {
     let run_id = now_nanos();
     let dir = root().join(format!("target/tmp/bench-eos-{run_id}"));
     std::fs::create_dir_all(&dir).unwrap();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "eos bench: {records} records backlog, latency {lat_records} records at {rate}/s, {rounds} rounds, 4 partitions, Rust enrich guest; logs in {}",
+        "eos bench: {records} records backlog, latency {lat_records} records at {rate}/s, {rounds} rounds, {PARTITIONS} partitions, Rust enrich guest; load average {}; logs in {}",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         dir.display()
     );
     let mut figs: Vec<Vec<Figures>> = vec![Vec::new(); cands.len()];
     for round in 0..rounds {
         let input = format!("bench-eos-in-{run_id}-{round}");
-        create(&[&input]);
-        produce(&input, 0, records, None, "backlog-ns");
+        create(&[&input], false);
+        produce(&producer(), &input, 0..records, None, "backlog-ns");
         for k in 0..cands.len() {
             // Rotate the order so no candidate always runs first (cold
             // broker caches) or last.
@@ -402,19 +342,20 @@ fn main() {
             let tp = backlog(cand, &input, records, &tag, &dir);
             let lat = latency(cand, lat_records, rate, &tag, &dir);
             match (tp, lat) {
-                (Ok(tp), Ok((p50, p99))) => {
+                (Ok((throughput, profile)), Ok((p50, p99))) => {
                     println!(
                         "round {}: {:<20} {:>9.0} records/s   p50 {:>7.1} ms   p99 {:>7.1} ms",
                         round + 1,
                         cand.label(),
-                        tp,
+                        throughput,
                         p50,
                         p99
                     );
                     figs[i].push(Figures {
-                        throughput: tp,
+                        throughput,
                         p50,
                         p99,
+                        profile,
                     });
                 }
                 (a, b) => println!(
@@ -443,6 +384,23 @@ fn main() {
             med(i, |f| f.p50),
             med(i, |f| f.p99),
             figs[i].len()
+        );
+    }
+    println!("\nexactly-once commits during the backlog (medians; per commit):");
+    for (i, c) in cands
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.interval_ms.is_some())
+    {
+        println!(
+            "  {:<20} {:>5.0} commits  {:>6.0} records  gate wait {:>5.1} ms  offsets {:>5.1} ms  commit {:>5.1} ms  lanes held out {:>4.1} % of the time",
+            c.label(),
+            med(i, |f| f.profile.commits),
+            med(i, |f| f.profile.records_per_commit),
+            med(i, |f| f.profile.gate_wait_ms),
+            med(i, |f| f.profile.offsets_ms),
+            med(i, |f| f.profile.commit_ms),
+            med(i, |f| f.profile.held_share) * 100.0,
         );
     }
     if let Some(i) = cands.iter().position(|c| c.interval_ms == Some(100)) {

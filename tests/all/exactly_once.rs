@@ -1,6 +1,8 @@
 //! `delivery = "exactly-once"` (issue 12): outputs, dead letters and input
 //! offsets in one transaction, an aborted transaction rewound, a refused
-//! output dead-lettered once, and the settings refused at start-up. Outputs
+//! output dead-lettered once, the settings refused at start-up, a revoke
+//! committing the open transaction, and a hot swap switching versions at a
+//! transaction boundary (seen as a commit marker's gap in the offsets). Outputs
 //! are read with `isolation.level=read_committed` (`support::read_until`).
 //! Kill -9, zombies, broker restarts and two workers are in `chaos.rs`.
 
@@ -245,4 +247,313 @@ fn settings_that_break_exactly_once_are_refused_naming_the_key() {
         assert_eq!(out.status.code(), Some(1), "case {i}: {text}");
         assert!(text.contains(key), "case {i} must name {key}: {text}");
     }
+}
+
+/// `k{i % 32}` keys: with as many output as input partitions an output
+/// lands in its input's partition number (same key hash), so an output
+/// partition is written by one sandbox thread, in input order.
+fn keyed(i: usize) -> In {
+    In::new(
+        format!("k{}", i % 32),
+        format!(r#"{{"id":{i},"action":"ok","session_start":0,"session_end":2400}}"#),
+    )
+}
+
+/// Produces `ids` in 20 chunks over about `spread`, in the background.
+fn produce_over(
+    topic: &str,
+    ids: std::ops::Range<usize>,
+    spread: Duration,
+) -> std::thread::JoinHandle<()> {
+    let topic = topic.to_string();
+    std::thread::spawn(move || {
+        let chunks = 20;
+        let per = ids.len().div_ceil(chunks);
+        for c in 0..chunks {
+            let from = (ids.start + c * per).min(ids.end);
+            let to = (from + per).min(ids.end);
+            produce_all(&topic, &(from..to).map(keyed).collect::<Vec<_>>());
+            std::thread::sleep(spread / chunks as u32);
+        }
+    })
+}
+
+fn wait_for_log(w: &WorkerProcess, needle: &str, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !w.log_text().contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "log never said {needle:?}:\n{}",
+            w.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every id of `0..n` exactly once among `out`.
+fn assert_each_once(out: &[Out], n: usize, log: &str) {
+    let counts = id_counts(out);
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).take(10).collect();
+    assert!(
+        twice.is_empty(),
+        "ids twice (first 10): {twice:?}; logs:\n{log}"
+    );
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !counts.contains_key(&i.to_string()))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ids lost (first 10): {missing:?}; logs:\n{log}"
+    );
+    assert_eq!(out.len(), n, "logs:\n{log}");
+}
+
+/// A second worker joins the group of an exactly-once pipeline under load
+/// (cooperative rebalancing): the first worker's open transaction, long
+/// (3 s interval) so it holds records when the revoke comes, is committed
+/// before its partitions are released, nothing is aborted, and a
+/// `read_committed` reader sees every id once.
+#[test]
+fn a_revoke_commits_the_open_transaction_before_releasing_partitions() {
+    const N: usize = 3_000;
+    let topics = TestTopics::create("eos-revoke", 4);
+    let config = topics.config(
+        "eos",
+        &guest("hostile"),
+        "delivery = \"exactly-once\"\ntransaction_interval_ms = 3000\nconcurrency = 2\n",
+        "",
+    );
+    let a = start(&config, &[]);
+    wait_for_log(&a, "partitions assigned", Duration::from_secs(30));
+    let load = produce_over(&topics.input, 0..N, Duration::from_secs(4));
+    std::thread::sleep(Duration::from_millis(1500));
+    let b = start(&config, &[]);
+    wait_for_log(&b, "partitions assigned", Duration::from_secs(30));
+    load.join().unwrap();
+    let logs = || {
+        format!(
+            "--- first:\n{}\n--- second:\n{}",
+            a.log_text(),
+            b.log_text()
+        )
+    };
+    let out = read_until(&[&topics.output], N, Duration::from_secs(30));
+    assert_each_once(&out, N, &logs());
+    let again = read_until(&[&topics.output], N + 1, Duration::from_secs(3));
+    assert_each_once(&again, N, &logs());
+    let first = a.log_text();
+    let line = first
+        .lines()
+        .find(|l| l.contains("revoke: committed the open transaction"))
+        .unwrap_or_else(|| panic!("the first worker never committed on revoke:\n{}", logs()));
+    let records: usize = line
+        .split(" records=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no records= in {line}"));
+    assert!(records > 0, "{line}");
+    assert!(
+        !format!("{first}{}", b.log_text()).contains("transaction aborted"),
+        "nothing may abort:\n{}",
+        logs()
+    );
+    assert_eq!(b.terminate(Duration::from_secs(30)), Some(0));
+    assert_eq!(a.terminate(Duration::from_secs(30)), Some(0));
+}
+
+/// A control plane (`pipeline-worker control`) and the config its workers
+/// share, for one exactly-once pipeline `p` of tenant acme.
+struct Plane {
+    config: std::path::PathBuf,
+    api: String,
+    _control: WorkerProcess,
+    http: reqwest::blocking::Client,
+}
+
+impl Plane {
+    fn start(topics: &TestTopics, pipeline_extra: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("pw-eos-registry"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let text = format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\n\n[runtime]\ncache_dir = \"{cache}\"\ndrain_timeout_ms = 15000\n\n[registry]\nstore = \"store\"\nactivations_topic = \"{activations}\"\n\n[control]\nlisten = \"127.0.0.1:{port}\"\n\n[[control.tenants]]\nname = \"acme\"\ntoken_sha256 = \"{token}\"\n\n[[pipelines]]\nname = \"p\"\ntenant = \"acme\"\ninput_topics = [\"{input}\"]\noutput_topics = [\"{output}\"]\ndead_letter_topic = \"{dlq}\"\n{pipeline_extra}",
+            brokers = brokers(),
+            group = unique("eos-swap-group"),
+            cache = repo_root().join(".cache/pipeline-worker-tests").display(),
+            activations = unique("eos-swap-activations"),
+            token = crate::registry::sha256_hex(crate::registry::TOKEN_A),
+            input = topics.input,
+            output = topics.output,
+            dlq = topics.dlq,
+        );
+        let config = dir.join("worker.toml");
+        std::fs::write(&config, text).unwrap();
+        let control = WorkerProcess::start_verb("control", &config);
+        let plane = Self {
+            config,
+            api: format!("http://127.0.0.1:{port}"),
+            _control: control,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while plane.call("GET", "/v1/functions", None).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "control API never came up:\n{}",
+                plane._control.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        plane
+    }
+
+    /// A successful call's JSON body; None for a refused or failed one.
+    fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Option<serde_json::Value> {
+        let url = format!("{}{path}", self.api);
+        let req = match method {
+            "GET" => self.http.get(&url),
+            _ => self.http.post(&url),
+        }
+        .bearer_auth(crate::registry::TOKEN_A);
+        let req = match body {
+            Some(b) => req.body(b),
+            None => req,
+        };
+        let r = req.send().ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        serde_json::from_str(&r.text().ok()?).ok()
+    }
+
+    fn upload(&self, name: &str, component: &std::path::Path) -> u64 {
+        let body = std::fs::read(component).unwrap();
+        let r = self
+            .call(
+                "POST",
+                &format!("/v1/functions/{name}/versions"),
+                Some(body),
+            )
+            .unwrap_or_else(|| panic!("upload of {} refused", component.display()));
+        r["version"].as_u64().unwrap()
+    }
+
+    fn activate(&self, function: &str, version: u64) {
+        let body = serde_json::json!({"function": function, "version": version});
+        self.call(
+            "POST",
+            "/v1/pipelines/p/activate",
+            Some(body.to_string().into_bytes()),
+        )
+        .unwrap_or_else(|| panic!("activation of {function}@{version} refused"));
+    }
+
+    /// Until the worker reports `version` running for `p`.
+    fn wait_running(&self, version: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let body = self.call("GET", "/v1/pipelines/p", None);
+            let on = body.as_ref().is_some_and(|b| {
+                b["workers"].as_array().is_some_and(|ws| {
+                    ws.iter().any(|w| {
+                        w["running_version"].as_str() == Some(version) && w["state"] == "active"
+                    })
+                })
+            });
+            if on {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker never ran {version}: {body:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Hot swap of an exactly-once pipeline under load (registry activation):
+/// every id once, and per output partition (= one input partition, one
+/// sandbox thread) the version header goes enrich@1 → echo@1 once, never
+/// back, and never inside a transaction. A transaction's records in a
+/// partition have consecutive offsets; its commit marker takes the next
+/// one, so a gap in the offsets a `read_committed` reader sees is a
+/// transaction boundary, and the switch must fall on one.
+#[test]
+fn a_hot_swap_switches_versions_at_a_transaction_boundary() {
+    const N: usize = 4_000;
+    let topics = TestTopics::create("eos-swap", 4);
+    let plane = Plane::start(
+        &topics,
+        "delivery = \"exactly-once\"\ntransaction_interval_ms = 100\nconcurrency = 2\nbatch_size = 16\n",
+    );
+    let enrich = plane.upload("enrich", &guest("enrich_rs"));
+    let echo = plane.upload("echo", &guest("hostile"));
+    plane.activate("enrich", enrich);
+    let worker = start(&plane.config, &[]);
+    plane.wait_running("enrich@1", Duration::from_secs(60));
+    wait_for_log(&worker, "partitions assigned", Duration::from_secs(30));
+    let load = produce_over(&topics.input, 0..N, Duration::from_secs(4));
+    std::thread::sleep(Duration::from_millis(1500));
+    plane.activate("echo", echo);
+    load.join().unwrap();
+    plane.wait_running("echo@1", Duration::from_secs(60));
+    let log = || worker.log_text();
+    let out = read_until(&[&topics.output], N, Duration::from_secs(60));
+    let again = read_until(&[&topics.output], N + 1, Duration::from_secs(3));
+    assert_each_once(&again, N, &log());
+    assert!(
+        read_until(&[&topics.dlq], 1, Duration::from_secs(1)).is_empty(),
+        "nothing dead-lettered"
+    );
+    let mut by_partition: std::collections::BTreeMap<i32, Vec<&Out>> = Default::default();
+    for o in &out {
+        by_partition.entry(o.partition).or_default().push(o);
+    }
+    let (mut switched, mut boundaries) = (0, 0);
+    for (p, recs) in by_partition.iter_mut() {
+        recs.sort_by_key(|o| o.offset);
+        for w in recs.windows(2) {
+            let (a, b) = (
+                w[0].header("pw.function.version"),
+                w[1].header("pw.function.version"),
+            );
+            assert!(
+                (a, b) != ("echo@1", "enrich@1"),
+                "partition {p}: offset {} ran enrich@1 after offset {} ran echo@1",
+                w[1].offset,
+                w[0].offset
+            );
+            if a != b {
+                switched += 1;
+                assert!(
+                    w[1].offset > w[0].offset + 1,
+                    "partition {p}: versions {a} → {b} at offsets {} → {}, inside one transaction; log:\n{}",
+                    w[0].offset,
+                    w[1].offset,
+                    log()
+                );
+            }
+            if w[1].offset > w[0].offset + 1 {
+                boundaries += 1;
+            }
+        }
+    }
+    let enriched = out
+        .iter()
+        .filter(|o| o.header("pw.function.version") == "enrich@1")
+        .count();
+    assert!(
+        enriched > 0 && enriched < N,
+        "the swap happened mid-stream: {enriched} of {N} by enrich"
+    );
+    assert!(switched > 0, "no partition switched versions in the stream");
+    // The check above means something only if transactions are visible.
+    assert!(boundaries > switched, "{boundaries} boundaries seen");
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
 }

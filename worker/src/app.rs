@@ -197,10 +197,6 @@ impl Worker {
     }
 }
 
-/// How long start-up waits for `init_transactions`, and the bound on each
-/// commit or abort.
-const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// The transactional settings of an exactly-once pipeline; `None` for
 /// at-least-once. Refused without a stable worker identity.
 fn exactly_once_setup(
@@ -229,9 +225,19 @@ fn exactly_once_setup(
         transactional_id: crate::kafka::transactional_id(&config.kafka, p, &worker),
         interval: Duration::from_millis(p.transaction_interval_ms),
         max_records: p.transaction_max_records,
-        op_timeout: TRANSACTION_TIMEOUT.min(
-            Duration::from_millis(config.runtime.drain_timeout_ms).max(Duration::from_secs(1)),
-        ),
+        timeouts: crate::txn::Timeouts::derive(
+            crate::config::transaction_timeout_ms(
+                config
+                    .kafka
+                    .librdkafka
+                    .get("transaction.timeout.ms")
+                    .and_then(|v| v.trim().parse().ok()),
+                p.transaction_interval_ms,
+            ),
+            p.transaction_interval_ms,
+            config.runtime.drain_timeout_ms,
+        )
+        .map_err(|e| anyhow::anyhow!("kafka.librdkafka.\"transaction.timeout.ms\": {e}"))?,
         message_max_bytes: config.message_max_bytes()?,
         output_topics: p.output_topics.clone(),
     }))

@@ -846,8 +846,23 @@ pub fn valid_name(s: &str) -> bool {
         && s.as_bytes()[0].is_ascii_alphanumeric()
 }
 
-/// librdkafka's default `transaction.timeout.ms`.
-const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
+/// librdkafka's default `transaction.timeout.ms`, what an exactly-once
+/// producer gets unless its interval needs longer.
+pub const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
+/// The bounds on one commit or abort of an exactly-once pipeline
+/// (`crate::txn::Timeouts`): at most 15 s, at least 1 s.
+pub const TRANSACTION_COMMIT_MAX_MS: u64 = 15_000;
+pub const TRANSACTION_COMMIT_MIN_MS: u64 = 1_000;
+
+/// The `transaction.timeout.ms` of an exactly-once pipeline's producer:
+/// the operator's, else librdkafka's default (60 s), raised for long
+/// intervals so that the interval and two commit bounds (a commit, and an
+/// abort when it fails) always fit.
+pub fn transaction_timeout_ms(user: Option<u64>, interval_ms: u64) -> u64 {
+    user.unwrap_or_else(|| {
+        DEFAULT_TRANSACTION_TIMEOUT_MS.max(interval_ms + 2 * TRANSACTION_COMMIT_MAX_MS)
+    })
+}
 
 impl Config {
     fn validate_tenants(&self) -> Result<(), ConfigError> {
@@ -939,15 +954,21 @@ impl Config {
                 ));
             }
         }
-        let timeout = match self.kafka.librdkafka.get("transaction.timeout.ms") {
-            None => DEFAULT_TRANSACTION_TIMEOUT_MS,
-            Some(v) => v.trim().parse().map_err(|_| {
-                invalid(
-                    lk("transaction.timeout.ms"),
-                    format!("{v:?} is not a whole number of milliseconds"),
-                )
-            })?,
+        let ms = |key: &str| -> Result<Option<u64>, ConfigError> {
+            self.kafka
+                .librdkafka
+                .get(key)
+                .map(|v| {
+                    v.trim().parse().map_err(|_| {
+                        invalid(
+                            lk(key),
+                            format!("{v:?} is not a whole number of milliseconds"),
+                        )
+                    })
+                })
+                .transpose()
         };
+        let user_timeout = ms("transaction.timeout.ms")?;
         for (i, p) in self.pipelines.iter().enumerate() {
             let k = |field: &str| format!("pipelines[{i}].{field}");
             if !(10..=300_000).contains(&p.transaction_interval_ms) {
@@ -979,15 +1000,33 @@ impl Config {
                     ));
                 }
             }
-            if timeout <= p.transaction_interval_ms {
+            let timeout = transaction_timeout_ms(user_timeout, p.transaction_interval_ms);
+            let least = p.transaction_interval_ms + 2 * TRANSACTION_COMMIT_MIN_MS;
+            if timeout < least {
                 return Err(invalid(
                     lk("transaction.timeout.ms"),
                     format!(
-                        "{timeout} ms is not above {} ({} ms): the broker would abort every transaction before it commits",
+                        "{timeout} ms is below {} ({} ms) + 2 x {TRANSACTION_COMMIT_MIN_MS} ms = {least} ms: a transaction stays open for the interval and then its commit (and an abort if that fails), and the broker aborts one open longer than transaction.timeout.ms",
                         k("transaction_interval_ms"),
                         p.transaction_interval_ms
                     ),
                 ));
+            }
+            // librdkafka refuses a transactional producer whose requests or
+            // deliveries may outlive its transactions.
+            for (key, slack) in [
+                ("socket.timeout.ms", 100),
+                ("message.timeout.ms", 0),
+                ("delivery.timeout.ms", 0),
+            ] {
+                if let Some(v) = ms(key)? {
+                    if v > timeout + slack {
+                        return Err(invalid(
+                            lk(key),
+                            format!("{v} ms is above the transaction timeout of {} = \"exactly-once\" ({timeout} ms, transaction.timeout.ms): librdkafka refuses a transactional producer whose requests or deliveries outlive its transactions; lower it or raise kafka.librdkafka.\"transaction.timeout.ms\"", k("delivery")),
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -1431,6 +1470,20 @@ component = "q.wasm"
         assert!(
             e.contains("`kafka.librdkafka.\"transaction.timeout.ms\"`")
                 && e.contains("pipelines[1].transaction_interval_ms"),
+            "{e}"
+        );
+        // Room for the interval but not for a commit and an abort after it.
+        let e = with("transaction.timeout.ms", "2099");
+        assert!(e.contains("2100 ms"), "{e}");
+        // librdkafka would refuse the transactional producer itself.
+        let e = with("message.timeout.ms", "300000");
+        assert!(
+            e.contains("`kafka.librdkafka.\"message.timeout.ms\"`") && e.contains("60000 ms"),
+            "{e}"
+        );
+        let e = with("socket.timeout.ms", "60101");
+        assert!(
+            e.contains("`kafka.librdkafka.\"socket.timeout.ms\"`"),
             "{e}"
         );
         let e = with("enable.idempotence", "false");

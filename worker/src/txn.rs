@@ -9,7 +9,8 @@
 //! lanes:  gate.read ─ take batch ─ run ─ enqueue ─ record offsets ─ release
 //! consumer thread, every transaction_interval_ms / transaction_max_records,
 //! on revoke and on stop:
-//!         gate.write ─ send offsets ─ commit ─ begin   (or abort ─ seek back)
+//!         gate.write ─ send offsets ─ wait for deliveries ─ commit ─ begin
+//!                                          (or abort ─ seek back)
 //! ```
 //! The gate makes the boundary exact: while the consumer thread holds it no
 //! lane is between taking a record and enqueueing its results, so every
@@ -81,6 +82,49 @@ struct Open {
     started: Option<Instant>,
 }
 
+impl Open {
+    /// Adds a batch's spans (per partition its first and last offset, the
+    /// partition's batches in order); returns how many records they count.
+    fn add(&mut self, spans: &[(&str, i32, i64, i64)]) -> usize {
+        self.started.get_or_insert_with(Instant::now);
+        let mut n = 0usize;
+        for &(topic, partition, first, last) in spans {
+            n += (last - first + 1).max(1) as usize;
+            match self
+                .partitions
+                .iter_mut()
+                .find(|(t, p, _, _)| *p == partition && t == topic)
+            {
+                Some(e) => e.3 = e.3.max(last + 1),
+                None => self
+                    .partitions
+                    .push((topic.to_string(), partition, first, last + 1)),
+            }
+        }
+        n
+    }
+
+    /// What a commit stores: per partition the next offset to read.
+    fn commit_offsets(&self) -> TopicPartitionList {
+        let mut offsets = TopicPartitionList::with_capacity(self.partitions.len());
+        for (t, p, _, next) in &self.partitions {
+            let _ = offsets.add_partition_offset(t, *p, Offset::Offset(*next));
+        }
+        offsets
+    }
+}
+
+/// An output's size as the broker counts it against `max.message.bytes`.
+fn output_size(o: &OutputRecord) -> usize {
+    o.key.as_ref().map_or(0, Vec::len)
+        + o.value.as_ref().map_or(0, Vec::len)
+        + o.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum::<usize>()
+        + RECORD_OVERHEAD_BYTES
+}
+
 /// The transaction coordinator of one exactly-once pipeline.
 pub struct Transactions {
     pub pipeline: String,
@@ -107,14 +151,64 @@ pub struct Transactions {
     topic_limits: HashMap<String, usize>,
 }
 
+/// The time bounds of an exactly-once pipeline, derived together so that
+/// they cannot contradict each other (see [`Timeouts::derive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The producer's `transaction.timeout.ms`: the broker aborts (and
+    /// fences) a transaction open longer than this.
+    pub transaction: Duration,
+    /// Bound on each `send_offsets_to_transaction`, commit and abort.
+    pub commit: Duration,
+    /// Bound on `init_transactions` at start-up.
+    pub init: Duration,
+}
+
+impl Timeouts {
+    /// `init_transactions` waits for the transaction coordinator (and for
+    /// it to abort a predecessor's open transaction, which it does at once);
+    /// a broker that has not answered in this long cannot do transactions.
+    pub const INIT: Duration = Duration::from_secs(15);
+
+    /// From the producer's `transaction.timeout.ms` (already the derived
+    /// one, [`crate::config::transaction_timeout_ms`]), the interval and
+    /// `runtime.drain_timeout_ms`:
+    /// - commit = min(15 s, drain timeout, (transaction − interval) / 2),
+    ///   at least 1 s: a transaction that reached its interval has time to
+    ///   commit and, if that fails, to abort before the broker would time it
+    ///   out; the final commit on SIGTERM fits in the drain;
+    /// - init = 15 s whatever the drain timeout (which once bounded it too,
+    ///   so a 1 s drain made start-up fail on a slow coordinator).
+    ///
+    /// Err names what does not fit (config validation refuses it first).
+    pub fn derive(
+        transaction_timeout_ms: u64,
+        interval_ms: u64,
+        drain_timeout_ms: u64,
+    ) -> Result<Self, String> {
+        use crate::config::{TRANSACTION_COMMIT_MAX_MS as MAX, TRANSACTION_COMMIT_MIN_MS as MIN};
+        let room = transaction_timeout_ms.saturating_sub(interval_ms) / 2;
+        if room < MIN {
+            return Err(format!(
+                "transaction.timeout.ms ({transaction_timeout_ms} ms) leaves {room} ms for a commit and an abort after the {interval_ms} ms interval; at least {MIN} ms each are needed"
+            ));
+        }
+        let commit = MAX.min(room).min(drain_timeout_ms.max(MIN));
+        Ok(Self {
+            transaction: Duration::from_millis(transaction_timeout_ms),
+            commit: Duration::from_millis(commit),
+            init: Self::INIT,
+        })
+    }
+}
+
 pub struct TxnSetup {
     /// `pipelines[i].delivery`, for errors.
     pub key: String,
     pub transactional_id: String,
     pub interval: Duration,
     pub max_records: usize,
-    /// Bound on init, commit and abort calls.
-    pub op_timeout: Duration,
+    pub timeouts: Timeouts,
     /// The producer's `message.max.bytes` (dead letters are cut to fit).
     pub message_max_bytes: usize,
     /// The pipeline's output topics, whose size limits are read at start.
@@ -134,7 +228,14 @@ impl Transactions {
         fatal: Arc<Fatal>,
     ) -> Result<Self, TxnError> {
         let faults = Arc::new(TxnFaults::new(&setup.transactional_id));
-        let config = crate::kafka::transactional_producer_config(kafka, &setup.transactional_id);
+        let mut config =
+            crate::kafka::transactional_producer_config(kafka, &setup.transactional_id);
+        // Set even when it is librdkafka's default, so that the bounds
+        // derived from it are the producer's.
+        config.set(
+            "transaction.timeout.ms",
+            setup.timeouts.transaction.as_millis().to_string(),
+        );
         let sink = Sink::create_transactional(
             &config,
             fatal.clone(),
@@ -147,14 +248,14 @@ impl Transactions {
         })?;
         let init = sink
             .producer()
-            .init_transactions(setup.op_timeout)
+            .init_transactions(setup.timeouts.init)
             .and_then(|()| sink.producer().begin_transaction());
         if let Err(source) = init {
             return Err(TxnError::Init {
                 key: setup.key.clone(),
                 brokers: kafka.brokers.clone(),
                 transactional_id: setup.transactional_id.clone(),
-                timeout: setup.op_timeout,
+                timeout: setup.timeouts.init,
                 source: Box::new(source),
             });
         }
@@ -182,12 +283,12 @@ impl Transactions {
             consecutive_aborts: AtomicU32::new(0),
             interval: setup.interval,
             max_records: setup.max_records,
-            op_timeout: setup.op_timeout,
+            op_timeout: setup.timeouts.commit,
             trackers,
             fatal,
             fault_at,
             fault_fired: AtomicBool::new(false),
-            topic_limits: topic_limits(kafka, &setup.output_topics, setup.op_timeout),
+            topic_limits: topic_limits(kafka, &setup.output_topics, setup.timeouts.init),
         })
     }
 
@@ -204,13 +305,7 @@ impl Transactions {
             let Some(&limit) = self.topic_limits.get(topic) else {
                 continue;
             };
-            let size = o.key.as_ref().map_or(0, Vec::len)
-                + o.value.as_ref().map_or(0, Vec::len)
-                + o.headers
-                    .iter()
-                    .map(|h| h.key.len() + h.value.len())
-                    .sum::<usize>()
-                + RECORD_OVERHEAD_BYTES;
+            let size = output_size(o);
             if size > limit {
                 return Err(format!(
                     "output {i} to topic {topic}: about {size} bytes with record overhead, over the topic's max.message.bytes ({limit})"
@@ -238,20 +333,8 @@ impl Transactions {
     /// Called under the gate, once per batch.
     pub fn record_batch(&self, spans: &[(&str, i32, i64, i64)]) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.started.get_or_insert_with(Instant::now);
-        let mut n = 0usize;
+        let n = open.add(spans);
         for &(topic, partition, first, last) in spans {
-            n += (last - first + 1).max(1) as usize;
-            match open
-                .partitions
-                .iter_mut()
-                .find(|(t, p, _, _)| *p == partition && t == topic)
-            {
-                Some(e) => e.3 = e.3.max(last + 1),
-                None => open
-                    .partitions
-                    .push((topic.to_string(), partition, first, last + 1)),
-            }
             if let (Some(at), false) = (self.fault_at, self.fault_fired.load(Ordering::Relaxed)) {
                 if (first..=last).contains(&at) && !self.fault_fired.swap(true, Ordering::AcqRel) {
                     self.faults.fail(format!(
@@ -286,7 +369,9 @@ impl Transactions {
         consumer: &BaseConsumer<C>,
         why: &str,
     ) -> bool {
+        let asked = Instant::now();
         let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let held = Instant::now();
         if self.fatal.get().is_some() {
             self.abort_locked(consumer, "the worker is stopping on a fatal error");
             return false;
@@ -300,12 +385,9 @@ impl Transactions {
             self.abort_locked(consumer, &failure);
             return false;
         }
-        let started = Instant::now();
-        let mut offsets = TopicPartitionList::with_capacity(open.partitions.len());
-        for (t, p, _, next) in &open.partitions {
-            let _ = offsets.add_partition_offset(t, *p, Offset::Offset(*next));
-        }
+        let offsets = open.commit_offsets();
         let producer = self.sink.producer();
+        let mut offsets_sent = held;
         let result = match consumer.group_metadata() {
             // Not a member right now (between generations): abort and
             // replay once the group has us again.
@@ -314,14 +396,19 @@ impl Transactions {
             )),
             Some(cgm) => producer
                 .send_offsets_to_transaction(&offsets, &cgm, self.op_timeout)
-                .and_then(|()| producer.commit_transaction(self.op_timeout)),
+                .map(|()| offsets_sent = Instant::now())
+                .and_then(|()| {
+                    self.wait_delivered(offsets_sent + self.op_timeout);
+                    producer.commit_transaction(self.op_timeout)
+                }),
         };
+        let committed = Instant::now();
         // A delivery refused while commit flushed: commit already failed,
         // or the refusal must still abort (it is remembered for the replay).
         let late = self.faults.take_failure();
         match (result, late) {
             (Ok(()), None) => {
-                let micros = started.elapsed().as_micros() as u64;
+                let micros = committed.duration_since(held).as_micros() as u64;
                 self.stats
                     .transactions
                     .committed
@@ -333,10 +420,27 @@ impl Transactions {
                 self.consecutive_aborts.store(0, Ordering::Relaxed);
                 let records = self.records.swap(0, Ordering::AcqRel);
                 self.epoch.fetch_add(1, Ordering::AcqRel);
-                tracing::debug!(pipeline = %self.pipeline, records, partitions = open.partitions.len(), micros, why, "transaction committed");
                 if let Err(e) = producer.begin_transaction() {
                     self.fail_hard(&e);
                     return false;
+                }
+                // Where a commit's time goes (the eos bench reads these):
+                // lanes finishing their batch, the offsets RPC, the commit
+                // flushing the producer, and the whole time lanes were held.
+                let us = |d: Duration| d.as_micros() as u64;
+                tracing::debug!(
+                    pipeline = %self.pipeline,
+                    records,
+                    partitions = open.partitions.len(),
+                    gate_wait_us = us(held.duration_since(asked)),
+                    offsets_us = us(offsets_sent.duration_since(held)),
+                    commit_us = us(committed.duration_since(offsets_sent)),
+                    held_us = us(held.elapsed()),
+                    why,
+                    "transaction committed"
+                );
+                if why == "revoke" {
+                    tracing::info!(pipeline = %self.pipeline, transactional_id = %self.transactional_id, records, partitions = open.partitions.len(), "revoke: committed the open transaction before releasing the revoked partitions");
                 }
                 true
             }
@@ -365,6 +469,20 @@ impl Transactions {
                 self.abort_locked(consumer, &why);
                 false
             }
+        }
+    }
+
+    /// Waits (up to `deadline`) until the producer holds nothing
+    /// undelivered. rdkafka's `commit_transaction` flushes first, and its
+    /// flush, whenever anything is outstanding, polls for a fixed 100 ms
+    /// before it looks again: every commit held the gate 100 ms longer than
+    /// its deliveries took (the eos bench's profile). The producer's own
+    /// thread serves the delivery reports meanwhile, so a short sleep is
+    /// all this needs; the flush inside the commit then finds nothing.
+    fn wait_delivered(&self, deadline: Instant) {
+        let producer = self.sink.producer();
+        while producer.in_flight_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(500));
         }
     }
 
@@ -540,8 +658,10 @@ impl RevokeHook for Transactions {
                 consumer,
                 "assignment lost: fenced, the group gave these partitions to another member",
             );
-        } else if self.commit(consumer, "revoke") {
-            tracing::info!(pipeline = %self.pipeline, "committed the open transaction before releasing revoked partitions");
+        } else {
+            // Logs `revoke: committed the open transaction …` when it held
+            // records, `transaction aborted …` when it could not commit.
+            self.commit(consumer, "revoke");
         }
     }
 }
@@ -552,5 +672,174 @@ impl std::fmt::Debug for Transactions {
             .field("pipeline", &self.pipeline)
             .field("transactional_id", &self.transactional_id)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::transaction_timeout_ms;
+    use crate::sandbox::Header;
+
+    fn offsets_of(tpl: &TopicPartitionList) -> Vec<(String, i32, Offset)> {
+        tpl.elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition(), e.offset()))
+            .collect()
+    }
+
+    /// A partition's batches in one transaction: the rewind point stays the
+    /// first offset of the first batch, the commit moves to the last one's
+    /// next; partitions (and topics with the same partition number) apart.
+    #[test]
+    fn open_keeps_the_first_offset_and_commits_the_next() {
+        let mut open = Open::default();
+        assert_eq!(open.add(&[("a", 0, 10, 14), ("a", 1, 3, 3)]), 6);
+        assert_eq!(open.add(&[("a", 0, 15, 20), ("b", 0, 7, 8)]), 8);
+        assert!(open.started.is_some());
+        assert_eq!(
+            open.partitions,
+            vec![
+                ("a".to_string(), 0, 10, 21),
+                ("a".to_string(), 1, 3, 4),
+                ("b".to_string(), 0, 7, 9),
+            ]
+        );
+        assert_eq!(
+            offsets_of(&open.commit_offsets()),
+            vec![
+                ("a".to_string(), 0, Offset::Offset(21)),
+                ("a".to_string(), 1, Offset::Offset(4)),
+                ("b".to_string(), 0, Offset::Offset(9)),
+            ]
+        );
+        // An empty transaction commits nothing.
+        assert_eq!(Open::default().commit_offsets().count(), 0);
+    }
+
+    /// What an abort leaves behind for the replay: the refused input is
+    /// remembered once (its replay dead-letters it), other inputs are not,
+    /// and the first failure is the one reported.
+    #[test]
+    fn a_refused_input_is_remembered_once_for_its_replay() {
+        let f = TxnFaults::new("tid");
+        assert_eq!(f.take_refused("t", 0, 5), None);
+        f.refuse("t", 0, 5, "too large".into());
+        f.refuse("t", 0, 5, "second reason".into());
+        f.fail("later failure".into());
+        let why = f.take_failure().expect("a refusal aborts the transaction");
+        assert!(why.contains("t/0 offset 5"), "{why}");
+        assert_eq!(f.take_failure(), None, "taken once");
+        assert_eq!(f.take_refused("t", 1, 5), None, "other partition");
+        assert_eq!(f.take_refused("u", 0, 5), None, "other topic");
+        assert_eq!(f.take_refused("t", 0, 5).as_deref(), Some("too large"));
+        assert_eq!(f.take_refused("t", 0, 5), None, "only its first replay");
+    }
+
+    #[test]
+    fn output_size_counts_key_value_headers_and_overhead() {
+        let o = OutputRecord {
+            key: Some(vec![0; 3]),
+            value: Some(vec![0; 100]),
+            headers: vec![Header {
+                key: "k1".into(),
+                value: vec![0; 10],
+            }],
+            topic: None,
+            timestamp: None,
+        };
+        assert_eq!(output_size(&o), 3 + 100 + 2 + 10 + RECORD_OVERHEAD_BYTES);
+        let tombstone = OutputRecord {
+            key: None,
+            value: None,
+            headers: vec![],
+            topic: None,
+            timestamp: None,
+        };
+        assert_eq!(output_size(&tombstone), RECORD_OVERHEAD_BYTES);
+    }
+
+    #[test]
+    fn timeouts_fit_the_interval_the_transaction_timeout_and_the_drain() {
+        let t = Timeouts::derive(transaction_timeout_ms(None, 100), 100, 15_000).unwrap();
+        assert_eq!(t.transaction, Duration::from_secs(60));
+        assert_eq!(t.commit, Duration::from_secs(15));
+        assert_eq!(t.init, Timeouts::INIT);
+        // A short drain bounds the commit (the final one must fit in it)
+        // but not the start-up.
+        let t = Timeouts::derive(60_000, 100, 2_000).unwrap();
+        assert_eq!((t.commit, t.init), (Duration::from_secs(2), Timeouts::INIT));
+        assert_eq!(
+            Timeouts::derive(60_000, 100, 0).unwrap().commit,
+            Duration::from_secs(1)
+        );
+        // A short transaction timeout: commit and abort share what the
+        // interval leaves.
+        let t = Timeouts::derive(10_000, 5_000, 15_000).unwrap();
+        assert_eq!(t.commit, Duration::from_millis(2_500));
+        assert!(t.transaction >= Duration::from_millis(5_000) + 2 * t.commit);
+        let e = Timeouts::derive(5_000 + 1_999, 5_000, 15_000).unwrap_err();
+        assert!(e.contains("transaction.timeout.ms (6999 ms)"), "{e}");
+        assert!(Timeouts::derive(50, 100, 15_000).is_err());
+        // Long intervals raise the derived transaction timeout so that
+        // they still fit.
+        let long = transaction_timeout_ms(None, 300_000);
+        assert_eq!(long, 330_000);
+        assert_eq!(
+            Timeouts::derive(long, 300_000, 15_000).unwrap().commit,
+            Duration::from_secs(15)
+        );
+        assert_eq!(transaction_timeout_ms(Some(9_000), 300_000), 9_000);
+    }
+
+    /// librdkafka's own rule, which config validation refuses ahead of it
+    /// naming the key: a transactional producer's message timeout may not
+    /// outlive its transaction timeout. And a short transaction timeout
+    /// alone (socket.timeout.ms at its default) is accepted.
+    #[test]
+    fn librdkafka_accepts_the_derived_producer_and_refuses_what_config_refuses() {
+        let create = |extra: &[(&str, &str)]| {
+            let mut c = rdkafka::ClientConfig::new();
+            c.set("bootstrap.servers", "127.0.0.1:1")
+                .set("transactional.id", "unit-test")
+                .set("transaction.timeout.ms", "5000");
+            for (k, v) in extra {
+                c.set(*k, *v);
+            }
+            c.create::<rdkafka::producer::BaseProducer>().map(|_| ())
+        };
+        create(&[]).expect("a 5 s transaction timeout alone");
+        create(&[("message.timeout.ms", "5000")]).expect("equal is fine");
+        for (key, over) in [
+            ("message.timeout.ms", "5001"),
+            ("delivery.timeout.ms", "5001"),
+            ("socket.timeout.ms", "5101"),
+        ] {
+            let e = create(&[(key, over)]).unwrap_err();
+            assert!(
+                e.to_string().contains("transaction.timeout.ms"),
+                "{key}: {e}"
+            );
+        }
+        create(&[("socket.timeout.ms", "5100")]).expect("within 100 ms");
+    }
+
+    #[test]
+    fn group_fencing_is_told_from_other_commit_errors() {
+        use rdkafka::error::RDKafkaErrorCode as C;
+        for code in [
+            C::IllegalGeneration,
+            C::UnknownMemberId,
+            C::FencedInstanceId,
+        ] {
+            assert!(fenced_by_group(&KafkaError::Global(code)), "{code:?}");
+        }
+        for code in [
+            C::RequestTimedOut,
+            C::CoordinatorNotAvailable,
+            C::InvalidGroupId,
+        ] {
+            assert!(!fenced_by_group(&KafkaError::Global(code)), "{code:?}");
+        }
     }
 }
