@@ -2,6 +2,8 @@
 # Builds a customer JavaScript function into a WebAssembly component.
 #
 #   scripts/build-js.sh SRC.js OUT.wasm      (or SRC.ts / .mjs / .mts)
+#   scripts/build-js.sh --tools              only install the build tools (CI
+#                                            runs this while cargo compiles)
 #
 # A thin caller of the npm package's own build, `pipeline-sdk-js build`
 # (sdk-wit/js/bin/pipeline-sdk-js.mjs, the same code a customer gets from the
@@ -41,9 +43,14 @@ usage() {
     echo "usage: $0 SRC.js|SRC.ts OUT.wasm" >&2
     exit 2
 }
-[ $# -eq 2 ] || usage
-src="$1"
-out="$2"
+tools_only=0
+if [ $# -eq 1 ] && [ "$1" = "--tools" ]; then
+    tools_only=1
+else
+    [ $# -eq 2 ] || usage
+    src="$1"
+    out="$2"
+fi
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 sdk_dir="$repo_root/sdk-wit/js"
@@ -57,8 +64,17 @@ fi
 # npm ci is idempotent but slow (it deletes node_modules); run it only when
 # node_modules is missing or older than the lock file.
 stamp="$sdk_dir/node_modules/.pipeline-build-stamp"
-if [ ! -f "$stamp" ] || [ "$sdk_dir/package-lock.json" -nt "$stamp" ] ||
-    [ ! -x "$sdk_dir/node_modules/.bin/componentize-js" ]; then
+stale() {
+    [ ! -f "$stamp" ] || [ "$sdk_dir/package-lock.json" -nt "$stamp" ] ||
+        [ ! -x "$sdk_dir/node_modules/.bin/componentize-js" ]
+}
+# Serialise concurrent installs (CI's --tools in the background and a build):
+# npm ci deletes node_modules, which would pull it from under the other one.
+if stale && command -v flock >/dev/null 2>&1; then
+    exec 9>"${TMPDIR:-/tmp}/pipeline-build-js.$(printf '%s' "$sdk_dir" | cksum | cut -d' ' -f1).lock"
+    flock 9
+fi
+if stale; then
     if [ "${PIPELINE_JS_OFFLINE:-0}" = "1" ]; then
         echo "error: $sdk_dir/node_modules is missing or stale and PIPELINE_JS_OFFLINE=1" >&2
         exit 1
@@ -70,4 +86,6 @@ if [ ! -f "$stamp" ] || [ "$sdk_dir/package-lock.json" -nt "$stamp" ] ||
     fi
     touch "$stamp"
 fi
+exec 9>&-
+[ "$tools_only" = 0 ] || exit 0
 exec node "$sdk_dir/bin/pipeline-sdk-js.mjs" build "$src" -o "$out"

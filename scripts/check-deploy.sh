@@ -945,6 +945,39 @@ def dockerfile(path, root):
     check(re.search(r"cargo build [^\n]*--release[^\n]*-p pipeline-worker", alltext), "Dockerfile: cargo build --release -p pipeline-worker")
     for tool in ("cmake", "g++", "make", "perl"):
         check(re.search(r"apt-get install[^\n]*" + re.escape(tool), "\n".join(r for op, r in stages[0][2] if op == "RUN")), f"Dockerfile: builder installs {tool}")
+    # The SDK builder stage: the toolchains `pipeline-worker build` needs, with
+    # the SDK packages installed as a customer installs them, never the
+    # default target (the runtime stage stays last).
+    sb = [st for st in stages if st[1] == "sdk-builder"]
+    if check(len(sb) == 1, f"Dockerfile: one sdk-builder stage (stages: {[st[1] for st in stages]})"):
+        names = [st[1] for st in stages]
+        check(names.index("sdk-builder") < len(stages) - 1, "Dockerfile: sdk-builder is not the final (default) stage")
+        sb_from, _, sb_ins = sb[0]
+        check(sb_from == "toolchain", f"Dockerfile: sdk-builder FROM toolchain (cargo + rustup target add wasm32-wasip2), got {sb_from}")
+        tc = [st for st in stages if st[1] == "toolchain"]
+        check(bool(tc) and "rustup target add wasm32-wasip2" in " ".join(r for op, r in tc[0][2] if op == "RUN"),
+              "Dockerfile: the toolchain stage under sdk-builder installs wasm32-wasip2")
+        run = " ".join(r for op, r in sb_ins if op == "RUN")
+        env = " ".join(r for op, r in sb_ins if op == "ENV")
+        copies = [r for op, r in sb_ins if op == "COPY"]
+        check(re.search(r"apt-get install[^&]*\bpython3\b[^&]*\bpython3-venv\b", run), "Dockerfile: sdk-builder installs python3 and python3-venv")
+        check(re.search(r"pip install [^&]*\./sdk-wit/python\b", run), "Dockerfile: sdk-builder pip-installs the pipeline-sdk package of sdk-wit/python")
+        check("pipeline-sdk --version" in run and "pipeline-sdk-js --version" in run, "Dockerfile: sdk-builder runs both SDK commands once")
+        check(re.search(r"npm pack[^&]*\).*npm install --global[^&]*pipeline-sdk-\*\.tgz", run), "Dockerfile: sdk-builder installs the npm tarball of sdk-wit/js globally")
+        node_stage = [st for st in stages if st[1] == "node"]
+        node_image = node_stage[0][0] if node_stage else ""
+        m = re.fullmatch(r"node:(\d+)-bookworm-slim", node_image)
+        check(m is not None and int(m.group(1)) >= 20, f"Dockerfile: Node.js >= 20 from node:<major>-bookworm-slim (the JS SDK needs it), got {node_image!r}")
+        check(any("--from=node" in r and r.split()[-1] == "/usr/local/bin/node" for r in copies), "Dockerfile: sdk-builder copies node into /usr/local/bin")
+        check(any("--from=build" in r and r.split()[-1] == "/usr/local/bin/pipeline-worker" for r in copies), "Dockerfile: sdk-builder has the worker binary")
+        check("/opt/pipeline-sdk/bin" in env and re.search(r"PATH=/opt/pipeline-sdk/bin:\$PATH", env), "Dockerfile: sdk-builder puts the Python SDK venv on PATH")
+        check(re.search(r"PIPELINE_SDK_HOME=(\s|$)", env), "Dockerfile: sdk-builder sets PIPELINE_SDK_HOME empty (installed packages, never /src)")
+        check(re.search(r"cp -R sdk-wit/rust (\S+)", run) and re.search(r"PIPELINE_SDK_RUST=" + re.escape(re.search(r"cp -R sdk-wit/rust (\S+)", run).group(1)) + r"\b", env),
+              "Dockerfile: sdk-builder's PIPELINE_SDK_RUST is the crate it copies")
+        ops_sb = {op: r for op, r in sb_ins}
+        check(ops_sb.get("ENTRYPOINT") == '["pipeline-worker"]', "Dockerfile: sdk-builder ENTRYPOINT [\"pipeline-worker\"]")
+        readme_text = open(os.path.join(root, "README.md")).read()
+        check("--target sdk-builder" in readme_text, "README.md documents the sdk-builder image (--target sdk-builder)")
     ign = path + ".dockerignore"
     if check(os.path.isfile(ign), "Dockerfile: compose/Dockerfile.dockerignore exists"):
         pats = {l.strip() for l in open(ign) if l.strip() and not l.startswith("#")}
@@ -1114,6 +1147,48 @@ if __name__ == "__main__":
         print(e)
     sys.exit(1 if errors else 0)
 PY
+
+# Schemas without a download at check time: the OpenAPI document of
+# Kubernetes ships in the Go module k8s.io/kubernetes (api/openapi-spec,
+# 18 MB zip), served by the Go module proxy like any module; checks.py turns
+# it into kubeconform's layout (standalone, strict) once per version, cached
+# in $SCHEMA_CACHE.
+ensure_schemas() {
+    schemas_ok=0
+    if [ -f "$SCHEMA_CACHE/.complete" ]; then
+        ok "Kubernetes $KUBE_VERSION schemas cached in $SCHEMA_CACHE"; schemas_ok=1
+    else
+        t0=$(date +%s)
+        if go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" >"$OUT/k8s-module.json" 2>"$OUT/k8s-module.err"; then
+            swagger="$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["Dir"])' "$OUT/k8s-module.json")/api/openapi-spec/swagger.json"
+            rm -rf "$SCHEMA_CACHE.tmp"
+            if "$PYTHON" "$OUT/checks.py" k8s-schemas "$swagger" "$SCHEMA_CACHE.tmp" >"$OUT/k8s-schemas.out" 2>&1; then
+                rm -rf "$SCHEMA_CACHE" && mkdir -p "$(dirname "$SCHEMA_CACHE")" && mv "$SCHEMA_CACHE.tmp" "$SCHEMA_CACHE" && touch "$SCHEMA_CACHE/.complete"
+                ok "Kubernetes $KUBE_VERSION schemas: $(cat "$OUT/k8s-schemas.out") from k8s.io/kubernetes@v$KUBE_VERSION in $(( $(date +%s) - t0 ))s"
+                TIMINGS+=("$(( $(date +%s) - t0 ))s  k8s.io/kubernetes@v$KUBE_VERSION download + schema generation")
+                schemas_ok=1
+            else
+                fail "schema generation from $swagger:"; cat "$OUT/k8s-schemas.out" >&2
+            fi
+        else
+            fail "go mod download k8s.io/kubernetes@v$KUBE_VERSION:"; cat "$OUT/k8s-module.err" >&2
+        fi
+    fi
+}
+
+# CHECK_DEPLOY_TOOLS_ONLY=1: install the tools, fill the schema cache and warm
+# Go's build cache for composecheck, check nothing. CI runs this in the
+# background (nice 19) while cargo compiles, so the checks later start at once.
+if [ "${CHECK_DEPLOY_TOOLS_ONLY:-0}" = 1 ]; then
+    ensure_schemas
+    if ! docker compose version >/dev/null 2>&1; then
+        (cd "$ROOT/compose/tools/composecheck" && go build -o "$OUT/composecheck" .) >"$OUT/composecheck-build.log" 2>&1 \
+            && ok "composecheck built (Go build cache warm)" || warn "composecheck did not build (the compose step will say why)"
+    fi
+    [ "$schemas_ok" = 1 ] || { printf 'FAIL  %s\n' "${FAILURES[@]}" >&2; exit 1; }
+    printf '\ntools ready\n'
+    exit 0
+fi
 
 # Runs one check subcommand of checks.py; each failed assertion becomes a FAIL line.
 # Lines starting with "WARN " are warnings, any other line is a failed assertion.
@@ -1401,26 +1476,7 @@ step "kubeconform (every render against the Kubernetes $KUBE_VERSION schemas)"
 # in $SCHEMA_CACHE. The CRDs (ServiceMonitor, PrometheusRule, ScaledObject,
 # TriggerAuthentication) are validated with the strict schemas of what the
 # chart renders in compose/helm/ci/schemas/, written for this check.
-schemas_ok=0
-if [ -f "$SCHEMA_CACHE/.complete" ]; then
-    ok "Kubernetes $KUBE_VERSION schemas cached in $SCHEMA_CACHE"; schemas_ok=1
-else
-    t0=$(date +%s)
-    if go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" >"$OUT/k8s-module.json" 2>"$OUT/k8s-module.err"; then
-        swagger="$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["Dir"])' "$OUT/k8s-module.json")/api/openapi-spec/swagger.json"
-        rm -rf "$SCHEMA_CACHE.tmp"
-        if "$PYTHON" "$OUT/checks.py" k8s-schemas "$swagger" "$SCHEMA_CACHE.tmp" >"$OUT/k8s-schemas.out" 2>&1; then
-            rm -rf "$SCHEMA_CACHE" && mkdir -p "$(dirname "$SCHEMA_CACHE")" && mv "$SCHEMA_CACHE.tmp" "$SCHEMA_CACHE" && touch "$SCHEMA_CACHE/.complete"
-            ok "Kubernetes $KUBE_VERSION schemas: $(cat "$OUT/k8s-schemas.out") from k8s.io/kubernetes@v$KUBE_VERSION in $(( $(date +%s) - t0 ))s"
-            TIMINGS+=("$(( $(date +%s) - t0 ))s  k8s.io/kubernetes@v$KUBE_VERSION download + schema generation")
-            schemas_ok=1
-        else
-            fail "schema generation from $swagger:"; cat "$OUT/k8s-schemas.out" >&2
-        fi
-    else
-        fail "go mod download k8s.io/kubernetes@v$KUBE_VERSION:"; cat "$OUT/k8s-module.err" >&2
-    fi
-fi
+ensure_schemas
 kubeconform() {
     "$KUBECONFORM" -strict -summary -kubernetes-version "$KUBE_VERSION" \
         -schema-location "$SCHEMA_CACHE/{{ .ResourceKind }}{{ .KindSuffix }}.json" \

@@ -3,13 +3,15 @@
 # the npm tarball and the Rust .crate, then, in a temporary folder outside the
 # checkout, with no PIPELINE_SDK_HOME and a copy of the pipeline-worker binary
 # (as `cargo install --path worker` would leave it), installs each one and
-# runs `pipeline-worker init` + `build` + `test` of one function per language.
+# runs `pipeline-worker init` + `build` + `test` of one function per language
+# (JavaScript and TypeScript from the one tarball; Rust by path to the unpacked
+# .crate and by `git =` to a local file:// clone of this repository).
 #
 #   scripts/check-sdk-packages.sh            # needs target/release/pipeline-worker
 #
 # Environment:
 #   PIPELINE_WORKER      the binary to test (default target/release/pipeline-worker)
-#   SDK_CHECK_LANGS      which languages (default "python js rust")
+#   SDK_CHECK_LANGS      which languages (default "python js rust"; js covers TypeScript)
 #   SDK_CHECK_KEEP=1     keep the temporary folder (its path is printed)
 #
 # pip's and npm's caches live in target/sdk-packages-cache, so a second run
@@ -129,6 +131,16 @@ check_js() {
         "pipeline-sdk 0.2.0 (WIT pipeline:transform@0.2.0, componentize-js 0.23.0)" "pipeline-sdk-js --version"
     pw_build js_fn
     pw_test js_fn
+    # TypeScript from the same tarball: types stripped by the package's own
+    # build (amaro), lines kept.
+    pw init --lang ts ts_fn >/dev/null
+    grep -q "interface " ts_fn/ts_fn.ts && grep -q ": Record" ts_fn/ts_fn.ts || fail "ts_fn/ts_fn.ts is not TypeScript"
+    [ -f ts_fn/tsconfig.json ] || fail "init --lang ts wrote no ts_fn/tsconfig.json"
+    (cd ts_fn && npm install --silent --no-audit --no-fund --prefer-offline --cache "$cache/npm" "$tgz")
+    pw_build ts_fn
+    pw_test ts_fn
+    expect "$(pw test --cache-dir "$tmp/cache" --component ts_fn/ts_fn.wasm --input ts_fn/sample.jsonl)" \
+        '"session_duration_minutes":60' "ts_fn: pipeline-worker test output"
 }
 
 check_rust() {
@@ -140,6 +152,17 @@ check_rust() {
     cp "$root/Cargo.lock" rs_fn/Cargo.lock
     CARGO_TARGET_DIR="$root/target/guests" pw_build rs_fn
     pw_test rs_fn
+    # By git, as `cargo add --git` leaves it: a file:// clone of this
+    # repository (its committed HEAD; no network). Cargo finds the crate
+    # inside the workspace by its package name.
+    git clone --quiet --bare "$root" "$tmp/pipeline-worker.git"
+    local url="file://$tmp/pipeline-worker.git"
+    pw init --lang rust rs_git --rust-sdk "$url" >/dev/null
+    expect "$(cat rs_git/Cargo.toml)" "pipeline-sdk = { git = \"$url\" }" "rs_git/Cargo.toml"
+    cp "$root/Cargo.lock" rs_git/Cargo.lock
+    CARGO_TARGET_DIR="$root/target/guests" pw_build rs_git
+    expect "$(cat rs_git/Cargo.lock)" "source = \"git+$url" "rs_git/Cargo.lock (pipeline-sdk from the git clone)"
+    pw_test rs_git
 }
 
 pids=()

@@ -280,35 +280,47 @@ fn python_build_refuses_two_or_no_transforms() {
     }
 }
 
-/// The customer's loop as a customer runs it: init → build → test.
+/// The customer's loop inside a checkout: `build` runs the checkout's own
+/// `scripts/build-*.sh` (the scripts `make examples` runs on every example).
+/// The templates' real Python, JavaScript and TypeScript builds are
+/// scripts/check-sdk-packages.sh's, with the installed packages, so here a
+/// checkout whose scripts record their arguments and write a known component
+/// shows the dispatch; Rust, seconds on target/guests, builds for real
+/// against the checkout's sdk-wit/rust and passes its own golden test.
 #[test]
-fn init_build_test_loop_every_language() {
+fn init_build_test_loop_in_a_checkout() {
     let work = std::env::temp_dir().join(unique("loop"));
     std::fs::create_dir_all(&work).unwrap();
     let bin = env!("CARGO_BIN_EXE_pipeline-worker");
-    for (lang, name) in [
-        ("python", "my_enrich"),
-        ("rust", "my_rust_fn"),
-        ("js", "my_js_fn"),
-    ] {
-        let run = |args: &[&str]| {
-            let out = Command::new(bin)
-                .current_dir(&work)
-                .env("PIPELINE_SDK_HOME", repo_root())
-                .env("CARGO_TARGET_DIR", repo_root().join("target/guests"))
-                .args(args)
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "{args:?} failed:\n{text}");
-            text
-        };
-        run(&["init", "--lang", lang, name]);
-        let built = run(&["build", name]);
-        assert!(built.contains("sha256:"), "{built}");
-        let wasm = format!("{name}/{name}.wasm");
-        let tested = run(&[
+    let run = |home: &Path, args: &[&str]| {
+        let out = Command::new(bin)
+            .current_dir(&work)
+            .env("PIPELINE_SDK_HOME", home)
+            .env("CARGO_TARGET_DIR", repo_root().join("target/guests"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?} failed:\n{text}");
+        text
+    };
+
+    run(&repo_root(), &["init", "--lang", "rust", "my_rust_fn"]);
+    let manifest = std::fs::read_to_string(work.join("my_rust_fn/Cargo.toml")).unwrap();
+    let sdk = repo_root().join("sdk-wit/rust").canonicalize().unwrap();
+    assert!(
+        manifest.contains(&format!(
+            "pipeline-sdk = {{ path = \"{}\" }}",
+            sdk.display()
+        )),
+        "{manifest}"
+    );
+    let built = run(&repo_root(), &["build", "my_rust_fn"]);
+    assert!(built.contains("sha256:"), "{built}");
+    let tested = run(
+        &repo_root(),
+        &[
             "test",
             "--cache-dir",
             &repo_root()
@@ -316,12 +328,83 @@ fn init_build_test_loop_every_language() {
                 .display()
                 .to_string(),
             "--component",
-            &wasm,
+            "my_rust_fn/my_rust_fn.wasm",
             "--input",
-            &format!("{name}/sample.jsonl"),
+            "my_rust_fn/sample.jsonl",
             "--expect",
-            &format!("{name}/expected.jsonl"),
-        ]);
-        assert!(tested.contains("PASS"), "{tested}");
+            "my_rust_fn/expected.jsonl",
+        ],
+    );
+    assert!(tested.contains("PASS"), "{tested}");
+
+    // A checkout (sdk-wit/wit/transform.wit + scripts/) whose build scripts
+    // log their arguments and copy a real component to the output.
+    let home = work.join("checkout");
+    std::fs::create_dir_all(home.join("sdk-wit/wit")).unwrap();
+    std::fs::create_dir_all(home.join("scripts")).unwrap();
+    std::fs::write(
+        home.join("sdk-wit/wit/transform.wit"),
+        pipeline_worker::scaffold::WIT,
+    )
+    .unwrap();
+    let component = python_component("enrich_event");
+    for script in ["build-python.sh", "build-js.sh"] {
+        let path = home.join("scripts").join(script);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$0.args\"\ncp '{}' \"$2\"\n",
+                component.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
+    let want = std::fs::read(&component).unwrap();
+    for (lang, name, script, src) in [
+        ("python", "my_enrich", "build-python.sh", "my_enrich.py"),
+        ("js", "my_js_fn", "build-js.sh", "my_js_fn.js"),
+        ("ts", "my_ts_fn", "build-js.sh", "my_ts_fn.ts"),
+    ] {
+        run(&home, &["init", "--lang", lang, name]);
+        let built = run(&home, &["build", name]);
+        let args = std::fs::read_to_string(home.join("scripts").join(format!("{script}.args")))
+            .unwrap_or_else(|e| panic!("{lang}: scripts/{script} was not run ({e}):\n{built}"));
+        let args: Vec<&str> = args.lines().collect();
+        assert_eq!(args.len(), 2, "{lang}: {args:?}");
+        assert!(
+            args[0].ends_with(&format!("{name}/{src}")),
+            "{lang}: {args:?}"
+        );
+        assert!(
+            args[1].ends_with(&format!("{name}/{name}.wasm")),
+            "{lang}: {args:?}"
+        );
+        let got = std::fs::read(work.join(name).join(format!("{name}.wasm"))).unwrap();
+        assert_eq!(got, want, "{lang}: the script's component is the output");
+        assert!(
+            built.contains(&pipeline_worker::sandbox::digest(&want)),
+            "{lang}: {built}"
+        );
+    }
+    // In a checkout, tsc is pointed at the checkout's SDK types (no
+    // node_modules there); the installed case is check-sdk-packages'.
+    let src = std::fs::read_to_string(work.join("my_ts_fn/my_ts_fn.ts")).unwrap();
+    assert!(
+        src.contains("interface ") && src.contains(": Record"),
+        "not TypeScript:\n{src}"
+    );
+    let tsconfig = std::fs::read_to_string(work.join("my_ts_fn/tsconfig.json")).unwrap();
+    assert!(
+        tsconfig.contains(&format!(
+            "\"pipeline-sdk\": [{}]",
+            serde_json::Value::String(
+                home.join("sdk-wit/js/pipeline-sdk.d.ts")
+                    .display()
+                    .to_string()
+            )
+        )),
+        "{tsconfig}"
+    );
 }

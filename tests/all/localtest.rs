@@ -1,7 +1,9 @@
 //! `pipeline-worker test` is production minus Kafka: routing checked against
 //! the pipeline's declared topics with the message `run` dead-letters, golden
 //! files that expect errors, mismatches named by JSON path, outputs printed as
-//! the producer's bytes, and the TypeScript `init` → `build` → `test` loop.
+//! the producer's bytes, whole records and golden files with binary keys and
+//! values. (The TypeScript `init` → `build` → `test` loop is
+//! scripts/check-sdk-packages.sh's, with the installed npm package.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -366,60 +368,6 @@ fn help_documents_the_golden_format() {
     );
 }
 
-/// A TypeScript project from `init --lang ts` builds and passes its own test.
-#[test]
-fn init_ts_builds_and_passes_its_own_test() {
-    let has = |tool: &str| {
-        Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !has("node") || !has("npm") {
-        eprintln!("skipped: node and npm are needed for a TypeScript build");
-        return;
-    }
-    let work = scratch();
-    let bin = env!("CARGO_BIN_EXE_pipeline-worker");
-    let run = |args: &[&str]| {
-        let out = Command::new(bin)
-            .current_dir(&work)
-            .env("PIPELINE_SDK_HOME", repo_root())
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{args:?} failed:\n{text}");
-        text
-    };
-    run(&["init", "--lang", "ts", "my_ts_fn"]);
-    let src = std::fs::read_to_string(work.join("my_ts_fn/my_ts_fn.ts")).unwrap();
-    assert!(
-        src.contains("interface ") && src.contains(": Record"),
-        "not TypeScript:\n{src}"
-    );
-    assert!(work.join("my_ts_fn/tsconfig.json").exists());
-    let built = run(&["build", "my_ts_fn"]);
-    assert!(built.contains("sha256:"), "{built}");
-    let tested = run(&[
-        "test",
-        "--cache-dir",
-        &cache_dir().display().to_string(),
-        "--component",
-        "my_ts_fn/my_ts_fn.wasm",
-        "--input",
-        "my_ts_fn/sample.jsonl",
-        "--expect",
-        "my_ts_fn/expected.jsonl",
-    ]);
-    assert!(tested.contains("PASS"), "{tested}");
-    assert!(
-        tested.contains("\"session_duration_minutes\":60"),
-        "{tested}"
-    );
-}
-
 /// Whole records, as topics carry them: a binary key in base64, headers
 /// (order and repeats kept), a null value, a base64 value, and where each
 /// record came from. The hostile guest's `ok` echoes the record, so the key
@@ -497,6 +445,72 @@ fn whole_records_with_binary_keys_base64_values_and_origins() {
     );
     assert!(
         text.contains("$[0].value: expected {}, got a tombstone"),
+        "{text}"
+    );
+
+    // Golden files state binary keys and exact value bytes in base64: the
+    // echoed key \xff\x00k and value bytes pass; one byte off fails, named
+    // (/wBs is \xff\x00l).
+    let binary = write(
+        &dir,
+        "binary.jsonl",
+        &[
+            r#"[{"key_base64": "/wBr", "value": {"action": "ok", "id": 1}}]"#,
+            &format!(r#"[{{"key": "k2", "value_base64": "{value_b64}"}}]"#),
+            r#"[{"key": "gone", "value": null}]"#,
+        ],
+    );
+    let golden = |expect: &Path| {
+        pw_test(&[
+            os("--component"),
+            component.as_os_str(),
+            os("--input-format"),
+            os("records"),
+            os("--input"),
+            input.as_os_str(),
+            os("--expect"),
+            expect.as_os_str(),
+        ])
+    };
+    let (ok, text) = golden(&binary);
+    assert!(ok, "{text}");
+    assert!(text.contains("PASS"), "{text}");
+    // {"action":"ok","id":3}
+    let wrong_bytes = write(
+        &dir,
+        "wrong-bytes.jsonl",
+        &[
+            r#"[{"key_base64": "/wBs", "value": {"action": "ok", "id": 1}}]"#,
+            r#"[{"value_base64": "eyJhY3Rpb24iOiJvayIsImlkIjozfQ=="}]"#,
+            r#"[{"key_base64": "Z29uZQ==", "value_base64": "AA=="}]"#,
+        ],
+    );
+    let (ok, text) = golden(&wrong_bytes);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(r#"$[0].key: expected b"\xff\x00l", got b"\xff\x00k""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"$[0].value: expected the bytes "{\"action\":\"ok\",\"id\":3}" (value_base64), got "{\"action\":\"ok\",\"id\":2}""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"$[0].value: expected the bytes "\0" (value_base64), got a tombstone (null value)"#
+        ),
+        "{text}"
+    );
+    let bad = write(
+        &dir,
+        "bad-golden.jsonl",
+        &[r#"[{"key": "k1", "key_base64": "AA==", "value": 1}]"#],
+    );
+    let (ok, text) = golden(&bad);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("{}:1", bad.display()))
+            && text.contains("give `key` or `key_base64`, not both"),
         "{text}"
     );
 

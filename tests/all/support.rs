@@ -539,15 +539,24 @@ pub fn produce_raw(topic: &str, records: &[RawIn<'_>], extra: &[(&str, &str)]) {
     p.flush(Duration::from_secs(60)).expect("flush raw records");
 }
 
-/// The tests' shared artifact cache, keyed with a fixed test key so that
-/// artifacts compiled by one run of the test binary are trusted by the next
-/// (as a worker's key file does between restarts).
+/// The tests' shared artifact cache, keyed exactly as the binaries the tests
+/// spawn key theirs (`PIPELINE_WORKER_CACHE_KEY`, else the default key file,
+/// which also outlives the run), so an artifact compiled in-process is
+/// trusted by a spawned `test` or `run` and the reverse. With a key of its
+/// own, each side took the other's artifacts in this directory for forgeries
+/// and recompiled them: tens of seconds per Python or JS component, again at
+/// every switch.
 pub fn test_cache() -> pipeline_worker::sandbox::ArtifactCache {
-    pipeline_worker::sandbox::ArtifactCache::new(repo_root().join(".cache/pipeline-worker-tests"))
-        .with_key(pipeline_worker::sandbox::CacheKey::from_bytes(
-            b"pipeline-worker integration tests, not a secret",
-            "tests/all/support.rs",
-        ))
+    let dir = repo_root().join(".cache/pipeline-worker-tests");
+    let key = pipeline_worker::sandbox::CacheKey::resolve(
+        std::env::var(pipeline_worker::sandbox::CACHE_KEY_ENV)
+            .ok()
+            .as_deref(),
+        None,
+        &dir,
+    )
+    .expect("the artifact cache key of the spawned binaries");
+    pipeline_worker::sandbox::ArtifactCache::new(dir).with_key(key)
 }
 
 /// Sandbox options for in-process tests: 10 ms epoch ticks over `cache`.

@@ -69,15 +69,19 @@ PER-INPUT (first line is a JSON array): exactly one line per input line: a JSON 
 array of that input's outputs ([] = no output), an error line, or {\"filtered\": true}.
 
 An output line is either a plain value (expected on the default topic, key and \
-headers not checked) or an envelope, an object with \"value\" and only these keys:
+headers not checked) or an envelope, an object with \"value\" (or \"value_base64\") \
+and only these keys:
   {\"topic\": \"t\", \"key\": \"k\", \"headers\": {\"h\": \"v\"}, \"value\": ...}
   topic    the topic it goes to; absent or null = the default (first) output topic
-  key      a string or null (null key); absent = not checked
+  key      a string (its UTF-8 bytes) or null (null key); absent = not checked
+  key_base64    instead of key: the key's bytes in base64 (standard alphabet, padded)
   headers  the function's own headers, {\"name\": \"value\"} (last one per name) or \
 [[\"name\", \"value\"], ...] (all, in order); absent = not checked. Headers the \
 worker adds (pw.function.version, a carried traceparent) are shown, never compared
   value    the value as JSON; null = a tombstone. A value that is not JSON is \
 compared as a JSON string of its text
+  value_base64  instead of value: the value's exact bytes in base64, compared \
+byte for byte (binary values, or JSON whose exact spelling matters)
 To expect a value that itself looks like an envelope or an error line, wrap it: \
 {\"value\": {\"error\": \"x\"}}.
 
@@ -757,11 +761,29 @@ enum Item {
 struct OutputExpect {
     /// `None`: the default topic.
     topic: Option<String>,
-    /// `None`: not checked; `Some(None)`: a null key.
-    key: Option<Option<String>>,
+    /// `None`: not checked; `Some(None)`: a null key. Bytes, so that a
+    /// binary key (`key_base64`) is compared exactly, not as lossy text.
+    key: Option<Option<Vec<u8>>>,
     /// An object or a list of pairs; `None`: not checked.
     headers: Option<Value>,
-    value: Value,
+    value: ExpectValue,
+}
+
+#[derive(Debug, PartialEq)]
+enum ExpectValue {
+    /// `value`: compared as JSON (null = a tombstone).
+    Json(Value),
+    /// `value_base64`: these bytes exactly.
+    Bytes(Vec<u8>),
+}
+
+impl std::fmt::Display for ExpectValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectValue::Json(v) => write!(f, "{v}"),
+            ExpectValue::Bytes(b) => write!(f, "{}", show_quoted(b)),
+        }
+    }
 }
 
 enum Golden {
@@ -769,7 +791,14 @@ enum Golden {
     PerInput(Vec<(usize, Vec<Item>)>),
 }
 
-const ENVELOPE_KEYS: [&str; 4] = ["topic", "key", "headers", "value"];
+const ENVELOPE_KEYS: [&str; 6] = [
+    "topic",
+    "key",
+    "key_base64",
+    "headers",
+    "value",
+    "value_base64",
+];
 
 fn classify(v: Value) -> Result<Item, String> {
     let Value::Object(m) = &v else {
@@ -800,17 +829,39 @@ fn classify(v: Value) -> Result<Item, String> {
     if m.len() == 1 && m.get("filtered") == Some(&Value::Bool(true)) {
         return Ok(Item::Filtered);
     }
-    if m.contains_key("value") && m.keys().all(|k| ENVELOPE_KEYS.contains(&k.as_str())) {
+    if (m.contains_key("value") || m.contains_key("value_base64"))
+        && m.keys().all(|k| ENVELOPE_KEYS.contains(&k.as_str()))
+    {
         let topic = match m.get("topic") {
             None | Some(Value::Null) => None,
             Some(Value::String(t)) => Some(t.clone()),
             Some(_) => return Err("`topic` must be a string, or null for the default topic".into()),
         };
-        let key = match m.get("key") {
-            None => None,
-            Some(Value::Null) => Some(None),
-            Some(Value::String(k)) => Some(Some(k.clone())),
-            Some(_) => return Err("`key` must be a string or null".into()),
+        let key = match (m.get("key"), m.get("key_base64")) {
+            (Some(_), Some(_)) => return Err("give `key` or `key_base64`, not both".into()),
+            (None, None) => None,
+            (Some(Value::Null), None) => Some(None),
+            (Some(Value::String(k)), None) => Some(Some(k.clone().into_bytes())),
+            (Some(_), None) => return Err("`key` must be a string or null".into()),
+            (None, Some(Value::String(b))) => Some(Some(base64_field("key_base64", b)?)),
+            (None, Some(_)) => {
+                return Err("`key_base64` must be a string (the key's bytes in base64)".into())
+            }
+        };
+        let value = match (m.get("value"), m.get("value_base64")) {
+            (Some(_), Some(_)) => {
+                return Err("give `value` or `value_base64`, not both".into());
+            }
+            (Some(v), None) => ExpectValue::Json(v.clone()),
+            (None, Some(Value::String(b))) => {
+                ExpectValue::Bytes(base64_field("value_base64", b)?)
+            }
+            _ => {
+                return Err(
+                    "`value_base64` must be a string (the value's bytes in base64); a tombstone is \"value\": null"
+                        .into(),
+                )
+            }
         };
         let headers = match m.get("headers") {
             None => None,
@@ -827,7 +878,7 @@ fn classify(v: Value) -> Result<Item, String> {
             topic,
             key,
             headers,
-            value: m["value"].clone(),
+            value,
         }));
     }
     Ok(plain(v))
@@ -845,7 +896,7 @@ fn plain(value: Value) -> Item {
         topic: None,
         key: None,
         headers: None,
-        value,
+        value: ExpectValue::Json(value),
     })
 }
 
@@ -991,13 +1042,13 @@ fn compare_output(
         ));
     }
     if let Some(k) = &want.key {
-        let got_key = got.record.key.as_deref().map(lossy);
-        if k != &got_key {
-            let name = |k: &Option<String>| k.as_ref().map_or("null".into(), |k| format!("{k:?}"));
+        let got_key = got.record.key.as_deref();
+        if k.as_deref() != got_key {
+            let name = |k: Option<&[u8]>| k.map_or("null".into(), show_quoted);
             out.push(format!(
                 "{path}.key: expected {}, got {}",
-                name(k),
-                name(&got_key)
+                name(k.as_deref()),
+                name(got_key)
             ));
         }
     }
@@ -1018,7 +1069,25 @@ fn compare_output(
         diff(&format!("{path}.headers"), h, &got_headers, &mut out);
     }
     let vpath = format!("{path}.value");
-    match (&want.value, &got.record.value) {
+    let want_json = match &want.value {
+        ExpectValue::Json(w) => w,
+        ExpectValue::Bytes(w) => {
+            match got.record.value.as_deref() {
+                Some(g) if g == w.as_slice() => {}
+                Some(g) => out.push(format!(
+                    "{vpath}: expected the bytes {} (value_base64), got {}",
+                    show_quoted(w),
+                    show_quoted(g)
+                )),
+                None => out.push(format!(
+                    "{vpath}: expected the bytes {} (value_base64), got a tombstone (null value)",
+                    show_quoted(w)
+                )),
+            }
+            return out;
+        }
+    };
+    match (want_json, &got.record.value) {
         (Value::Null, None) => {}
         (Value::Null, Some(v)) => out.push(format!(
             "{vpath}: expected a tombstone (null value), got {}",
@@ -1749,7 +1818,7 @@ dead_letter_topic = "dlq2"
         // An envelope, and a wrapped value that looks like an error line.
         match classify(json!({"value": {"error": "x"}, "topic": "t", "key": null})).unwrap() {
             Item::Output(o) => {
-                assert_eq!(o.value, json!({"error": "x"}));
+                assert_eq!(o.value, ExpectValue::Json(json!({"error": "x"})));
                 assert_eq!(o.topic.as_deref(), Some("t"));
                 assert_eq!(o.key, Some(None));
             }
@@ -1757,10 +1826,45 @@ dead_letter_topic = "dlq2"
         }
         // A value with other keys besides `error` is a plain value.
         match classify(json!({"error": "x", "id": 1})).unwrap() {
-            Item::Output(o) => assert_eq!(o.value, json!({"error": "x", "id": 1})),
+            Item::Output(o) => {
+                assert_eq!(o.value, ExpectValue::Json(json!({"error": "x", "id": 1})))
+            }
             other => panic!("{other:?}"),
         }
         assert!(classify(json!({"value": 1, "headers": {"h": 2}})).is_err());
+        // The base64 forms: bytes for the key and the value.
+        match classify(json!({"key_base64": "/wA=", "value_base64": "AAE="})).unwrap() {
+            Item::Output(o) => {
+                assert_eq!(o.key, Some(Some(b"\xff\x00".to_vec())));
+                assert_eq!(o.value, ExpectValue::Bytes(b"\x00\x01".to_vec()));
+            }
+            other => panic!("{other:?}"),
+        }
+        for (line, needle) in [
+            (
+                json!({"key": "k", "key_base64": "AA==", "value": 1}),
+                "give `key` or `key_base64`, not both",
+            ),
+            (
+                json!({"value": 1, "value_base64": "AA=="}),
+                "give `value` or `value_base64`, not both",
+            ),
+            (
+                json!({"value_base64": "not base64!"}),
+                "`value_base64`: not base64",
+            ),
+            (
+                json!({"key_base64": 1, "value": 1}),
+                "`key_base64` must be a string",
+            ),
+            (
+                json!({"value_base64": null}),
+                "a tombstone is \"value\": null",
+            ),
+        ] {
+            let e = classify(line.clone()).unwrap_err();
+            assert!(e.contains(needle), "{line}: {e}");
+        }
     }
 
     #[test]
