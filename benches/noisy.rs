@@ -17,7 +17,9 @@
 //!   cargo bench -p pipeline-worker --bench noisy
 //!
 //! Environment: NOISY_RECORDS (30000), NOISY_ROUNDS (3), NOISY_RATE (2000),
-//! NOISY_LATENCY_SECS (5), NOISY_WARMUP_SECS (5), KAFKA_BOOTSTRAP (127.0.0.1:9092).
+//! NOISY_LATENCY_SECS (5), NOISY_WARMUP_SECS (5), KAFKA_BOOTSTRAP (127.0.0.1:9092),
+//! NOISY_ACTIONS (part of the mix: loop,sleep,alloc,big; default all),
+//! NOISY_A_CPU_SHARE (tenant a's `cpu_share`; default the equal share, 0.5).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -176,6 +178,13 @@ fn run(tag: &str, neighbour: bool) -> Run {
             r#"{"action":"big-output","size":998000}"#.to_string(),
         ),
     ];
+    // NOISY_ACTIONS picks part of the mix (e.g. "alloc,big"), to see which
+    // part costs B what.
+    let only = std::env::var("NOISY_ACTIONS").unwrap_or_default();
+    let actions: Vec<_> = actions
+        .into_iter()
+        .filter(|(a, _)| only.is_empty() || only.split(',').any(|o| o.trim() == *a))
+        .collect();
     for (a, _) in &actions {
         topics.push((t(&format!("a-{a}-in")), false));
         topics.push((t(&format!("a-{a}-out")), false));
@@ -185,9 +194,12 @@ fn run(tag: &str, neighbour: bool) -> Run {
     let dir = std::env::temp_dir().join(&id);
     std::fs::create_dir_all(&dir).unwrap();
     let mut cfg = format!(
-        "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{id}\"\n[runtime]\ncache_dir = \"{}\"\n\n[[tenants]]\nname = \"a\"\nrecords_per_second = 200\n\n[[tenants]]\nname = \"b\"\n\n[[pipelines]]\nname = \"b\"\ntenant = \"b\"\ninput_topics = [\"{}\", \"{}\"]\noutput_topics = [\"{}\"]\ndead_letter_topic = \"{}\"\ncomponent = \"{}\"\nconcurrency = 1\n",
+        "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{id}\"\n[runtime]\ncache_dir = \"{}\"\n\n[[tenants]]\nname = \"a\"\nrecords_per_second = 200\n{}\n[[tenants]]\nname = \"b\"\n\n[[pipelines]]\nname = \"b\"\ntenant = \"b\"\ninput_topics = [\"{}\", \"{}\"]\noutput_topics = [\"{}\"]\ndead_letter_topic = \"{}\"\ncomponent = \"{}\"\nconcurrency = 1\n",
         brokers(),
         root().join(".cache/pipeline-worker-bench").display(),
+        std::env::var("NOISY_A_CPU_SHARE")
+            .map(|s| format!("cpu_share = {s}\n"))
+            .unwrap_or_default(),
         t("b-in"),
         t("b-lat-in"),
         t("b-out"),
@@ -222,6 +234,7 @@ fn run(tag: &str, neighbour: bool) -> Run {
             .expect("start worker"),
     );
     std::thread::sleep(warmup);
+    let cpu_before = thread_cpu(_worker.0.id());
 
     // Throughput: a backlog, measured at the broker.
     produce(&t("b-in"), (0..records).map(enrich_value));
@@ -279,11 +292,51 @@ fn run(tag: &str, neighbour: bool) -> Run {
     }
     let _ = sender.join();
     lat.sort_by(|a, b| a.total_cmp(b));
+    if std::env::var("NOISY_THREADS").is_ok() {
+        // Where the worker's CPU went while B was measured, by thread name.
+        let after = thread_cpu(_worker.0.id());
+        let mut by: Vec<(String, f64)> = after
+            .iter()
+            .map(|(k, v)| (k.clone(), v - cpu_before.get(k).copied().unwrap_or(0.0)))
+            .filter(|(_, v)| *v >= 0.05)
+            .collect();
+        by.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let shown: Vec<String> = by.iter().map(|(k, v)| format!("{k} {v:.2}s")).collect();
+        println!("  {tag} worker CPU by thread: {}", shown.join(", "));
+    }
     Run {
         throughput,
         p50_ms: percentile(&lat, 0.5),
         p99_ms: percentile(&lat, 0.99),
     }
+}
+
+/// CPU seconds (user + system) per thread name of a process, from /proc.
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in rd.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // comm is in parentheses and may hold spaces; fields follow it.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].trim_end_matches(|c: char| c.is_ascii_digit());
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime, stime: fields 14 and 15 of stat, 11 and 12 after comm.
+        *out.entry(name.to_string()).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+    }
+    out
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -324,6 +324,12 @@ fn compile_and_read_timeouts() {
     );
     let r = plane.call("GET", "/v1/functions/slow", Some(TOKEN_A), None);
     assert_eq!(r.status, 404, "{}", r.body);
+    // The abandoned compile still reads the staged body; the file goes then.
+    wait_until(
+        "the timed-out upload's staging file removed",
+        Duration::from_secs(30),
+        || staged(&plane).is_empty(),
+    );
 
     // Headers trickled a byte every 100 ms (they would take 60 s): cut off
     // by the 1 s header read timeout.
@@ -377,6 +383,225 @@ fn compile_and_read_timeouts() {
     }
     eprintln!(
         "control_limits timeouts: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Upload bodies under `staging/` of the plane's store.
+fn staged(plane: &Plane) -> Vec<(String, u64)> {
+    let Ok(rd) = std::fs::read_dir(plane.store.join("staging")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| {
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            (e.file_name().to_string_lossy().to_string(), len)
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A body is streamed to a staging file as it arrives (not held in memory),
+/// and nothing of a failed upload stays: not when the client goes away
+/// mid-body, not when a body without a declared length runs past the limit.
+#[test]
+fn streamed_uploads_leave_nothing_behind() {
+    let started = Instant::now();
+    let max = 8usize << 20;
+    let plane = Plane::start_with(
+        "cp-stream",
+        1,
+        &format!("max_component_bytes = {max}\n"),
+        ["", ""],
+    );
+
+    // 1. Cut mid-body: 2 MiB of a declared 6 MiB, then the client is gone.
+    let mut s = TcpStream::connect(addr(&plane)).unwrap();
+    write!(
+        s,
+        "POST /v1/functions/cut/versions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\nContent-Length: {}\r\n\r\n",
+        6 << 20
+    )
+    .unwrap();
+    s.write_all(b"\0asm\x0d\0\x01\0").unwrap();
+    let sent = 2usize << 20;
+    s.write_all(&vec![0u8; sent - 8]).unwrap();
+    // What the server read is on disk, in one staging file of this tenant.
+    wait_until("the partial body staged", Duration::from_secs(20), || {
+        staged(&plane).iter().any(|(_, len)| *len as usize == sent)
+    });
+    let files = staged(&plane);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].0.starts_with("upload-acme-"), "{files:?}");
+    drop(s);
+    wait_until(
+        "the staging file removed after the disconnect",
+        Duration::from_secs(10),
+        || staged(&plane).is_empty(),
+    );
+    assert!(
+        plane.stored_files().is_empty(),
+        "{:?}",
+        plane.stored_files()
+    );
+
+    // 2. No declared length (chunked), past the limit: 413, nothing kept.
+    let mut body = b"\0asm\x0d\0\x01\0".to_vec();
+    body.resize(max + (1 << 20), 0);
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/functions/big/versions", plane.api))
+        .bearer_auth(TOKEN_A)
+        .body(reqwest::blocking::Body::new(std::io::Cursor::new(body)))
+        .send()
+        .expect("chunked upload");
+    let status = r.status().as_u16();
+    let text = r.text().unwrap_or_default();
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("too-large"), "{text}");
+    assert!(staged(&plane).is_empty(), "{:?}", staged(&plane));
+    assert!(
+        plane.stored_files().is_empty(),
+        "{:?}",
+        plane.stored_files()
+    );
+
+    // 3. A good upload: stored, and its staging file gone.
+    let good = std::fs::read(guest("enrich_rs")).unwrap();
+    let r = upload_as(&plane, TOKEN_A, "good", good);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(staged(&plane).is_empty(), "{:?}", staged(&plane));
+    let stored = plane.stored_files();
+    assert!(stored.iter().any(|f| f.starts_with("blobs/")), "{stored:?}");
+    eprintln!(
+        "control_limits streamed uploads: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A compile held for as long as the test wants (the fault hook stands in
+/// for a slow one: a large component) holds acme's compile queue; globex's
+/// upload is stored meanwhile, while acme's is provably still compiling.
+#[test]
+fn one_tenants_slow_compile_never_blocks_another_tenants_upload() {
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(unique("pw-hold"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let release = dir.join("release");
+    let held = dir.join("release.held");
+    let hook = format!("acme:{}", release.display());
+    let plane = Plane::start_env(
+        "cp-queue",
+        1,
+        "compile_concurrency = 2\ncompile_concurrency_per_tenant = 1\n",
+        ["", ""],
+        &[(pipeline_worker::registry::api::FAULT_HOLD_COMPILE, &hook)],
+    );
+    let (tx, rx) = mpsc::channel();
+    let api = plane.api.clone();
+    let slow = std::fs::read(guest("hostile")).unwrap();
+    let a = std::thread::spawn(move || {
+        let r = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .unwrap()
+            .post(format!("{api}/v1/functions/slow/versions"))
+            .bearer_auth(TOKEN_A)
+            .body(slow)
+            .send()
+            .map(|r| r.status().as_u16());
+        let _ = tx.send(r);
+    });
+    wait_until("acme's compile held", Duration::from_secs(30), || {
+        held.exists()
+    });
+    let held_at = Instant::now();
+
+    // Other bytes than acme's: uploads of the same bytes are stored one at
+    // a time, whoever uploads them.
+    let b = upload_as(
+        &plane,
+        TOKEN_B,
+        "quick",
+        std::fs::read(guest("enrich_rs")).unwrap(),
+    );
+    assert_eq!(b.status, 201, "{}", b.body);
+    assert!(
+        rx.try_recv().is_err(),
+        "acme's upload ended before globex's was stored: nothing was held"
+    );
+    assert!(
+        !release.exists() && held_at.elapsed() < Duration::from_secs(55),
+        "the hold may have timed out (60 s); the proof is void"
+    );
+    eprintln!(
+        "globex stored while acme compiled, {:.2} s after the hold began",
+        held_at.elapsed().as_secs_f64()
+    );
+
+    std::fs::write(&release, b"").unwrap();
+    let a_status = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("acme's upload never ended")
+        .expect("acme's upload");
+    assert_eq!(a_status, 201);
+    a.join().unwrap();
+    let mine = plane.call("GET", "/v1/functions/slow", Some(TOKEN_A), None);
+    assert_eq!(mine.status, 200, "{}", mine.body);
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "control_limits compile queues: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A version activated while the worker runs gets a pool sized for its own
+/// pipeline's threads (2), like one loaded at start-up, not for the largest
+/// concurrency on the worker (8, pipeline `other`).
+#[test]
+fn hot_swapped_versions_get_a_pool_sized_per_pipeline() {
+    let started = Instant::now();
+    let plane = Plane::start_with("cp-pools", 1, "", ["", ""]);
+    let w = WorkerProcess::start_env(
+        "run",
+        &plane.config,
+        &[("PIPELINE_WORKER__PIPELINES__1__CONCURRENCY", "8")],
+    );
+    wait_until("the worker reports p", Duration::from_secs(60), || {
+        let r = plane.call("GET", "/v1/pipelines/p", Some(TOKEN_A), None);
+        r.body["workers"].as_array().is_some_and(|w| !w.is_empty())
+    });
+    let v = plane.upload_ok("enrich", &guest("enrich_rs"));
+    assert_eq!(plane.activate("enrich", v).status, 202);
+    plane.wait_workers_on(1, &format!("enrich@{v}"), Duration::from_secs(60));
+    let log = w.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("activated version loaded"))
+        .unwrap_or_else(|| panic!("no load logged:\n{log}"));
+    let slots = line
+        .split([' ', ','])
+        .find_map(|f| {
+            let v = f
+                .strip_prefix("pool_slots=")
+                .or_else(|| f.strip_prefix("\"pool_slots\":"))?;
+            v.trim_matches('}').parse::<u32>().ok()
+        })
+        .unwrap_or_else(|| panic!("no pool_slots in {line:?}"));
+    assert_eq!(
+        slots,
+        pipeline_worker::sandbox::pool_instances(2),
+        "sized for pipeline p's 2 threads, not the worker's largest (8 = {} slots): {line}",
+        pipeline_worker::sandbox::pool_instances(8)
+    );
+    eprintln!(
+        "control_limits pools: {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

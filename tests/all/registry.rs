@@ -31,7 +31,7 @@ pub(crate) fn free_port() -> u16 {
 
 /// A control plane: config, store directory, control API process.
 pub(crate) struct Plane {
-    config: PathBuf,
+    pub(crate) config: PathBuf,
     pub(crate) store: PathBuf,
     pub(crate) api: String,
     pub(crate) control: WorkerProcess,
@@ -57,6 +57,17 @@ impl Plane {
         partitions: i32,
         control_extra: &str,
         tenant_extra: [&str; 2],
+    ) -> Self {
+        Self::start_env(prefix, partitions, control_extra, tenant_extra, &[])
+    }
+
+    /// With extra environment variables for the control process.
+    pub(crate) fn start_env(
+        prefix: &str,
+        partitions: i32,
+        control_extra: &str,
+        tenant_extra: [&str; 2],
+        env: &[(&str, &str)],
     ) -> Self {
         let topics = TestTopics::create(prefix, partitions);
         let dir = std::env::temp_dir().join(unique("pw-registry"));
@@ -123,7 +134,7 @@ dead_letter_topic = "{dlq}-unused"
         let config = dir.join("worker.toml");
         std::fs::write(&config, text).unwrap();
         std::env::set_var("GLOBEX_TOKEN", TOKEN_B);
-        let control = WorkerProcess::start_verb("control", &config);
+        let control = WorkerProcess::start_env("control", &config, env);
         let plane = Self {
             config,
             store,
@@ -195,7 +206,7 @@ dead_letter_topic = "{dlq}-unused"
         )
     }
 
-    fn upload_ok(&self, name: &str, path: &Path) -> u64 {
+    pub(crate) fn upload_ok(&self, name: &str, path: &Path) -> u64 {
         let r = self.upload(name, std::fs::read(path).unwrap());
         assert_eq!(
             r.status,
@@ -207,7 +218,7 @@ dead_letter_topic = "{dlq}-unused"
         r.body["version"].as_u64().unwrap()
     }
 
-    fn activate(&self, function: &str, version: u64) -> Resp {
+    pub(crate) fn activate(&self, function: &str, version: u64) -> Resp {
         let body = json!({"function": function, "version": version})
             .to_string()
             .into_bytes();
@@ -219,7 +230,8 @@ dead_letter_topic = "{dlq}-unused"
         )
     }
 
-    /// Files in the store, relative paths (status objects excluded).
+    /// Files in the store, relative paths (status objects and staged upload
+    /// bodies excluded).
     pub(crate) fn stored_files(&self) -> Vec<String> {
         fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
             let Ok(rd) = std::fs::read_dir(dir) else {
@@ -236,13 +248,20 @@ dead_letter_topic = "{dlq}-unused"
         }
         let mut out = Vec::new();
         walk(&self.store, &self.store, &mut out);
-        out.retain(|p| !p.starts_with("status/"));
+        // Upload bodies being received are not stored (see staged() in
+        // control_limits.rs).
+        out.retain(|p| !p.starts_with("status/") && !p.starts_with("staging/"));
         out.sort();
         out
     }
 
     /// Waits until every listed worker reports `version` running for `p`.
-    fn wait_workers_on(&self, n_workers: usize, version: &str, timeout: Duration) -> Value {
+    pub(crate) fn wait_workers_on(
+        &self,
+        n_workers: usize,
+        version: &str,
+        timeout: Duration,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let r = self.call("GET", "/v1/pipelines/p", Some(TOKEN_A), None);

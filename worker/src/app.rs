@@ -75,6 +75,7 @@ pub fn load_functions(
             from_cache = f.load_report.from_cache,
             load_ms = f.load_report.load_ms as u64,
             batch_export = f.load_report.exports_batch,
+            pool_slots = f.load_report.pool_slots.unwrap_or(0),
             "function loaded"
         );
         out.push((p.clone(), f));
@@ -272,7 +273,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let mut error = None;
         let mut f = None;
         if let Some(a) = active {
-            match registry::watcher::load(&reg, a, p, &opts.sized_for(p.concurrency)) {
+            match registry::watcher::load(&reg, a, p, &opts) {
                 Ok(loaded) => f = Some(loaded),
                 Err(e) => {
                     tracing::error!(pipeline = %p.name, version = a.current.version, error = %e, "activated version failed to load");

@@ -9,6 +9,7 @@
 //! tenants/<tenant>/functions/<name>/<version>.json      manifest (written last: the commit point)
 //! tenants/<tenant>/functions/<name>/<version>.deleted   tombstone: a number is never reused
 //! status/<pipeline>/<worker>.json                       what each worker runs
+//! staging/upload-<tenant>-*.wasm.part                   local store: upload bodies being received
 //! ```
 
 use std::path::Path;
@@ -73,6 +74,8 @@ pub struct WorkerStatus {
 pub struct FunctionStore {
     inner: Arc<dyn ObjectStore>,
     description: String,
+    /// The directory of a local store.
+    local_dir: Option<std::path::PathBuf>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -148,6 +151,7 @@ impl FunctionStore {
         Ok(Self {
             inner,
             description: url.to_string(),
+            local_dir: None,
         })
     }
 
@@ -158,6 +162,7 @@ impl FunctionStore {
         Ok(Self {
             inner: Arc::new(fs),
             description: dir.display().to_string(),
+            local_dir: Some(dir.to_path_buf()),
         })
     }
 
@@ -165,7 +170,12 @@ impl FunctionStore {
         &self.description
     }
 
-    pub async fn put_blob(&self, digest: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+    /// The directory, for a local store (`None` for S3 and the like).
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.local_dir.as_deref()
+    }
+
+    pub async fn put_blob(&self, digest: &str, bytes: bytes::Bytes) -> Result<(), StoreError> {
         self.inner
             .put(&blob_path(digest), PutPayload::from(bytes))
             .await?;

@@ -17,7 +17,10 @@ use crate::config::PipelineConfig;
 use crate::pipeline::{FunctionSlot, Shutdown};
 use crate::sandbox::{Function, SandboxOptions};
 
-/// Fetches a deployed version and loads it under the pipeline's limits.
+/// Fetches a deployed version and loads it under the pipeline's limits,
+/// its pool sized for the pipeline's own sandbox threads: at start-up and on
+/// every hot swap alike, since a pool sized for the largest concurrency of
+/// the process reserves address space for threads that never run it.
 pub fn load(
     reg: &Registry,
     a: &Activation,
@@ -39,7 +42,7 @@ pub fn load(
         &origin,
         &bytes,
         &p.limits,
-        opts,
+        &opts.sized_for(p.concurrency),
     )
     .map_err(|e| e.to_string())?;
     tracing::info!(
@@ -49,6 +52,7 @@ pub fn load(
         digest = %a.current.digest,
         from_cache = f.load_report.from_cache,
         load_ms = started.elapsed().as_millis() as u64,
+        pool_slots = f.load_report.pool_slots.unwrap_or(0),
         "activated version loaded"
     );
     Ok(f)

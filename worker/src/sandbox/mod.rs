@@ -68,7 +68,7 @@ pub use cache::{
     digest, ArtifactCache, ArtifactPin, CacheKey, CacheKeyError, CacheStats, RemoteArtifacts,
     KEY_ENV as CACHE_KEY_ENV,
 };
-pub use engine::{pool_resident_bytes, EpochTicker, HOST_STACK_HEADROOM};
+pub use engine::{pool_instances, pool_resident_bytes, EpochTicker, HOST_STACK_HEADROOM};
 use host::CallEnd;
 pub use host::{GuestLog, GuestOutput, HostState, LimitError, TABLE_ELEMENT_BYTES};
 pub use imports::{
@@ -243,6 +243,9 @@ pub struct LoadReport {
     pub load_ms: u128,
     pub exports_batch: bool,
     pub size_bytes: usize,
+    /// Instance slots of this function's pooling allocator (`None` without
+    /// pooling): what its address-space reservation scales with.
+    pub pool_slots: Option<u32>,
 }
 
 /// Where the exports are, per WIT minor.
@@ -516,6 +519,9 @@ impl Function {
                 load_ms: 0,
                 exports_batch,
                 size_bytes: bytes.len(),
+                pool_slots: sandbox
+                    .pooling
+                    .then(|| engine::pool_instances(sandbox.max_instances)),
             },
         };
         sandbox.ticker.register(&function.engine);

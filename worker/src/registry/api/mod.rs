@@ -20,12 +20,16 @@
 //! ```
 
 //! Split by concern: [`auth`] (tokens, checked before any body byte),
-//! [`upload`] (admission, body, compile queue and timeout, store), [`routes`]
+//! [`upload`] (admission, compile queue and timeout, store), [`staging`]
+//! (the body, streamed to a file), [`routes`]
 //! (everything else); this module holds the shared state and the server.
 
 mod auth;
 mod routes;
+mod staging;
 mod upload;
+
+pub use upload::FAULT_HOLD_COMPILE;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -50,6 +54,8 @@ use crate::sandbox::{LoadError, SandboxOptions};
 pub enum ServeError {
     #[error("config key `control.tenants[{index}].token_env`: environment variable {var} is not set or empty")]
     TokenEnv { index: usize, var: String },
+    #[error("upload staging directory {dir}: {source}")]
+    Staging { dir: String, source: std::io::Error },
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -110,6 +116,8 @@ struct Api {
     tokens: auth::Tokens,
     max_bytes: usize,
     body_timeout: Duration,
+    /// Where upload bodies are streamed to (see [`staging`]).
+    staging: std::path::PathBuf,
     opts: SandboxOptions,
     writer: LogWriter,
     reader: Mutex<LogReader>,
@@ -133,12 +141,21 @@ pub fn serve(
         .expect("serve needs a [control] section");
     let writer = LogWriter::new(&config.kafka, reg.activations_topic())?;
     let reader = LogReader::new(&config.kafka, reg.activations_topic())?;
+    let staging = staging::dir(reg.store.local_dir(), opts.cache.dir());
+    let swept = staging::prepare(&staging).map_err(|e| ServeError::Staging {
+        dir: staging.display().to_string(),
+        source: e,
+    })?;
+    if swept > 0 {
+        tracing::info!(dir = %staging.display(), files = swept, "removed upload bodies left by an earlier control plane");
+    }
     let api = Arc::new(Api {
         reg: reg.clone(),
         pipelines: config.pipelines.clone(),
         tokens: auth::Tokens::from_config(control)?,
         max_bytes: control.max_component_bytes,
         body_timeout: Duration::from_millis(control.body_read_timeout_ms),
+        staging,
         opts,
         writer,
         reader: Mutex::new(reader),

@@ -20,11 +20,40 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::super::store::{now_rfc3339, VersionManifest};
 use super::auth::Tenant;
+use super::staging::{self, Staged};
 use super::{
     check_function_name, err, internal, load_error, AbortOnDrop, Api, ApiError, ApiResult,
 };
 use crate::config::{ControlConfig, Limits};
 use crate::sandbox::{Function, LoadError, SandboxOptions};
+
+/// Fault hook for tests: `<tenant>:<file>` holds that tenant's compiles,
+/// once they have their compile slots, until `<file>` exists (at most
+/// [`FAULT_HOLD_MAX`]); `<file>.held` is created when a hold begins. It
+/// stands in for a slow compile (a large component) whose end the test
+/// decides, so that "B finished while A was still compiling" is a fact, not
+/// a wall-clock guess.
+pub const FAULT_HOLD_COMPILE: &str = "PIPELINE_WORKER_FAULT_HOLD_COMPILE";
+const FAULT_HOLD_MAX: Duration = Duration::from_secs(60);
+
+/// A compile held by [`FAULT_HOLD_COMPILE`].
+pub struct FaultHold(std::path::PathBuf);
+
+impl FaultHold {
+    pub fn wait(&self, origin: &str) {
+        let mut held = self.0.clone().into_os_string();
+        held.push(".held");
+        let held = std::path::PathBuf::from(held);
+        if let Err(e) = std::fs::write(&held, origin) {
+            tracing::warn!(file = %held.display(), error = %e, "fault injection: cannot write the hold marker");
+        }
+        tracing::warn!(%origin, release = %self.0.display(), "fault injection: {FAULT_HOLD_COMPILE} holds this compile");
+        let until = Instant::now() + FAULT_HOLD_MAX;
+        while !self.0.exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
 
 /// What a 429 for the concurrency bound suggests: uploads take from a
 /// second (Rust) to tens of seconds (Python).
@@ -40,6 +69,8 @@ pub struct Gate {
     pub compile_timeout: Duration,
     /// Digest → lock; entries go when no upload holds or waits for them.
     same_bytes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// [`FAULT_HOLD_COMPILE`]: (tenant, release file).
+    fault: Option<(String, std::path::PathBuf)>,
 }
 
 struct TenantGate {
@@ -89,7 +120,16 @@ impl Gate {
             clock,
             compile_timeout: Duration::from_millis(c.compile_timeout_ms),
             same_bytes: Mutex::new(HashMap::new()),
+            fault: std::env::var(FAULT_HOLD_COMPILE).ok().and_then(|v| {
+                let (tenant, file) = v.split_once(':')?;
+                Some((tenant.to_string(), file.into()))
+            }),
         }
+    }
+
+    fn fault_hold(&self, tenant: &str) -> Option<FaultHold> {
+        let (t, file) = self.fault.as_ref()?;
+        (t == tenant).then(|| FaultHold(file.clone()))
     }
 
     fn tenant(&self, tenant: &str) -> ApiResult<&TenantGate> {
@@ -205,7 +245,7 @@ pub(super) async fn upload(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/x-ndjson"));
-    let (permit, bytes) = match precheck(&api, &tenant, &name, &headers, body).await {
+    let (permit, staged) = match precheck(&api, &tenant, &name, &headers, body).await {
         Ok(x) => x,
         Err(e) => {
             api.metrics.upload(e.status.as_u16(), e.code);
@@ -214,7 +254,7 @@ pub(super) async fn upload(
     };
     let counted = api.clone();
     let job = tokio::spawn(async move {
-        let r = compile_and_store(counted.clone(), tenant, name, bytes).await;
+        let r = compile_and_store(counted.clone(), tenant, name, staged).await;
         drop(permit);
         match &r {
             Ok(_) => counted.metrics.upload(0, ""),
@@ -259,14 +299,14 @@ pub(super) async fn upload(
 
 /// Everything that needs no compilation: name, admission (concurrency, rate),
 /// size, magic number, component layer. Returns the upload's admission
-/// permit (held until it is stored or refused) and the bytes.
+/// permit (held until it is stored or refused) and the staged body.
 async fn precheck(
     api: &Api,
     tenant: &str,
     name: &str,
     headers: &HeaderMap,
     body: Body,
-) -> ApiResult<(UploadPermit, Bytes)> {
+) -> ApiResult<(UploadPermit, Staged)> {
     check_function_name(name)?;
     let permit = api.gate.admit(tenant)?;
     let too_large = |size: String| {
@@ -283,86 +323,33 @@ async fn precheck(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    let bytes = match read_limited(api, body, declared).await? {
-        Ok(b) => b,
+    let staged = match staging::receive(api, tenant, body, declared).await? {
+        Ok(s) => s,
         Err(seen) => return Err(too_large(declared.unwrap_or(seen).to_string())),
     };
-    if bytes.is_empty() {
+    let head = &staged.head;
+    if staged.size == 0 {
         return Err(err(
             StatusCode::BAD_REQUEST,
             "empty-body",
             "the request body must be the component (.wasm)",
         ));
     }
-    if bytes.len() < 8 || &bytes[0..4] != b"\0asm" {
+    if head.len() < 8 || &head[0..4] != b"\0asm" {
         return Err(err(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "not-wasm",
             "the body is not WebAssembly (no \\0asm magic number)",
         ));
     }
-    if bytes[6..8] == [0, 0] {
+    if head[6..8] == [0, 0] {
         return Err(err(
             StatusCode::UNPROCESSABLE_ENTITY,
             "core-module",
             "this is a core WebAssembly module; upload a component (WASI 0.2: cargo --target wasm32-wasip2, componentize-py, jco componentize)",
         ));
     }
-    Ok((permit, bytes))
-}
-
-/// The body if it fits in `control.max_component_bytes`, else how much was
-/// seen; the whole body within `control.body_read_timeout_ms`. A declared
-/// length over twice the limit is refused before reading (the client may
-/// then see a reset). An oversized body is otherwise read on (not kept) up to
-/// twice the limit, so that the client receives the 413 rather than a reset
-/// connection: the tenant is authenticated by then.
-async fn read_limited(
-    api: &Api,
-    body: Body,
-    declared: Option<usize>,
-) -> ApiResult<Result<Bytes, usize>> {
-    use futures::StreamExt;
-    let max = api.max_bytes;
-    if let Some(n) = declared.filter(|n| *n > max.saturating_mul(2)) {
-        return Ok(Err(n));
-    }
-    let deadline = tokio::time::Instant::now() + api.body_timeout;
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(max));
-    let mut seen = 0usize;
-    loop {
-        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
-            Err(_) => {
-                api.metrics.http_timeout("body");
-                return Err(super::body_timeout(api));
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                return Err(err(
-                    StatusCode::BAD_REQUEST,
-                    "invalid-body",
-                    format!("reading the upload: {e}"),
-                ))
-            }
-            Ok(Some(Ok(chunk))) => chunk,
-        };
-        api.metrics.body_bytes(chunk.len());
-        seen += chunk.len();
-        if seen <= max {
-            buf.extend_from_slice(&chunk);
-        } else {
-            buf = Vec::new();
-            if seen > max.saturating_mul(2) {
-                break;
-            }
-        }
-    }
-    Ok(if seen > max {
-        Err(seen)
-    } else {
-        Ok(Bytes::from(buf))
-    })
+    Ok((permit, staged))
 }
 
 /// Validates by compiling and test-instantiating under every engine
@@ -373,30 +360,24 @@ async fn compile_and_store(
     api: Arc<Api>,
     tenant: String,
     name: String,
-    bytes: Bytes,
+    staged: Staged,
 ) -> ApiResult<VersionManifest> {
     let origin = format!("upload {tenant}/{name}");
     let limits = api.limits_for(&tenant);
-    let size = bytes.len();
+    let size = staged.size;
     // Uploads of the same bytes, by any tenant, compile and store one at a
     // time: each compiles for itself (see below), and none removes the
     // local artifact another is about to store.
-    let digest_lock = {
-        let bytes = bytes.clone();
-        let digest = tokio::task::spawn_blocking(move || crate::sandbox::digest(&bytes))
-            .await
-            .map_err(internal)?;
-        api.gate.same_bytes(&digest).lock_owned().await
-    };
+    let digest_lock = api.gate.same_bytes(&staged.digest).lock_owned().await;
     let slots = api.gate.compile_slot(&tenant).await?;
     let started = Instant::now();
     tracing::info!(tenant = %tenant, function = %name, size_bytes = size, engine_configs = limits.len(), "upload received; validating and precompiling");
     // Whoever sets it first owns the outcome: the compile (finished in
     // time) or the timeout (the compile then cleans up after itself).
     let claimed = Arc::new(AtomicBool::new(false));
+    let hold = api.gate.fault_hold(&tenant);
     let mut compile = {
-        let (bytes, opts, name, origin, claimed) = (
-            bytes.clone(),
+        let (opts, name, origin, claimed) = (
             api.opts.clone(),
             name.clone(),
             origin.clone(),
@@ -407,9 +388,24 @@ async fn compile_and_store(
             // shared one until it actually ends: wasmtime cannot stop it,
             // and the slots are what bound the CPU it takes.
             let _slots = slots;
-            let r = compile_for_tenant(&name, &origin, &bytes, &limits, &opts);
+            if let Some(hold) = hold {
+                hold.wait(&origin);
+            }
+            // In memory only from here (one read of the staged file), so
+            // queued uploads hold disk; the file goes once it is read.
+            let bytes = match staged.read() {
+                Ok(b) => Bytes::from(b),
+                Err(source) => {
+                    let path = staged.path().display().to_string();
+                    return (Err(LoadError::Read { path, source }), None);
+                }
+            };
+            let staged_digest = staged.digest.clone();
+            drop(staged);
+            let r = compile_for_tenant(&name, &origin, &bytes, &limits, &opts)
+                .map(|f| (f, bytes, staged_digest));
             if claimed.swap(true, Ordering::SeqCst) {
-                if let Ok(functions) = &r {
+                if let Ok((functions, _, _)) = &r {
                     for f in functions {
                         opts.cache.remove(&f.artifact_name);
                     }
@@ -451,10 +447,16 @@ async fn compile_and_store(
     drop(progress);
     api.metrics.compiled(started.elapsed());
     let (r, _same_bytes) = loaded.map_err(internal)?;
-    let functions = r.map_err(load_error)?;
+    let (functions, bytes, staged_digest) = r.map_err(load_error)?;
     let compile_ms = started.elapsed().as_millis() as u64;
     let first = &functions[0];
     let digest = first.digest.clone();
+    if digest != staged_digest {
+        // The file changed between receiving and reading: store nothing.
+        return Err(internal(format!(
+            "the staged upload hashes to {digest}, but {staged_digest} was received"
+        )));
+    }
 
     // Blob, then artifacts, then the manifest: a version exists only once
     // everything it needs does. Under the lock, so a concurrent delete of
@@ -490,7 +492,7 @@ async fn compile_and_store(
         // Workers fetch it from the store; a copy here would only fill the disk.
         api.opts.cache.remove(&f.artifact_name);
     }
-    if let Err(e) = api.reg.store.put_blob(&digest, bytes.to_vec()).await {
+    if let Err(e) = api.reg.store.put_blob(&digest, bytes).await {
         return Err(api.abandon(&digest, &artifacts, internal(e)).await);
     }
     for _attempt in 0..8 {
