@@ -9,6 +9,11 @@
 # of the host build in target/. The command per crate is exactly
 #   CARGO_TARGET_DIR=target/guests cargo build --release --target wasm32-wasip2 -p <crate>
 # so anything else (tests, benches) that runs it reuses these artifacts.
+#
+# Columnar guests (COLUMNAR_CRATES) are built by a second cargo invocation:
+# they enable the SDK's `columnar` feature, and one invocation would unify it
+# into the per-record guests too, changing their bytes (arrow in the SDK
+# rlib, a second component-type section) for nothing.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +21,8 @@ cd "$ROOT"
 
 TARGET=wasm32-wasip2
 export CARGO_TARGET_DIR="${GUESTS_TARGET_DIR:-$ROOT/target/guests}"
-ALL_CRATES=(enrich-rs hostile price-calculator router v01-echo)
+ALL_CRATES=(enrich-rs hostile price-calculator router v01-echo columnar-probe)
+COLUMNAR_CRATES=" columnar-probe price-columnar "
 
 if [ "$#" -gt 0 ]; then
     CRATES=("$@")
@@ -30,11 +36,19 @@ if ! rustup target list --installed | grep -qx "$TARGET"; then
     rustup target add "$TARGET" >&2
 fi
 
-args=()
-for c in "${CRATES[@]}"; do args+=(-p "$c"); done
+row_args=()
+col_args=()
+for c in "${CRATES[@]}"; do
+    if [[ "$COLUMNAR_CRATES" == *" $c "* ]]; then col_args+=(-p "$c"); else row_args+=(-p "$c"); fi
+done
 
 start=$(date +%s)
-cargo build --release --target "$TARGET" "${args[@]}" >&2
+if [ "${#row_args[@]}" -gt 0 ]; then
+    cargo build --release --target "$TARGET" "${row_args[@]}" >&2
+fi
+if [ "${#col_args[@]}" -gt 0 ]; then
+    cargo build --release --target "$TARGET" "${col_args[@]}" >&2
+fi
 end=$(date +%s)
 echo "built ${#CRATES[@]} guest(s) in $((end - start))s" >&2
 

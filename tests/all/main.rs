@@ -7,6 +7,7 @@ mod support;
 
 mod cache;
 mod chaos;
+mod columnar;
 mod config_errors;
 mod control_limits;
 mod crash;

@@ -348,6 +348,8 @@ fn mock_worker(
             transaction_interval_ms: 100,
             transaction_max_records: 10_000,
             limits: Limits::default(),
+            format: Default::default(),
+            schema: None,
         }],
     };
     let opts = app::sandbox_options(&config).unwrap();

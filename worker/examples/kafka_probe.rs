@@ -198,6 +198,8 @@ fn worker(topic: &str, n: usize, component: &str, extra: &[(String, String)]) {
             transaction_interval_ms: 100,
             transaction_max_records: 10_000,
             limits: Limits::default(),
+            format: Default::default(),
+            schema: None,
         }],
     };
     let opts = pipeline_worker::app::sandbox_options(&config).unwrap();

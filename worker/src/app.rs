@@ -68,6 +68,7 @@ pub fn load_functions(
             &opts.sized_for(p.concurrency),
         )
         .with_context(|| format!("pipelines[{i}].component ({})", component.display()))?;
+        crate::pipeline::check_columnar(&p.name, Some(i), p.schema.is_some(), &f)?;
         tracing::info!(
             pipeline = %p.name,
             digest = %f.digest,
@@ -295,6 +296,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     })?,
                 );
             }
+        }
+        if let Some(f) = &f {
+            crate::pipeline::check_columnar(&p.name, Some(i), p.schema.is_some(), f)?;
         }
         let slot = Arc::new(FunctionSlot::new(f));
         if let Some(e) = &error {

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -396,6 +397,192 @@ pub struct PipelineConfig {
     pub transaction_max_records: usize,
     #[serde(default)]
     pub limits: Limits,
+    /// How record values are encoded; matters only to a columnar function.
+    #[serde(default)]
+    pub format: DataFormat,
+    /// The Arrow schema a columnar function's batches have (`[[pipelines.schema]]`).
+    /// A columnar function needs it; a per-record function ignores it.
+    #[serde(default)]
+    pub schema: Option<Vec<SchemaField>>,
+}
+
+/// Per pipeline: how a columnar function's input values are read and its
+/// outputs written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    /// One JSON object per record, decoded with arrow-json into the schema.
+    #[default]
+    Json,
+    /// Each value is an Arrow IPC stream of rows (reserved; not implemented yet).
+    ArrowIpc,
+}
+
+/// One field of a pipeline's declared Arrow schema.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaField {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: FieldType,
+    #[serde(default = "default_true")]
+    pub nullable: bool,
+    /// The members of a `struct` (or `list<struct>`) field.
+    #[serde(default)]
+    pub fields: Option<Vec<SchemaField>>,
+}
+
+/// A field type as written in the config (`int64`, `list<utf8>`, ...).
+/// Parsed when the config is read, so an unknown type names its key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldType {
+    Scalar(arrow_schema::DataType),
+    Struct,
+    List(Box<FieldType>),
+}
+
+/// For messages: every type a schema field may have.
+pub const SCHEMA_TYPES: &str = "int32, int64, float32, float64, utf8, bool, timestamp[s], timestamp[ms], timestamp[us], timestamp[ns], date32, list<T>, struct (with `fields`)";
+
+impl FieldType {
+    pub fn parse(s: &str) -> Option<FieldType> {
+        use arrow_schema::{DataType, TimeUnit};
+        let s = s.trim();
+        if let Some(inner) = s.strip_prefix("list<").and_then(|r| r.strip_suffix('>')) {
+            return FieldType::parse(inner).map(|t| FieldType::List(Box::new(t)));
+        }
+        Some(FieldType::Scalar(match s {
+            "struct" => return Some(FieldType::Struct),
+            "int32" => DataType::Int32,
+            "int64" => DataType::Int64,
+            "float32" => DataType::Float32,
+            "float64" => DataType::Float64,
+            "utf8" | "string" => DataType::Utf8,
+            "bool" | "boolean" => DataType::Boolean,
+            "date32" => DataType::Date32,
+            "timestamp[s]" => DataType::Timestamp(TimeUnit::Second, None),
+            "timestamp[ms]" => DataType::Timestamp(TimeUnit::Millisecond, None),
+            "timestamp[us]" => DataType::Timestamp(TimeUnit::Microsecond, None),
+            "timestamp[ns]" => DataType::Timestamp(TimeUnit::Nanosecond, None),
+            _ => return None,
+        }))
+    }
+
+    fn needs_fields(&self) -> bool {
+        match self {
+            FieldType::Struct => true,
+            FieldType::List(t) => t.needs_fields(),
+            FieldType::Scalar(_) => false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        FieldType::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("unknown type {s:?}; known types: {SCHEMA_TYPES}"))
+        })
+    }
+}
+
+/// Mapping columns of a columnar function's result; an input field may not
+/// take these names.
+pub const MAPPING_COLUMNS: [&str; 3] = ["_row", "_topic", "_error"];
+
+/// The Arrow schema of `fields`, every mistake named by its key under `key`
+/// (e.g. `pipelines[0].schema`).
+pub fn arrow_schema(
+    key: &str,
+    fields: &[SchemaField],
+) -> Result<arrow_schema::Schema, ConfigError> {
+    if fields.is_empty() {
+        return Err(invalid(
+            key,
+            "declares no field; add at least one [[pipelines.schema]] table",
+        ));
+    }
+    let fields = arrow_fields(key, fields, true)?;
+    Ok(arrow_schema::Schema::new(fields))
+}
+
+fn arrow_fields(
+    key: &str,
+    fields: &[SchemaField],
+    top: bool,
+) -> Result<Vec<arrow_schema::Field>, ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(fields.len());
+    for (j, f) in fields.iter().enumerate() {
+        let k = format!("{key}[{j}]");
+        if f.name.is_empty() {
+            return Err(invalid(format!("{k}.name"), "must not be empty"));
+        }
+        if !seen.insert(f.name.as_str()) {
+            return Err(invalid(
+                format!("{k}.name"),
+                format!("duplicate field name {:?}", f.name),
+            ));
+        }
+        if top && MAPPING_COLUMNS.contains(&f.name.as_str()) {
+            return Err(invalid(
+                format!("{k}.name"),
+                format!("{:?} is reserved for the mapping columns {MAPPING_COLUMNS:?} of a columnar result", f.name),
+            ));
+        }
+        let ty = field_type(&k, f, &f.ty)?;
+        out.push(arrow_schema::Field::new(&f.name, ty, f.nullable));
+    }
+    Ok(out)
+}
+
+fn field_type(
+    k: &str,
+    f: &SchemaField,
+    ty: &FieldType,
+) -> Result<arrow_schema::DataType, ConfigError> {
+    use arrow_schema::DataType;
+    if !ty.needs_fields() && f.fields.is_some() {
+        return Err(invalid(
+            format!("{k}.fields"),
+            "only a struct (or list<struct>) field has `fields`",
+        ));
+    }
+    Ok(match ty {
+        FieldType::Scalar(t) => t.clone(),
+        FieldType::Struct => {
+            let members = f.fields.as_deref().unwrap_or_default();
+            if members.is_empty() {
+                return Err(invalid(
+                    format!("{k}.fields"),
+                    "a struct field needs its members: add [[pipelines.schema.fields]] tables",
+                ));
+            }
+            DataType::Struct(arrow_fields(&format!("{k}.fields"), members, false)?.into())
+        }
+        FieldType::List(inner) => DataType::List(Arc::new(arrow_schema::Field::new_list_field(
+            field_type(k, f, inner)?,
+            true,
+        ))),
+    })
+}
+
+impl PipelineConfig {
+    /// The declared schema as Arrow, `None` without one. `index` is the
+    /// pipeline's position, for the key in an error.
+    pub fn arrow_schema(
+        &self,
+        index: Option<usize>,
+    ) -> Result<Option<arrow_schema::SchemaRef>, ConfigError> {
+        let key = match index {
+            Some(i) => format!("pipelines[{i}].schema"),
+            None => format!("pipelines[name = {:?}].schema", self.name),
+        };
+        self.schema
+            .as_deref()
+            .map(|fields| arrow_schema(&key, fields).map(Arc::new))
+            .transpose()
+    }
 }
 
 /// Per pipeline: how outputs, dead letters and input offsets reach Kafka.
@@ -759,6 +946,13 @@ impl Config {
             }
             if p.concurrency == 0 || p.concurrency > 256 {
                 return Err(invalid(k("concurrency"), "must be between 1 and 256"));
+            }
+            p.arrow_schema(Some(i))?;
+            if p.format == DataFormat::ArrowIpc {
+                return Err(invalid(
+                    k("format"),
+                    "\"arrow-ipc\" is not supported yet; use \"json\"",
+                ));
             }
             let l = &p.limits;
             let lk = |field: &str| format!("pipelines[{i}].limits.{field}");
@@ -1356,6 +1550,97 @@ component = "q.wasm"
             Path::new("w.toml"),
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
         )
+    }
+
+    const SCHEMA: &str = r#"
+[[pipelines.schema]]
+name = "id"
+type = "int64"
+nullable = false
+[[pipelines.schema]]
+name = "tags"
+type = "list<utf8>"
+[[pipelines.schema]]
+name = "context"
+type = "struct"
+[[pipelines.schema.fields]]
+name = "tier"
+type = "utf8"
+[[pipelines.schema]]
+name = "at"
+type = "timestamp[ms]"
+"#;
+
+    #[test]
+    fn schema_parses_into_arrow() {
+        use arrow_schema::{DataType, TimeUnit};
+        let c = load(&format!("{BASE}{SCHEMA}"), &[]).unwrap();
+        assert!(c.pipelines[0].schema.is_none());
+        let s = c.pipelines[1].arrow_schema(Some(1)).unwrap().unwrap();
+        assert_eq!(s.fields().len(), 4);
+        assert_eq!(s.field(0).data_type(), &DataType::Int64);
+        assert!(!s.field(0).is_nullable());
+        assert!(s.field(1).is_nullable());
+        assert!(
+            matches!(s.field(1).data_type(), DataType::List(f) if f.data_type() == &DataType::Utf8)
+        );
+        assert!(matches!(s.field(2).data_type(), DataType::Struct(f) if f[0].name() == "tier"));
+        assert_eq!(
+            s.field(3).data_type(),
+            &DataType::Timestamp(TimeUnit::Millisecond, None)
+        );
+    }
+
+    #[test]
+    fn schema_errors_name_the_exact_key() {
+        let bad_type = SCHEMA.replace("\"list<utf8>\"", "\"list<text>\"");
+        let e = load(&format!("{BASE}{bad_type}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `pipelines[1].schema[1].type`: unknown type \"list<text>\""),
+            "{e}"
+        );
+        assert!(e.contains("known types: int32, int64"), "{e}");
+        let no_fields = SCHEMA.replace(
+            "[[pipelines.schema.fields]]\nname = \"tier\"\ntype = \"utf8\"\n",
+            "",
+        );
+        let e = load(&format!("{BASE}{no_fields}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`pipelines[1].schema[2].fields`"), "{e}");
+        let dup = SCHEMA.replace("name = \"at\"", "name = \"id\"");
+        let e = load(&format!("{BASE}{dup}"), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("`pipelines[1].schema[3].name`: duplicate field name \"id\""),
+            "{e}"
+        );
+        let reserved = SCHEMA.replace("name = \"at\"", "name = \"_row\"");
+        let e = load(&format!("{BASE}{reserved}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`pipelines[1].schema[3].name`") && e.contains("reserved"),
+            "{e}"
+        );
+        let nested = SCHEMA.replace(
+            "name = \"tier\"\ntype = \"utf8\"",
+            "name = \"tier\"\ntype = \"utf9\"",
+        );
+        let e = load(&format!("{BASE}{nested}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`pipelines[1].schema[2].fields[0].type`"), "{e}");
+        let unknown = SCHEMA.replace("nullable = false", "nulable = false");
+        let e = load(&format!("{BASE}{unknown}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`pipelines[1].schema[0].nulable`"), "{e}");
+        let ipc = load(&format!("{BASE}format = \"arrow-ipc\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(ipc.contains("`pipelines[1].format`"), "{ipc}");
     }
 
     #[test]

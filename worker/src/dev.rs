@@ -133,6 +133,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             transaction_interval_ms: 100,
             transaction_max_records: 10_000,
             limits: Limits::default(),
+            format: Default::default(),
+            schema: None,
         }],
     };
     config.validate()?;

@@ -81,6 +81,9 @@ pub struct FunctionSlot {
     /// Set by [`spawn`] for `tombstones = "function"`: the pipeline's name;
     /// a function that cannot receive a null value is refused.
     needs_null_values: std::sync::Mutex<Option<String>>,
+    /// Set by [`spawn`]: the pipeline's name, and whether it declares a
+    /// schema; a columnar function is refused by a pipeline without one.
+    schema_declared: std::sync::Mutex<Option<(String, bool)>>,
 }
 
 impl FunctionSlot {
@@ -128,6 +131,18 @@ impl FunctionSlot {
                 return false;
             }
         }
+        let declared = self
+            .schema_declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((pipeline, has_schema)) = declared {
+            if let Err(e) = check_columnar(&pipeline, None, has_schema, &f) {
+                tracing::error!(error = %e, "function version refused");
+                self.record_failure(e.to_string());
+                return false;
+            }
+        }
         let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
         let g = cur.0 + 1;
         *cur = (g, Some(f));
@@ -169,6 +184,27 @@ pub fn check_tombstones(
     })
 }
 
+/// A columnar function needs the pipeline's schema (`pipelines[i].schema`).
+pub fn check_columnar(
+    pipeline: &str,
+    index: Option<usize>,
+    has_schema: bool,
+    f: &Function,
+) -> Result<(), PipelineError> {
+    if !f.is_columnar() || has_schema {
+        return Ok(());
+    }
+    Err(PipelineError::ColumnarNeedsSchema {
+        pipeline: pipeline.to_string(),
+        key: match index {
+            Some(i) => format!("pipelines[{i}].schema"),
+            None => format!("pipelines[name = {pipeline:?}].schema"),
+        },
+        function: f.name.clone(),
+        version: f.version.clone(),
+    })
+}
+
 /// Process-wide stop signal and fatal error. (Not the control plane, which
 /// is `pipeline-worker control`.)
 #[derive(Default)]
@@ -203,6 +239,18 @@ pub enum PipelineError {
         function: String,
         version: String,
         world: String,
+    },
+    #[error("pipeline {pipeline}: {function} version {version} is a columnar function (it exports pipeline:transform/columnar-transformer), and {key} is not set: declare the Arrow schema of its batches ([[pipelines.schema]] tables)")]
+    ColumnarNeedsSchema {
+        pipeline: String,
+        key: String,
+        function: String,
+        version: String,
+    },
+    #[error("pipeline {pipeline}: {source}")]
+    Schema {
+        pipeline: String,
+        source: crate::config::ConfigError,
     },
     #[error("pipeline {pipeline}: {source}")]
     Transactions {
@@ -295,6 +343,20 @@ pub fn spawn(
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(pipeline.name.clone());
     }
+    // Parsed once per pipeline; every lane's runner shares it.
+    let schema = pipeline
+        .arrow_schema(None)
+        .map_err(|source| PipelineError::Schema {
+            pipeline: pipeline.name.clone(),
+            source,
+        })?;
+    if let Some(f) = slot.get() {
+        check_columnar(&pipeline.name, None, schema.is_some(), &f)?;
+    }
+    *slot
+        .schema_declared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some((pipeline.name.clone(), schema.is_some()));
     let trackers = Arc::new(Trackers::default());
     let stats = Arc::new(PipelineStats::default());
     let lanes = Arc::new(Lanes::new(pipeline.concurrency.max(1)));
@@ -378,6 +440,7 @@ pub fn spawn(
             trackers: trackers.clone(),
             batch_size: pipeline.batch_size,
             tombstones: pipeline.tombstones,
+            schema: schema.clone(),
             panic_at,
             txn: txn.clone(),
             txn_epoch: std::cell::Cell::new(u64::MAX),
@@ -642,6 +705,8 @@ struct LaneContext {
     trackers: Arc<Trackers>,
     batch_size: usize,
     tombstones: TombstoneMode,
+    /// The declared schema a columnar function's batches are decoded into.
+    schema: Option<arrow_schema::SchemaRef>,
     panic_at: Option<i64>,
     txn: Option<Arc<Transactions>>,
     /// The transaction epoch this lane last contributed to: it switches
@@ -899,7 +964,11 @@ fn process_batch(ctx: &LaneContext, runner: &mut LaneRunner, batch: &mut Vec<Inb
                 tracing::info!(pipeline = %ctx.target.pipeline, from = %old.function().version, to = %f.version, "switching function version");
             }
             let vstats = ctx.stats.version(&f);
-            *runner = Some((generation, Runner::new(f), vstats));
+            *runner = Some((
+                generation,
+                Runner::new(f).with_schema(ctx.schema.clone()),
+                vstats,
+            ));
         }
     }
     let Some((_, runner, stats)) = runner.as_mut() else {

@@ -31,6 +31,8 @@
 //! `host.log` at error level first, and the worker puts them in the record's
 //! dead letter (`pw.error.message`).
 
+#[cfg(feature = "columnar")]
+pub mod columnar;
 mod error;
 mod fields;
 pub mod log;
@@ -201,7 +203,7 @@ pub mod __private {
     /// wasm `unreachable`; the hook runs first). The worker puts it in the
     /// record's dead letter. Replaces the default hook, which would print
     /// the same panic to stderr and have it captured twice.
-    fn install_panic_hook() {
+    pub(crate) fn install_panic_hook() {
         #[cfg(target_arch = "wasm32")]
         {
             static ONCE: std::sync::Once = std::sync::Once::new();
@@ -295,5 +297,65 @@ macro_rules! export_transform {
     };
 }
 
+/// Exports a columnar function (feature `columnar`): one call per batch,
+/// an Arrow [`RecordBatch`](columnar::RecordBatch) in and one out.
+///
+/// The function is `fn(RecordBatch) -> Result<RecordBatch, TransformError>`;
+/// the component targets the world `pipeline:transform/transform-columnar`
+/// (it does not export the per-record `transformer`, so invoke either this
+/// or [`export_transform!`], not both). The output batch must have a `_row`
+/// column (see [`columnar::with_row_index`]); an `Err` refuses the whole
+/// batch, and a panic traps with its message logged at error level first.
+///
+/// ```ignore
+/// fn double(batch: RecordBatch) -> Result<RecordBatch, TransformError> { ... }
+/// pipeline_sdk::export_columnar!(double);
+/// ```
+#[cfg(feature = "columnar")]
+#[macro_export]
+macro_rules! export_columnar {
+    ($func:path) => {
+        #[cfg(target_arch = "wasm32")]
+        #[doc(hidden)]
+        struct __PipelineSdkColumnar;
+
+        #[cfg(target_arch = "wasm32")]
+        impl $crate::columnar::__private::ColumnarGuest for __PipelineSdkColumnar {
+            fn transform_columns(
+                batch: $crate::columnar::__private::Vec<u8>,
+            ) -> ::core::result::Result<
+                $crate::columnar::__private::Vec<u8>,
+                $crate::__private::RawTransformError,
+            > {
+                $crate::columnar::__private::run_columns(batch, $func)
+            }
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        $crate::columnar::bindings::__export_transform_columnar_raw!(__PipelineSdkColumnar with_types_in $crate::columnar::bindings);
+
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        #[allow(dead_code)]
+        fn __pipeline_sdk_check_columnar_signature() {
+            $crate::columnar::__private::check_signature($func);
+        }
+    };
+}
+
+/// Without the `columnar` feature: a compile error that says how to get it.
+#[cfg(not(feature = "columnar"))]
+#[macro_export]
+macro_rules! export_columnar {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "pipeline_sdk::export_columnar! needs the SDK's `columnar` feature: pipeline-sdk = { ..., features = [\"columnar\"] }"
+        );
+    };
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(all(test, feature = "columnar"))]
+mod columnar_tests;

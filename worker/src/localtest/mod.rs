@@ -170,6 +170,11 @@ pub struct TestArgs {
     /// (default: the config's default).
     #[arg(long, conflicts_with = "config", value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: Option<u64>,
+    /// The schema of a columnar function's batches: a TOML file of
+    /// `[[schema]]` tables, each as a `[[pipelines.schema]]` table of the
+    /// config (with --config, the pipeline's own schema is used).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub schema: Option<PathBuf>,
     /// What a null value does (as `tombstones`; default pass).
     #[arg(long, value_enum, conflicts_with = "config")]
     pub tombstones: Option<TombstoneArg>,
@@ -283,6 +288,32 @@ struct Context {
 
 /// A pipeline with every default the config applies, from the config's own
 /// deserializer so `test` never drifts from `run`'s defaults.
+/// `--schema FILE`: `[[schema]]` tables; a mistake names the file and key
+/// (`schema[1].type`), as a config's would.
+fn schema_file(path: &Path) -> Result<Vec<crate::config::SchemaField>, LocalTestError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        schema: Vec<crate::config::SchemaField>,
+    }
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| LocalTestError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let bad = |message: String| {
+        LocalTestError::Config(ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    };
+    let table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let file: File = serde_path_to_error::deserialize(toml::Value::Table(table))
+        .map_err(|e| bad(format!("key `{}`: {}", e.path(), e.inner().message())))?;
+    crate::config::arrow_schema("schema", &file.schema).map_err(|e| bad(e.to_string()))?;
+    Ok(file.schema)
+}
+
 fn default_pipeline() -> PipelineConfig {
     toml::from_str(
         "name = \"test\"\ninput_topics = [\"test\"]\noutput_topics = []\ndead_letter_topic = \"\"",
@@ -366,6 +397,9 @@ fn resolve(args: &TestArgs) -> Result<Context, LocalTestError> {
     }
     if let Some(t) = args.tombstones {
         p.tombstones = t.into();
+    }
+    if let Some(path) = &args.schema {
+        p.schema = Some(schema_file(path)?);
     }
     let d = Limits::default();
     p.limits = Limits {
@@ -1264,6 +1298,7 @@ fn load(
     if p.tombstones == TombstoneMode::Function {
         crate::pipeline::check_tombstones(&p.name, index, &f)?;
     }
+    crate::pipeline::check_columnar(&p.name, index, p.schema.is_some(), &f)?;
     println!(
         "{origin}: {} bytes, {}, {} in {} ms, batch export: {}",
         f.load_report.size_bytes,
@@ -1473,7 +1508,9 @@ fn run_all(
     inputs: &[Input],
     verbose: bool,
 ) -> Vec<Outcome> {
-    let mut runner = Runner::new(f.clone());
+    // The config (or --schema) was validated when it was read.
+    let schema = p.arrow_schema(None).ok().flatten();
+    let mut runner = Runner::new(f.clone()).with_schema(schema);
     let metered = p.limits.fuel.is_some();
     let mut results = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(p.batch_size.max(1)) {

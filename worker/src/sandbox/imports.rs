@@ -46,6 +46,9 @@ pub struct Shape {
     /// Its version, e.g. `0.1.0`.
     pub version: String,
     pub minor: WitMinor,
+    /// It exports `columnar-transformer` (world `transform-columnar`)
+    /// instead of the per-record `transformer`.
+    pub columnar: bool,
 }
 
 /// `namespace:package/interface`, each accepted at any `0.2.x` for WASI and
@@ -94,7 +97,8 @@ fn wasi_version_ok(version: Option<&str>) -> bool {
 }
 
 /// Checks imports against the allow-list and that the component exports our
-/// `transformer` interface at a supported version.
+/// `transformer` interface at a supported version, or (from 0.2) only the
+/// `columnar-transformer` one.
 pub fn check_component_shape(
     engine: &Engine,
     component: &Component,
@@ -125,14 +129,30 @@ pub fn check_component_shape(
     }
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
     let wanted = format!("{WORLD_PACKAGE}/transformer");
-    let found = exports
-        .iter()
-        .find(|n| split_version(n).0 == wanted.as_str());
+    let columnar = format!("{WORLD_PACKAGE}/columnar-transformer");
+    let find = |w: &str| exports.iter().find(|n| split_version(n).0 == w);
+    let (found, is_columnar) = match find(&wanted) {
+        Some(n) => (Some(n), false),
+        None => (find(&columnar), true),
+    };
+    if is_columnar {
+        if let Some(n) = found {
+            let v = split_version(n).1;
+            if v.and_then(WitMinor::parse) == Some(WitMinor::V0_1) {
+                return Err(LoadError::WrongWorld {
+                    origin: origin.into(),
+                    reason: format!(
+                        "exports `{n}`, but columnar functions start at pipeline:transform@0.2"
+                    ),
+                });
+            }
+        }
+    }
     match found {
         None => Err(LoadError::WrongWorld {
             origin: origin.into(),
             reason: format!(
-                "does not export `{wanted}`: it is not a pipeline:transform@{WORLD_VERSION_REQ} function (its exports: {})",
+                "does not export `{wanted}` (nor `{columnar}`): it is not a pipeline:transform@{WORLD_VERSION_REQ} function (its exports: {})",
                 if exports.is_empty() { "none".to_string() } else { exports.join(", ") }
             ),
         }),
@@ -143,6 +163,7 @@ pub fn check_component_shape(
                     export: n.clone(),
                     version: v.unwrap_or_default().to_string(),
                     minor,
+                    columnar: is_columnar,
                 }),
                 None => Err(LoadError::UnsupportedWorldVersion {
                     origin: origin.into(),

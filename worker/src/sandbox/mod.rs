@@ -49,6 +49,7 @@
 //! are converted at the boundary (`compat`).
 
 mod cache;
+pub mod columnar;
 mod compat;
 mod engine;
 mod host;
@@ -93,8 +94,23 @@ pub mod bindings_v01 {
     });
 }
 
+/// `pipeline:transform@0.2`'s columnar world; its types and host interface
+/// are [`bindings`]' own, so one linker serves both.
+pub mod bindings_columnar {
+    wasmtime::component::bindgen!({
+        path: "../sdk-wit/wit",
+        world: "transform-columnar",
+        exports: { default: async },
+        with: {
+            "pipeline:transform/types": super::bindings::pipeline::transform::types,
+            "pipeline:transform/host": super::bindings::pipeline::transform::host,
+        },
+    });
+}
+
 use bindings::exports::pipeline::transform::{batch_transformer, transformer};
 pub use bindings::pipeline::transform::types::{Header, InputRecord, OutputRecord, TransformError};
+use bindings_columnar::exports::pipeline::transform::columnar_transformer;
 use bindings_v01::exports::pipeline::transform::{
     batch_transformer as batch_transformer_v01, transformer as transformer_v01,
 };
@@ -258,11 +274,19 @@ enum ExportIndices {
         single: transformer_v01::GuestIndices,
         batch: Option<batch_transformer_v01::GuestIndices>,
     },
+    Columnar {
+        columnar: columnar_transformer::GuestIndices,
+    },
 }
 
 impl ExportIndices {
-    fn new(pre: &InstancePre<HostState>, minor: WitMinor) -> wasmtime::Result<Self> {
-        Ok(match minor {
+    fn new(pre: &InstancePre<HostState>, shape: &Shape) -> wasmtime::Result<Self> {
+        if shape.columnar {
+            return Ok(Self::Columnar {
+                columnar: columnar_transformer::GuestIndices::new(pre)?,
+            });
+        }
+        Ok(match shape.minor {
             WitMinor::V0_2 => Self::V02 {
                 single: transformer::GuestIndices::new(pre)?,
                 batch: batch_transformer::GuestIndices::new(pre).ok(),
@@ -278,6 +302,7 @@ impl ExportIndices {
         match self {
             Self::V02 { batch, .. } => batch.is_some(),
             Self::V01 { batch, .. } => batch.is_some(),
+            Self::Columnar { .. } => false,
         }
     }
 
@@ -301,6 +326,9 @@ impl ExportIndices {
                     .map(|b| b.load(&mut *store, instance))
                     .transpose()?,
             },
+            Self::Columnar { columnar } => Exports::Columnar {
+                columnar: columnar.load(&mut *store, instance)?,
+            },
         })
     }
 }
@@ -314,6 +342,9 @@ enum Exports {
     V01 {
         single: transformer_v01::Guest,
         batch: Option<batch_transformer_v01::Guest>,
+    },
+    Columnar {
+        columnar: columnar_transformer::Guest,
     },
 }
 
@@ -331,6 +362,11 @@ impl Exports {
                 .call_transform(store, &compat::input_to_v01(input))
                 .await
                 .map(compat::result_from_v01),
+            // The runner calls a columnar function only through
+            // `transform-columns` (`Runner::run_columnar`).
+            Self::Columnar { .. } => Err(wasmtime::Error::msg(
+                "a columnar function has no per-record export",
+            )),
         }
     }
 
@@ -350,6 +386,7 @@ impl Exports {
                     .await
                     .map(|rs| rs.into_iter().map(compat::result_from_v01).collect())
             }
+            Self::Columnar { .. } => return None,
         })
     }
 }
@@ -480,12 +517,9 @@ impl Function {
                 origin: origin.into(),
                 reason: format!("{e:#}"),
             })?;
-        let exports = ExportIndices::new(&pre, shape.minor).map_err(|e| LoadError::WrongWorld {
+        let exports = ExportIndices::new(&pre, &shape).map_err(|e| LoadError::WrongWorld {
             origin: origin.into(),
-            reason: format!(
-                "does not export pipeline:transform/transformer@{}: {e:#}",
-                shape.version
-            ),
+            reason: format!("does not export {}: {e:#}", shape.export),
         })?;
         let tick = sandbox.epoch_tick_ms.max(1);
         let artifact_name = ArtifactCache::artifact_name(&engine, &digest);
@@ -577,11 +611,17 @@ impl Function {
         self.exports.has_batch()
     }
 
+    /// It exports `columnar-transformer`: it needs the pipeline's schema
+    /// ([`Runner::with_schema`]) and cannot receive tombstones.
+    pub fn is_columnar(&self) -> bool {
+        matches!(self.exports, ExportIndices::Columnar { .. })
+    }
+
     /// False for a `pipeline:transform@0.1` component: it cannot tell a null
     /// value from an empty one, so it must not be given tombstones
     /// (`tombstones = "function"`).
     pub fn accepts_null_values(&self) -> bool {
-        !self.wit_version.starts_with("0.1.")
+        !self.wit_version.starts_with("0.1.") && !self.is_columnar()
     }
 
     /// Creates and drops one instance (benchmarks, health probes), under the
@@ -689,6 +729,8 @@ pub struct Runner {
     /// The instance kept between batches, and how many records it served.
     live: Option<(Live, u64)>,
     rt: Result<Rt, String>,
+    /// The pipeline's schema, for a columnar function.
+    columnar: Option<columnar::Codec>,
 }
 
 impl Runner {
@@ -698,7 +740,15 @@ impl Runner {
             stats: CallStats::default(),
             live: None,
             rt: Rt::new(),
+            columnar: None,
         }
+    }
+
+    /// The pipeline's declared schema, which a columnar function's batches
+    /// are decoded into (ignored by a per-record function).
+    pub fn with_schema(mut self, schema: Option<arrow_schema::SchemaRef>) -> Self {
+        self.columnar = schema.map(columnar::Codec::new);
+        self
     }
 
     pub fn function(&self) -> &Arc<Function> {
@@ -722,6 +772,9 @@ impl Runner {
                 .iter()
                 .map(|_| Err(RecordError::Instantiate(e.clone())))
                 .collect();
+        }
+        if f.is_columnar() {
+            return self.run_columnar(&f, inputs);
         }
         if inputs.len() > 1
             && f.exports.has_batch()
