@@ -21,7 +21,7 @@ cd "$ROOT"
 
 TARGET=wasm32-wasip2
 export CARGO_TARGET_DIR="${GUESTS_TARGET_DIR:-$ROOT/target/guests}"
-ALL_CRATES=(enrich-rs hostile price-calculator router v01-echo columnar-probe)
+ALL_CRATES=(enrich-rs hostile price-calculator router v01-echo columnar-probe price-columnar)
 COLUMNAR_CRATES=" columnar-probe price-columnar "
 
 if [ "$#" -gt 0 ]; then

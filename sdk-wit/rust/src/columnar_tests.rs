@@ -38,7 +38,7 @@ fn ipc_round_trip_keeps_schema_values_and_nulls() {
     let bytes = write_ipc(&b).unwrap();
     let back = read_ipc(&bytes).unwrap();
     assert_eq!(back, b);
-    assert_eq!(back.schema().field(0).is_nullable(), false);
+    assert!(!back.schema().field(0).is_nullable());
     assert_eq!(back.column(1).null_count(), 1);
 }
 
