@@ -24,6 +24,7 @@ sdk-test:
 	python3 -m unittest discover -s sdk-wit/python/tests
 	node --test sdk-wit/js/test/sdk.test.mjs
 	$(CARGO) test --release -p pipeline-sdk -p price-calculator -p router -p enrich-rs -p hostile
+	$(CARGO) test --release -p pipeline-sdk --features columnar -p columnar-probe -p price-columnar
 
 dev: examples
 	$(CARGO) run --release -p pipeline-worker -- dev

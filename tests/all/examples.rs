@@ -40,6 +40,51 @@ fn rust_examples_pass_their_golden_tests() {
     golden(&guest("router"), "router");
 }
 
+/// The columnar example, with the schema of its own `pipeline.toml` (the same
+/// tables under `[[schema]]` for `test --schema`): valid rows priced, and the
+/// invalid ones (unknown tier, negative price/quantity) refused through `_error`.
+#[test]
+fn columnar_example_passes_its_golden_tests_with_its_pipeline_schema() {
+    let dir = repo_root().join("customer-examples/price_columnar");
+    let config = std::fs::read_to_string(dir.join("pipeline.toml")).unwrap();
+    let tables = &config[config
+        .find("[[pipelines.schema]]")
+        .expect("a schema in pipeline.toml")..];
+    let tmp = std::env::temp_dir().join(unique("columnar-golden"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let schema = tmp.join("schema.toml");
+    std::fs::write(
+        &schema,
+        tables.replace("[[pipelines.schema]]", "[[schema]]"),
+    )
+    .unwrap();
+    for (input, expect) in [("sample", "expected"), ("invalid", "invalid.expected")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
+            .current_dir(repo_root())
+            .args([
+                "test",
+                "--cache-dir",
+                ".cache/pipeline-worker-tests",
+                "--component",
+            ])
+            .arg(guest("price_columnar"))
+            .arg("--schema")
+            .arg(&schema)
+            .arg("--input")
+            .arg(dir.join(format!("{input}.jsonl")))
+            .arg("--expect")
+            .arg(dir.join(format!("{expect}.jsonl")))
+            .output()
+            .expect("run pipeline-worker test");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("PASS"),
+            "price_columnar {input} golden test failed:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn js_example_passes_its_golden_test() {
     golden(&python_component("js_enrich"), "js_enrich");
