@@ -10,6 +10,23 @@ use crate::support::*;
 
 fn golden(component: &Path, example: &str) {
     let dir = repo_root().join("customer-examples").join(example);
+    golden_files(
+        component,
+        &[],
+        &dir.join("sample.jsonl"),
+        &dir.join("expected.jsonl"),
+        example,
+    );
+}
+
+/// `pipeline-worker test --component C [extra] --input I --expect E` must pass.
+fn golden_files(
+    component: &Path,
+    extra: &[&std::ffi::OsStr],
+    input: &Path,
+    expect: &Path,
+    what: &str,
+) {
     let out = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
         .current_dir(repo_root())
         .args([
@@ -19,16 +36,17 @@ fn golden(component: &Path, example: &str) {
             "--component",
         ])
         .arg(component)
+        .args(extra)
         .arg("--input")
-        .arg(dir.join("sample.jsonl"))
+        .arg(input)
         .arg("--expect")
-        .arg(dir.join("expected.jsonl"))
+        .arg(expect)
         .output()
         .expect("run pipeline-worker test");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{example} golden test failed:\n{text}\n{}",
+        "{what} golden test failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("PASS"), "{text}");
@@ -59,28 +77,12 @@ fn columnar_example_passes_its_golden_tests_with_its_pipeline_schema() {
     )
     .unwrap();
     for (input, expect) in [("sample", "expected"), ("invalid", "invalid.expected")] {
-        let out = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
-            .current_dir(repo_root())
-            .args([
-                "test",
-                "--cache-dir",
-                ".cache/pipeline-worker-tests",
-                "--component",
-            ])
-            .arg(guest("price_columnar"))
-            .arg("--schema")
-            .arg(&schema)
-            .arg("--input")
-            .arg(dir.join(format!("{input}.jsonl")))
-            .arg("--expect")
-            .arg(dir.join(format!("{expect}.jsonl")))
-            .output()
-            .expect("run pipeline-worker test");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && text.contains("PASS"),
-            "price_columnar {input} golden test failed:\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
+        golden_files(
+            &guest("price_columnar"),
+            &["--schema".as_ref(), schema.as_os_str()],
+            &dir.join(format!("{input}.jsonl")),
+            &dir.join(format!("{expect}.jsonl")),
+            &format!("price_columnar {input}"),
         );
     }
 }
