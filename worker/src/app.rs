@@ -585,18 +585,27 @@ pub fn check_cluster(config: &Config, timeout: Duration) -> anyhow::Result<Strin
 
 /// Blocks until SIGTERM/SIGINT or a fatal error.
 pub fn wait_for_stop(shutdown: &Shutdown) {
+    wait_for_stop_then(shutdown, || {})
+}
+
+/// Like [`wait_for_stop`], calling `ready` once both signal handlers are
+/// installed: a banner that says "Ctrl-C to stop" printed before that would
+/// let an early SIGINT kill the process instead of draining it.
+pub fn wait_for_stop_then(shutdown: &Shutdown, ready: impl FnOnce()) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("signal runtime");
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+        ready();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
-                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: draining"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
                 _ = tick.tick() => { if shutdown.stopping() { break; } }
             }
         }

@@ -207,8 +207,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     drop(reader);
     drop(producer);
     if !args.once {
-        println!("cluster still serving on {brokers}: point any Kafka client at it (produce to {INPUT}, read {OUTPUT}); Ctrl-C to stop");
-        app::wait_for_stop(&worker.shutdown);
+        app::wait_for_stop_then(&worker.shutdown, || {
+            println!("cluster still serving on {brokers}: point any Kafka client at it (produce to {INPUT}, read {OUTPUT}); Ctrl-C to stop");
+        });
     }
     // The worker before the cluster it talks to, so it leaves its group and
     // commits while the cluster still answers.
