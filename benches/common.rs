@@ -137,7 +137,7 @@ pub fn produce(
         let value = value(i);
         let sent = now_nanos().to_string();
         let key = format!("u{}", i % 1000);
-        let mut rec =
+        let rec =
             BaseRecord::to(topic)
                 .key(&key)
                 .payload(&value)
@@ -145,20 +145,27 @@ pub fn produce(
                     key: header,
                     value: Some(&sent),
                 }));
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+        send_retrying(&p, rec);
     }
     p.flush(Duration::from_secs(120)).unwrap();
 }
 
 /// The median; NaN for no values (a candidate that failed every round).
+/// Sends, retrying while the producer's queue is full (the benches produce
+/// faster than one flush).
+pub fn send_retrying<K, V>(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    mut rec: BaseRecord<'_, K, V>,
+) where
+    K: rdkafka::message::ToBytes + ?Sized,
+    V: rdkafka::message::ToBytes + ?Sized,
+{
+    while let Err((_, back)) = p.send(rec) {
+        rec = back;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;

@@ -856,15 +856,7 @@ fn passthrough(args: &[String]) {
             if let Some(h) = m.headers() {
                 rec = rec.headers(h.detach());
             }
-            loop {
-                match p.send(rec) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        rec = back;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-            }
+            send_retrying(&p, rec);
         }
     }
 }
