@@ -145,7 +145,7 @@ pub fn produce(
                     key: header,
                     value: Some(&sent),
                 }));
-        send_retrying(&p, rec);
+        send_retrying(p, rec);
     }
     p.flush(Duration::from_secs(120)).unwrap();
 }
