@@ -452,11 +452,17 @@ fn rejected_uploads_store_nothing() {
         (401, Some("invalid-token"))
     );
     assert!(plane.stored_files().is_empty());
+    // A bad name is refused before the body is read; the body is read on
+    // and dropped, so that a client still sending gets the 400, not a reset
+    // connection (a body well over the socket buffers: 15 MB, under twice
+    // max_component_bytes).
+    let mut big = good.clone();
+    big.resize(15_000_000, 0);
     let r = plane.call(
         "POST",
         "/v1/functions/BAD%20NAME/versions",
         Some(TOKEN_A),
-        Some(good.clone()),
+        Some(big),
     );
     assert_eq!(
         (r.status, r.body["error"]["code"].as_str()),

@@ -237,7 +237,22 @@ fn upload(c: &Client, name: &str, path: &PathBuf) -> Result<Value, ClientError> 
         },
         total,
     );
-    let result = upload_stream(c, &url, body, &server);
+    let result = match upload_stream(c, &url, body, &server) {
+        // The server answers a refusal before reading a body it will not
+        // read on (over twice control.max_component_bytes), so the answer
+        // is lost in the reset; say what the likely refusal is.
+        Err(ClientError::Connect { url, message }) if sent.load(Ordering::Relaxed) < total => {
+            Err(ClientError::Connect {
+                message: format!(
+                    "{message} (the connection closed after {} of {total} bytes; a component \
+                     over twice control.max_component_bytes is refused unread)",
+                    sent.load(Ordering::Relaxed)
+                ),
+                url,
+            })
+        }
+        r => r,
+    };
     done.store(true, Ordering::Relaxed);
     let _ = progress.join();
     result

@@ -153,6 +153,31 @@ pub async fn receive(
     }
 }
 
+/// Reads and drops the body of an upload refused before it was read (a bad
+/// name, too many uploads, over the rate), bounded as [`receive`] bounds a
+/// body: up to twice `control.max_component_bytes`, within
+/// `control.body_read_timeout_ms`. A client still sending when the server
+/// closes gets a reset instead of the answer (reqwest reports a broken pipe
+/// and never shows the refusal); the tenant is authenticated by then, so
+/// reading what it may send anyway is no new cost.
+pub async fn discard(api: &Api, body: Body, declared: Option<usize>) {
+    use futures::StreamExt;
+    let cap = api.max_bytes.saturating_mul(2);
+    if declared.is_some_and(|n| n > cap) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + api.body_timeout;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, stream.next()).await {
+        api.metrics.body_bytes(chunk.len());
+        seen += chunk.len();
+        if seen > cap {
+            break;
+        }
+    }
+}
+
 /// Bytes kept in memory for the magic-number and layer checks.
 const HEAD: usize = 8;
 

@@ -64,6 +64,9 @@ pub struct Gate {
     uploads: Arc<Semaphore>,
     max_uploads: usize,
     compiles: Arc<Semaphore>,
+    /// Bodies of uploads refused before reading them, being read and
+    /// discarded (see [`staging::discard`]); as many as uploads may run.
+    drains: Arc<Semaphore>,
     tenants: HashMap<String, TenantGate>,
     clock: DefaultClock,
     pub compile_timeout: Duration,
@@ -116,6 +119,7 @@ impl Gate {
             uploads: Arc::new(Semaphore::new(c.max_concurrent_uploads)),
             max_uploads: c.max_concurrent_uploads,
             compiles: Arc::new(Semaphore::new(c.compile_concurrency)),
+            drains: Arc::new(Semaphore::new(c.max_concurrent_uploads)),
             tenants,
             clock,
             compile_timeout: Duration::from_millis(c.compile_timeout_ms),
@@ -136,6 +140,12 @@ impl Gate {
         self.tenants
             .get(tenant)
             .ok_or_else(|| internal(format!("tenant {tenant:?} has no upload gate")))
+    }
+
+    /// A slot to read a refused upload's body; none when as many are being
+    /// read as uploads may run (then the connection is closed unread).
+    fn drain_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.drains.clone().try_acquire_owned().ok()
     }
 
     /// Concurrency first (a refused upload costs no rate token), then rate.
@@ -307,8 +317,19 @@ async fn precheck(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<(UploadPermit, Staged)> {
-    check_function_name(name)?;
-    let permit = api.gate.admit(tenant)?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let permit = match check_function_name(name).and_then(|()| api.gate.admit(tenant)) {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(_slot) = api.gate.drain_slot() {
+                staging::discard(api, body, declared).await;
+            }
+            return Err(e);
+        }
+    };
     let too_large = |size: String| {
         err(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -319,10 +340,6 @@ async fn precheck(
             ),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     let staged = match staging::receive(api, tenant, body, declared).await? {
         Ok(s) => s,
         Err(seen) => return Err(too_large(declared.unwrap_or(seen).to_string())),
