@@ -74,7 +74,7 @@ pub async fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), LogErr
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
         .set("cleanup.policy", "compact")
         .set("min.compaction.lag.ms", "60000");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let opts = AdminOptions::new().operation_timeout(Some(METADATA_WAIT));
     let results = admin
         .create_topics([&new], &opts)
         .await
@@ -82,6 +82,14 @@ pub async fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), LogErr
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            // A slow controller: the creation may still complete, and the
+            // reader waits for the topic (and says so if it never comes).
+            Err((
+                _,
+                code @ (RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut),
+            )) => {
+                tracing::warn!(topic, error = %code, "creating the activation log timed out; waiting for it to appear");
+            }
             Err((_, code)) => return Err(kerr(topic, format!("cannot create it: {code}"))),
         }
     }
