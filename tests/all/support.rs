@@ -207,8 +207,15 @@ impl Out {
     }
 }
 
-/// Reads topics from the beginning until `want` records arrived or `timeout`.
-/// Partition order is preserved in the returned list (per partition).
+/// How long a reader may take to join its group and reach the end of every
+/// partition before its `timeout` starts (a loaded machine needs seconds).
+const READER_CATCH_UP: Duration = Duration::from_secs(60);
+
+/// Reads topics from the beginning until `want` records arrived or for
+/// `timeout` after the reader caught up with every partition's end (so a
+/// short "nothing more comes" window still sees everything already there,
+/// however long the reader's join takes). Partition order is preserved in
+/// the returned list (per partition).
 pub fn read_until(topics: &[&str], want: usize, timeout: Duration) -> Vec<Out> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -216,14 +223,39 @@ pub fn read_until(topics: &[&str], want: usize, timeout: Duration) -> Vec<Out> {
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
         .create()
         .expect("reader");
     c.subscribe(topics).expect("subscribe reader");
     let mut out = Vec::new();
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let mut deadline = started + timeout + READER_CATCH_UP;
+    // EOFs name the partition number only: caught up once every assigned
+    // number reached its end and there were as many EOFs as partitions.
+    let (mut eof_parts, mut eofs) = (std::collections::HashSet::new(), 0usize);
+    let mut caught_up = false;
     while out.len() < want && Instant::now() < deadline {
         if let Some(m) = c.poll(Duration::from_millis(200)) {
-            let m = m.expect("read");
+            let m = match m {
+                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                    eof_parts.insert(p);
+                    eofs += 1;
+                    if !caught_up {
+                        let assigned = c.assignment().map(|a| a.elements().len()).unwrap_or(0);
+                        let all = c.assignment().is_ok_and(|a| {
+                            a.elements()
+                                .iter()
+                                .all(|e| eof_parts.contains(&e.partition()))
+                        });
+                        if assigned > 0 && all && eofs >= assigned {
+                            caught_up = true;
+                            deadline = deadline.min(Instant::now() + timeout);
+                        }
+                    }
+                    continue;
+                }
+                m => m.expect("read"),
+            };
             let mut headers = HashMap::new();
             // Through the worker's own byte-level reader: rdkafka's `Headers`
             // panics on a key that is not UTF-8, and dead letters keep those.
