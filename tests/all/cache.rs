@@ -232,13 +232,12 @@ fn line_value(m: &str, series: &str) -> Option<f64> {
 #[test]
 fn a_worker_serves_its_cache_size_and_limit() {
     let topics = TestTopics::create("cache-metrics", 1);
-    let port = free_port();
     let dir = fresh_dir("worker");
     let config = topics.config(
         "enrich",
         &guest("enrich_rs"),
         "",
-        &format!("cache_max_bytes = 123456789\n[telemetry]\nhttp_listen = \"127.0.0.1:{port}\"\n"),
+        "cache_max_bytes = 123456789\n[telemetry]\nhttp_listen = \"127.0.0.1:0\"\n",
     );
     let dir_s = dir.display().to_string();
     let worker = WorkerProcess::start_env(
@@ -246,6 +245,7 @@ fn a_worker_serves_its_cache_size_and_limit() {
         &config,
         &[("PIPELINE_WORKER__RUNTIME__CACHE_DIR", &dir_s)],
     );
+    let port = bound_port(&worker, "serving /livez", Duration::from_secs(60));
     let m = wait_metrics(
         port,
         "cache metrics",
@@ -272,19 +272,10 @@ fn a_worker_serves_its_cache_size_and_limit() {
 
 const TOKEN: &str = "token-for-cache-tests";
 
-fn sha256_hex(s: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[test]
 fn control_plane_metrics_count_uploads_and_it_keeps_no_local_copy() {
     let dir = fresh_dir("control");
     let cache = dir.join("cache");
-    let port = free_port();
     let text = format!(
         r#"[kafka]
 brokers = "{brokers}"
@@ -297,7 +288,7 @@ store = "store"
 activations_topic = "{activations}"
 
 [control]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 [[control.tenants]]
 name = "acme"
 token_sha256 = "{hash}"
@@ -318,6 +309,7 @@ dead_letter_topic = "{prefix}-dlq"
     let config = dir.join("worker.toml");
     std::fs::write(&config, text).unwrap();
     let control = WorkerProcess::start_verb("control", &config);
+    let port = bound_port(&control, "control API listening", Duration::from_secs(60));
     let before = wait_metrics(port, "control /metrics", |_| true, || control.log_text());
     assert!(
         before.contains("pipeline_control_uploads_total{result=\"accepted\"} 0"),

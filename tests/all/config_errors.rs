@@ -225,7 +225,7 @@ fn unknown_keys_in_arrays_name_their_index() {
 fn cluster_config(component: &str, brokers: &str, topics: [&str; 4]) -> String {
     format!(
         "[kafka]\nbrokers = \"{brokers}\"\n\n[runtime]\ncache_dir = \"{}\"\n\n[[pipelines]]\nname = \"p\"\ninput_topics = [\"{}\", \"{}\"]\noutput_topics = [\"{}\"]\ndead_letter_topic = \"{}\"\ncomponent = \"{component}\"\n",
-        repo_root().join(".cache/pipeline-worker-tests").display(),
+        cache_dir().display(),
         topics[0],
         topics[1],
         topics[2],

@@ -73,7 +73,7 @@ fn hold_upload(plane: &Plane, token: &str) -> TcpStream {
     .unwrap();
     s.write_all(b"\0asm\x0d\0\x01\0").unwrap();
     // Admitted once the server has read those first bytes.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while metric(plane, "pipeline_control_upload_body_bytes_total ") < before + 8 {
         assert!(Instant::now() < deadline, "held upload never admitted");
         std::thread::sleep(Duration::from_millis(20));
@@ -84,7 +84,7 @@ fn hold_upload(plane: &Plane, token: &str) -> TcpStream {
 /// Repeats `f` while it answers 429 `too-many-uploads` (a dropped held
 /// upload is released once the server notices the closed connection).
 fn once_released(mut f: impl FnMut() -> (u16, Option<u64>, Value)) -> (u16, Option<u64>, Value) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let r = f();
         if r.0 != 429 || r.2["error"]["code"] != "too-many-uploads" {
@@ -398,14 +398,6 @@ fn staged(plane: &Plane) -> Vec<(String, u64)> {
             (e.file_name().to_string_lossy().to_string(), len)
         })
         .collect()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A body is streamed to a staging file as it arrives (not held in memory),

@@ -117,7 +117,7 @@ fn a_wrong_expectation_fails_the_golden_test() {
     std::fs::write(&expect, lines.join("\n")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
         .args(["test", "--cache-dir"])
-        .arg(repo_root().join(".cache/pipeline-worker-tests"))
+        .arg(cache_dir())
         .arg("--component")
         .arg(guest("price_calculator"))
         .arg("--input")

@@ -89,7 +89,7 @@ fn rebalance_under_saturation_keeps_the_assignment() {
     let first = read_until(&[&topics.dlq], 2, Duration::from_secs(60));
     assert_eq!(first.len(), 2, "A never started; log:\n{}", a.log_text());
     let b = WorkerProcess::start(&config);
-    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while !assigned_partitions(&b.log_text()) {
         assert!(
             std::time::Instant::now() < deadline,

@@ -178,14 +178,14 @@ fn a_rust_panic_reaches_its_dead_letter_once() {
         .map(|(i, a)| In::new(format!("k{i}"), format!(r#"{{"action":"{a}","id":{i}}}"#)))
         .collect();
     produce_all(&topics.input, &records);
-    let port = free_port();
     let config = topics.config(
         "panics",
         &guest("hostile"),
         "batch_size = 8\n[pipelines.limits]\ndeadline_ms = 20000\n",
-        &format!("\n[telemetry]\nhttp_listen = \"127.0.0.1:{port}\"\nlog_format = \"json\"\n"),
+        "\n[telemetry]\nhttp_listen = \"127.0.0.1:0\"\nlog_format = \"json\"\n",
     );
     let worker = WorkerProcess::start(&config);
+    let port = bound_port(&worker, "serving /livez", Duration::from_secs(60));
     let good = read_until(&[&topics.output], 5, Duration::from_secs(120));
     assert_eq!(good.len(), 5, "log:\n{}", worker.log_text());
     // Whatever would double a dead letter has happened by the time all
@@ -220,7 +220,7 @@ fn a_rust_panic_reaches_its_dead_letter_once() {
         }
     }
     // The counters: once each.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let m = http_get(port, "/metrics")
             .map(|(_, m)| m)

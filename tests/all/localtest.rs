@@ -11,10 +11,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn cache_dir() -> PathBuf {
-    repo_root().join(".cache/pipeline-worker-tests")
-}
-
 fn scratch() -> PathBuf {
     let dir = std::env::temp_dir().join(unique("localtest"));
     std::fs::create_dir_all(&dir).unwrap();

@@ -135,16 +135,16 @@ fn agree(port: u16, posts: &Posts, want: impl Fn(&Seen) -> bool, log: impl Fn() 
 fn every_family_is_on_metrics_and_in_otlp_and_moves_in_both() {
     let topics = TestTopics::create("mo", 1);
     let (collector, posts) = fake_collector();
-    let port = free_port();
     let config = topics.config(
         "p",
         &guest("enrich_rs"),
         "",
         &format!(
-            "[telemetry]\nhttp_listen = \"127.0.0.1:{port}\"\notlp_endpoint = \"http://127.0.0.1:{collector}\"\notlp_interval_ms = 200\n"
+            "[telemetry]\nhttp_listen = \"127.0.0.1:0\"\notlp_endpoint = \"http://127.0.0.1:{collector}\"\notlp_interval_ms = 200\n"
         ),
     );
     let worker = WorkerProcess::start(&config);
+    let port = bound_port(&worker, "serving /livez", Duration::from_secs(60));
     // Before any record: the pipeline's counters are there at 0 on both
     // sides; no version has run, so there is no histogram series yet.
     let before = agree(

@@ -83,13 +83,29 @@ fn ten_thousand_records_exactly_once_in_order() {
     assert_eq!(code, Some(0), "SIGTERM exits 0");
 
     // Offsets were committed: a new member of the group finds nothing to do.
+    // One new record per partition: once their outputs are out, the new
+    // member has consumed every partition past its committed offset, so
+    // anything it processed again would be out too.
     let again = WorkerProcess::start(&config);
-    std::thread::sleep(Duration::from_secs(8));
-    let after = read_until(&[&output], N + 1, Duration::from_secs(5));
+    let sentinels: Vec<In> = (0..4)
+        .map(|p| In {
+            partition: Some(p),
+            ..In::new(
+                format!("sentinel-{p}"),
+                format!(
+                    r#"{{"id":{},"session_start":1700000000,"session_end":1700000060}}"#,
+                    N + p as usize
+                ),
+            )
+        })
+        .collect();
+    produce_all(&input, &sentinels);
+    let after = read_until(&[&output], N + 4, Duration::from_secs(90));
+    let after_all = read_until(&[&output], N + 5, Duration::from_secs(3));
     assert_eq!(
-        after.len(),
-        N,
-        "records were processed again after a clean stop; log:\n{}",
+        (after.len(), after_all.len()),
+        (N + 4, N + 4),
+        "records were processed again after a clean stop (or the new ones never came); log:\n{}",
         again.log_text()
     );
     assert_eq!(again.terminate(Duration::from_secs(30)), Some(0));

@@ -20,9 +20,8 @@ fn padded(id: usize, size: usize) -> String {
     format!("{head}{pad}\"}}")
 }
 
-fn telemetry(port: u16) -> String {
-    format!("\n[telemetry]\nhttp_listen = \"127.0.0.1:{port}\"\n")
-}
+/// `/readyz` and `/metrics` on a port the worker picks (see `bound_port`).
+const TELEMETRY: &str = "\n[telemetry]\nhttp_listen = \"127.0.0.1:0\"\n";
 
 fn wait_ready(port: u16, worker: &WorkerProcess) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -43,9 +42,9 @@ fn by_key(outs: &[Out]) -> HashMap<Option<String>, Out> {
 #[test]
 fn poison_records_go_through_or_to_the_dead_letter_topic() {
     let topics = TestTopics::create("poison", 1);
-    let port = free_port();
-    let config = topics.config("enrich", &guest("enrich_rs"), "", &telemetry(port));
+    let config = topics.config("enrich", &guest("enrich_rs"), "", TELEMETRY);
     let worker = WorkerProcess::start(&config);
+    let port = bound_port(&worker, "serving /livez", Duration::from_secs(60));
     wait_ready(port, &worker);
 
     let values: Vec<String> = (0..10).map(good).collect();
@@ -366,13 +365,13 @@ fn tombstones_function_refuses_a_0_1_component() {
 #[test]
 fn dead_sandbox_thread_fails_readiness_and_exits_non_zero() {
     let topics = TestTopics::create("dead", 1);
-    let port = free_port();
-    let config = topics.config("doomed", &guest("enrich_rs"), "", &telemetry(port));
+    let config = topics.config("doomed", &guest("enrich_rs"), "", TELEMETRY);
     let mut worker = WorkerProcess::start_env(
         "run",
         &config,
         &[("PIPELINE_WORKER_FAULT_PANIC_AT_OFFSET", "3")],
     );
+    let port = bound_port(&worker, "serving /livez", Duration::from_secs(60));
     wait_ready(port, &worker);
     produce_all(
         &topics.input,

@@ -71,7 +71,6 @@ fn a_burst_is_held_to_the_tenant_quota_without_loss() {
     const N: usize = 20_000;
     let (input, output, dlq) = topics("quota", 2);
     produce_all(&input, &enrich_records(N));
-    let port = free_port();
     let config = write_config(
         &unique("quota-group"),
         &[PipelineSpec {
@@ -82,11 +81,10 @@ fn a_burst_is_held_to_the_tenant_quota_without_loss() {
             component: &guest("enrich_rs"),
             extra: "tenant = \"acme\"\nconcurrency = 2",
         }],
-        &format!(
-            "\n[telemetry]\nhttp_listen = \"127.0.0.1:{port}\"\n\n[[tenants]]\nname = \"acme\"\nrecords_per_second = 2000\nrecords_burst = 100\n"
-        ),
+        "\n[telemetry]\nhttp_listen = \"127.0.0.1:0\"\n\n[[tenants]]\nname = \"acme\"\nrecords_per_second = 2000\nrecords_burst = 100\n",
     );
     let worker = WorkerProcess::start(&config);
+    let port = bound_port(&worker, "serving /livez", Duration::from_secs(60));
     let started = Instant::now();
     let out = read_until(&[&output], N, Duration::from_secs(60));
     let metrics = http_get(port, "/metrics")

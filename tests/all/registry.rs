@@ -13,29 +13,13 @@ use crate::support::*;
 pub(crate) const TOKEN_A: &str = "token-for-acme";
 pub(crate) const TOKEN_B: &str = "token-for-globex";
 
-pub(crate) fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A control plane: config, store directory, control API process.
 pub(crate) struct Plane {
     pub(crate) config: PathBuf,
     pub(crate) store: PathBuf,
     pub(crate) api: String,
     pub(crate) control: WorkerProcess,
-    topics: TestTopics,
+    pub(crate) topics: TestTopics,
     http: reqwest::blocking::Client,
 }
 
@@ -69,11 +53,26 @@ impl Plane {
         tenant_extra: [&str; 2],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_full(prefix, partitions, control_extra, tenant_extra, env, "")
+    }
+
+    /// With keys added to pipeline `p` (e.g. `delivery = "exactly-once"`).
+    pub(crate) fn start_pipeline(prefix: &str, partitions: i32, pipeline_extra: &str) -> Self {
+        Self::start_full(prefix, partitions, "", ["", ""], &[], pipeline_extra)
+    }
+
+    fn start_full(
+        prefix: &str,
+        partitions: i32,
+        control_extra: &str,
+        tenant_extra: [&str; 2],
+        env: &[(&str, &str)],
+        pipeline_extra: &str,
+    ) -> Self {
         let topics = TestTopics::create(prefix, partitions);
         let dir = std::env::temp_dir().join(unique("pw-registry"));
         std::fs::create_dir_all(&dir).unwrap();
         let store = dir.join("store");
-        let port = free_port();
         let text = format!(
             r#"[kafka]
 brokers = "{brokers}"
@@ -88,7 +87,7 @@ store = "store"
 activations_topic = "{activations}"
 
 [control]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 {control_extra}
 [[control.tenants]]
 name = "acme"
@@ -107,6 +106,7 @@ output_topics = ["{output}"]
 dead_letter_topic = "{dlq}"
 batch_size = 16
 concurrency = 2
+{pipeline_extra}
 
 [[pipelines]]
 name = "other"
@@ -117,7 +117,7 @@ dead_letter_topic = "{dlq}-unused"
 "#,
             brokers = brokers(),
             group = unique(&format!("{prefix}-group")),
-            cache = repo_root().join(".cache/pipeline-worker-tests").display(),
+            cache = cache_dir().display(),
             activations = unique(&format!("{prefix}-activations")),
             ha = sha256_hex(TOKEN_A),
             input = topics.input,
@@ -135,6 +135,7 @@ dead_letter_topic = "{dlq}-unused"
         std::fs::write(&config, text).unwrap();
         std::env::set_var("GLOBEX_TOKEN", TOKEN_B);
         let control = WorkerProcess::start_env("control", &config, env);
+        let port = bound_port(&control, "control API listening", Duration::from_secs(60));
         let plane = Self {
             config,
             store,
@@ -146,25 +147,7 @@ dead_letter_topic = "{dlq}-unused"
                 .build()
                 .unwrap(),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = plane
-                .http
-                .get(format!("{}/v1/functions", plane.api))
-                .bearer_auth(TOKEN_A)
-                .send()
-            {
-                if r.status().is_success() {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "control API never came up:\n{}",
-                plane.control.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_control_api(&plane.control, &plane.api, TOKEN_A, Duration::from_secs(60));
         plane
     }
 
@@ -348,37 +331,6 @@ fn check_swap(
         );
     }
     versions
-}
-
-/// Produces `n` records over about `spread`, in the background.
-fn produce_over(
-    topic: &str,
-    ids: std::ops::Range<usize>,
-    spread: Duration,
-) -> std::thread::JoinHandle<()> {
-    let topic = topic.to_string();
-    std::thread::spawn(move || {
-        let chunks = 40;
-        let per = ids.len() / chunks;
-        for c in 0..chunks {
-            let from = ids.start + c * per;
-            let recs: Vec<In> = (from..from + per).map(record).collect();
-            produce_all(&topic, &recs);
-            std::thread::sleep(spread / chunks as u32);
-        }
-    })
-}
-
-fn wait_for_log(w: &WorkerProcess, needle: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !w.log_text().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "log never said {needle:?}:\n{}",
-            w.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Every bad upload is a specific 4xx with a JSON error, and the store stays
@@ -633,20 +585,24 @@ fn rejected_uploads_store_nothing() {
 /// switches once and never back.
 #[test]
 fn hot_swap_and_rollback_under_load_on_two_workers() {
-    const N: usize = 6_000;
+    // About 1,000 records/s while the test waits on a swap; a bound on the
+    // whole stream, should a wait never end.
+    const PAUSE: Duration = Duration::from_millis(100);
+    const MAX: usize = 200_000;
     let plane = Plane::start("reg-swap", 4, "");
-    let ports = [free_port(), free_port()];
-    let listen = ports.map(|p| format!("127.0.0.1:{p}"));
-    let a = WorkerProcess::start_env(
-        "run",
-        &plane.config,
-        &[("PIPELINE_WORKER__TELEMETRY__HTTP_LISTEN", &listen[0])],
-    );
-    let b = WorkerProcess::start_env(
-        "run",
-        &plane.config,
-        &[("PIPELINE_WORKER__TELEMETRY__HTTP_LISTEN", &listen[1])],
-    );
+    let any_port = "127.0.0.1:0";
+    let start = || {
+        WorkerProcess::start_env(
+            "run",
+            &plane.config,
+            &[("PIPELINE_WORKER__TELEMETRY__HTTP_LISTEN", any_port)],
+        )
+    };
+    let (a, b) = (start(), start());
+    let listen = [&a, &b].map(|w| {
+        let port = bound_port(w, "serving /livez", Duration::from_secs(60));
+        format!("127.0.0.1:{port}")
+    });
     wait_for_log(
         &a,
         "waiting before joining the group",
@@ -669,87 +625,99 @@ fn hot_swap_and_rollback_under_load_on_two_workers() {
             .lines()
             .any(|l| l.contains("partitions assigned") && l.contains("reg-swap-in"))
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(owns(&a) && owns(&b)) {
-        assert!(
-            Instant::now() < deadline,
-            "both workers never got partitions"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        "both workers own partitions",
+        Duration::from_secs(90),
+        || owns(&a) && owns(&b),
+    );
 
-    // Phase 1: enrich → echo under load.
-    let producer = produce_over(&plane.topics.input, 0..N, Duration::from_secs(6));
-    std::thread::sleep(Duration::from_secs(2));
+    // Phase 1: enrich → echo under load. The load lasts until both workers
+    // run echo and some more after, and the swap comes only once enrich's
+    // outputs are seen: both versions handle records, however slow the
+    // machine.
+    let producer = Stream::start(&plane.topics.input, 0, record, 100, PAUSE, MAX);
+    assert_eq!(
+        read_until(&[&plane.topics.output], 1, Duration::from_secs(60)).len(),
+        1,
+        "enrich never produced"
+    );
     let r = plane.activate("echo", v_echo);
     assert_eq!(r.status, 202, "{}", r.body);
-    producer.join().unwrap();
     let status = plane.wait_workers_on(2, "echo@1", Duration::from_secs(60));
     assert_eq!(status["active"]["function"], "echo", "{status}");
-    let out = read_until(&[&plane.topics.output], N, Duration::from_secs(120));
+    producer.wait_more(500, Duration::from_secs(60));
+    let n = producer.stop();
+    let out = read_until(&[&plane.topics.output], n, Duration::from_secs(120));
     let dlq = read_until(&[&plane.topics.dlq], 1, Duration::from_secs(2));
-    assert_eq!(out.len(), N, "output count");
-    check_swap(&out, &dlq, N, &["enrich@1", "echo@1"]);
+    assert_eq!(out.len(), n, "output count");
+    check_swap(&out, &dlq, n, &["enrich@1", "echo@1"]);
     check_content(&out);
     let enriched = out
         .iter()
         .filter(|o| o.header("pw.function.version") == "enrich@1")
         .count();
     // Per-version counters: summed over both workers, each version's
-    // sent-messages counter is exactly the outputs stamped with it.
-    let mut sent: HashMap<String, u64> = HashMap::new();
-    for l in &listen {
-        let text = plane
-            .http
-            .get(format!("http://{l}/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("messaging_client_sent_messages_total{"))
-        {
-            let v = line
-                .split("function_version=\"")
-                .nth(1)
+    // sent-messages counter is exactly the outputs stamped with it. A
+    // counter moves on the delivery report, which may come after a reader
+    // already has the record: wait for the sums to settle on the outputs.
+    let sent_by_version = || {
+        let mut sent: HashMap<String, u64> = HashMap::new();
+        for l in &listen {
+            let text = plane
+                .http
+                .get(format!("http://{l}/metrics"))
+                .send()
                 .unwrap()
-                .split('"')
-                .next()
+                .text()
                 .unwrap();
-            let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-            *sent.entry(v.to_string()).or_default() += n;
+            for line in text
+                .lines()
+                .filter(|l| l.starts_with("messaging_client_sent_messages_total{"))
+            {
+                let v = line
+                    .split("function_version=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
+                let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+                *sent.entry(v.to_string()).or_default() += n;
+            }
         }
+        sent
+    };
+    let want = HashMap::from([
+        ("enrich@1".to_string(), enriched as u64),
+        ("echo@1".to_string(), (n - enriched) as u64),
+    ]);
+    let mut sent = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent != want && Instant::now() < deadline {
+        sent = sent_by_version();
+        std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(
-        sent.get("enrich@1").copied(),
-        Some(enriched as u64),
-        "{sent:?}"
-    );
-    assert_eq!(
-        sent.get("echo@1").copied(),
-        Some((N - enriched) as u64),
-        "{sent:?}"
-    );
+    assert_eq!(sent, want, "sent-messages counters by version");
     assert!(
-        enriched > 0 && enriched < N,
-        "the swap happened mid-stream: {enriched} of {N} by enrich"
+        enriched > 0 && enriched < n,
+        "the swap happened mid-stream: {enriched} of {n} by enrich"
     );
 
-    // Phase 2: rollback under load → enrich again.
-    let producer = produce_over(&plane.topics.input, N..2 * N, Duration::from_secs(6));
-    std::thread::sleep(Duration::from_secs(2));
+    // Phase 2: rollback under load → enrich again (ids from n on).
+    let producer = Stream::start(&plane.topics.input, n, record, 100, PAUSE, MAX);
+    producer.wait_more(500, Duration::from_secs(60));
     let r = plane.call("POST", "/v1/pipelines/p/rollback", Some(TOKEN_A), None);
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(r.body["activation"]["function"], "enrich", "{}", r.body);
     assert_eq!(r.body["activation"]["action"], "rollback", "{}", r.body);
-    producer.join().unwrap();
     let status = plane.wait_workers_on(2, "enrich@1", Duration::from_secs(60));
     assert_eq!(status["active"]["function"], "enrich", "{status}");
-    let all = read_until(&[&plane.topics.output], 2 * N, Duration::from_secs(120));
+    producer.wait_more(500, Duration::from_secs(60));
+    let end = producer.stop();
+    let all = read_until(&[&plane.topics.output], end, Duration::from_secs(120));
     let dlq = read_until(&[&plane.topics.dlq], 1, Duration::from_secs(2));
-    assert_eq!(all.len(), 2 * N, "output count after rollback");
-    check_swap(&all, &dlq, 2 * N, &["enrich@1", "echo@1", "enrich@1"]);
+    assert_eq!(all.len(), end, "output count after rollback");
+    check_swap(&all, &dlq, end, &["enrich@1", "echo@1", "enrich@1"]);
     check_content(&all);
     let log = format!("{}\n{}", a.log_text(), b.log_text());
     assert!(
@@ -1008,4 +976,47 @@ fn functions_cli() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("401 invalid-token"));
+}
+
+/// A reader opened on an activation log that is still being created (the
+/// control plane and a worker starting together, or the broker slow to
+/// propagate a new topic's metadata) waits for the topic instead of failing
+/// with "has 0 partitions"; a log with the wrong partition count is still
+/// refused at once, naming the count.
+#[test]
+fn activation_log_reader_waits_for_a_topic_being_created() {
+    use pipeline_worker::registry::activations::{ensure_topic, LogReader};
+    let kafka: pipeline_worker::config::KafkaConfig =
+        toml::from_str(&format!("brokers = \"{}\"", brokers())).unwrap();
+    let topic = unique("reg-late-activations");
+    let reader = {
+        let (kafka, topic) = (kafka.clone(), topic.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            LogReader::new(&kafka, &topic)
+                .map(|mut r| (r.catch_up(Duration::from_secs(30)), started.elapsed()))
+        })
+    };
+    // Created while the reader is (most likely) already looking for it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    rt.block_on(ensure_topic(&kafka, &topic))
+        .expect("create the log");
+    let (caught_up, took) = reader
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the reader must wait for the topic: {e}"));
+    assert!(caught_up.expect("catch up on an empty log").is_empty());
+    println!("reader of a late activation log ready after {took:?}");
+
+    let wide = unique("reg-wide-activations");
+    create_topics(&[(&wide, 3)]);
+    // A definite answer, not the wait's timeout.
+    let err = LogReader::new(&kafka, &wide)
+        .err()
+        .expect("3 partitions refused");
+    assert!(err.to_string().contains("has 3 partitions"), "{err}");
 }

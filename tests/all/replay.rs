@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer};
@@ -13,10 +13,6 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
 use crate::support::*;
-
-fn cache_dir() -> PathBuf {
-    repo_root().join(".cache/pipeline-worker-tests")
-}
 
 fn pw(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"))
@@ -281,14 +277,6 @@ fn replay_by_offset_timestamp_and_last_n_commits_and_produces_nothing() {
 
 const TOKEN: &str = "token-for-replay";
 
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn api(
     http: &reqwest::blocking::Client,
     method: &str,
@@ -315,7 +303,6 @@ fn control_plane() -> (PathBuf, String, WorkerProcess, TestTopics, String) {
     let topics = TestTopics::create("dry", 1);
     let dir = std::env::temp_dir().join(unique("pw-dry"));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
     let activations = unique("dry-activations");
     let text = format!(
         r#"[kafka]
@@ -330,7 +317,7 @@ store = "store"
 activations_topic = "{activations}"
 
 [control]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 [[control.tenants]]
 name = "acme"
 token_sha256 = "{hash}"
@@ -354,22 +341,9 @@ batch_size = 4
     let config = dir.join("worker.toml");
     std::fs::write(&config, text).unwrap();
     let control = WorkerProcess::start_verb("control", &config);
+    let port = bound_port(&control, "control API listening", Duration::from_secs(60));
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::blocking::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http
-        .get(format!("{base}/v1/functions"))
-        .bearer_auth(TOKEN)
-        .send()
-        .map_or(true, |r| !r.status().is_success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "control API never came up:\n{}",
-            control.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_control_api(&control, &base, TOKEN, Duration::from_secs(60));
     (config, base, control, topics, activations)
 }
 

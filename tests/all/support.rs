@@ -24,6 +24,20 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The artifact cache every test process and spawned binary shares.
+pub fn cache_dir() -> PathBuf {
+    repo_root().join(".cache/pipeline-worker-tests")
+}
+
+/// Lowercase hex SHA-256 (token hashes in configs, blob digests).
+pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A guest built by `scripts/build-rust-guests.sh` (`make guests`).
 pub fn guest(name: &str) -> PathBuf {
     let p = repo_root().join(format!("target/guests/wasm32-wasip2/release/{name}.wasm"));
@@ -128,6 +142,11 @@ impl In {
 
 pub fn produce_all(topic: &str, records: &[In]) {
     let p = producer();
+    produce_with(&p, topic, records);
+}
+
+/// `records` through `p`, flushed: all acknowledged when it returns.
+pub fn produce_with(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, records: &[In]) {
     for r in records {
         let mut h = OwnedHeaders::new();
         for (k, v) in &r.headers {
@@ -188,8 +207,15 @@ impl Out {
     }
 }
 
-/// Reads topics from the beginning until `want` records arrived or `timeout`.
-/// Partition order is preserved in the returned list (per partition).
+/// How long a reader may take to join its group and reach the end of every
+/// partition before its `timeout` starts (a loaded machine needs seconds).
+const READER_CATCH_UP: Duration = Duration::from_secs(60);
+
+/// Reads topics from the beginning until `want` records arrived or for
+/// `timeout` after the reader caught up with every partition's end (so a
+/// short "nothing more comes" window still sees everything already there,
+/// however long the reader's join takes). Partition order is preserved in
+/// the returned list (per partition).
 pub fn read_until(topics: &[&str], want: usize, timeout: Duration) -> Vec<Out> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -197,14 +223,39 @@ pub fn read_until(topics: &[&str], want: usize, timeout: Duration) -> Vec<Out> {
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
         .create()
         .expect("reader");
     c.subscribe(topics).expect("subscribe reader");
     let mut out = Vec::new();
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let mut deadline = started + timeout + READER_CATCH_UP;
+    // EOFs name the partition number only: caught up once every assigned
+    // number reached its end and there were as many EOFs as partitions.
+    let (mut eof_parts, mut eofs) = (std::collections::HashSet::new(), 0usize);
+    let mut caught_up = false;
     while out.len() < want && Instant::now() < deadline {
         if let Some(m) = c.poll(Duration::from_millis(200)) {
-            let m = m.expect("read");
+            let m = match m {
+                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                    eof_parts.insert(p);
+                    eofs += 1;
+                    if !caught_up {
+                        let assigned = c.assignment().map(|a| a.elements().len()).unwrap_or(0);
+                        let all = c.assignment().is_ok_and(|a| {
+                            a.elements()
+                                .iter()
+                                .all(|e| eof_parts.contains(&e.partition()))
+                        });
+                        if assigned > 0 && all && eofs >= assigned {
+                            caught_up = true;
+                            deadline = deadline.min(Instant::now() + timeout);
+                        }
+                    }
+                    continue;
+                }
+                m => m.expect("read"),
+            };
             let mut headers = HashMap::new();
             // Through the worker's own byte-level reader: rdkafka's `Headers`
             // panics on a key that is not UTF-8, and dead letters keep those.
@@ -298,7 +349,7 @@ pub fn write_config(group: &str, pipelines: &[PipelineSpec<'_>], runtime_extra: 
     let mut s = format!(
         "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{group}\"\n\n[runtime]\ncache_dir = \"{}\"\ndrain_timeout_ms = 15000\n{runtime_extra}\n",
         brokers(),
-        repo_root().join(".cache/pipeline-worker-tests").display()
+        cache_dir().display()
     );
     for p in pipelines {
         s.push_str(&format!(
@@ -547,7 +598,7 @@ pub fn produce_raw(topic: &str, records: &[RawIn<'_>], extra: &[(&str, &str)]) {
 /// and recompiled them: tens of seconds per Python or JS component, again at
 /// every switch.
 pub fn test_cache() -> pipeline_worker::sandbox::ArtifactCache {
-    let dir = repo_root().join(".cache/pipeline-worker-tests");
+    let dir = cache_dir();
     let key = pipeline_worker::sandbox::CacheKey::resolve(
         std::env::var(pipeline_worker::sandbox::CACHE_KEY_ENV)
             .ok()
@@ -571,5 +622,146 @@ pub fn sandbox_opts(
         epoch_tick_ms: 10,
         pooling,
         max_instances,
+    }
+}
+
+/// Polls `f` (every 50 ms) until it holds; fails naming `what` after
+/// `timeout`. For waits on observable facts, never fixed sleeps.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Until the worker's log contains `needle`; the log is shown on failure.
+pub fn wait_for_log(w: &WorkerProcess, needle: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !w.log_text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "log never said {needle:?} within {timeout:?}:\n{}",
+            w.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A background producer of `make(i)` for i = from, from + 1, ... in chunks, until
+/// stopped: load that lasts as long as the test needs it to (a swap, a
+/// rebalance), however slow the machine, instead of a fixed spread that a
+/// loaded machine outlasts or undercuts.
+pub struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    produced: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    handle: std::thread::JoinHandle<usize>,
+}
+
+impl Stream {
+    /// `chunk` records every `pause`; never more than `max` in all (a
+    /// bound on a test whose stop never comes).
+    pub fn start(
+        topic: &str,
+        from: usize,
+        make: fn(usize) -> In,
+        chunk: usize,
+        pause: Duration,
+        max: usize,
+    ) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let produced = std::sync::Arc::new(AtomicUsize::new(0));
+        let (topic, s, n) = (topic.to_string(), stop.clone(), produced.clone());
+        let handle = std::thread::spawn(move || {
+            let p = producer();
+            let (mut next, end) = (from, from + max);
+            while !s.load(Ordering::SeqCst) && next < end {
+                let to = (next + chunk).min(end);
+                produce_with(&p, &topic, &(next..to).map(make).collect::<Vec<_>>());
+                n.store(to - from, Ordering::SeqCst);
+                next = to;
+                std::thread::sleep(pause);
+            }
+            next
+        });
+        Self {
+            stop,
+            produced,
+            handle,
+        }
+    }
+
+    /// Records acknowledged by the broker so far.
+    pub fn produced(&self) -> usize {
+        self.produced.load(Ordering::SeqCst)
+    }
+
+    /// Until `more` records beyond the current count were produced: load
+    /// after an event the test just saw.
+    pub fn wait_more(&self, more: usize, timeout: Duration) {
+        let want = self.produced() + more;
+        wait_until(&format!("{want} records produced"), timeout, || {
+            self.produced() >= want || self.handle.is_finished()
+        });
+    }
+
+    /// Stops after the chunk under way; the end of the ids produced
+    /// (`from..end`).
+    pub fn stop(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().expect("producer thread")
+    }
+}
+
+/// The port a process bound for `listen = "127.0.0.1:0"`, from its log line
+/// `<message> bound=127.0.0.1:<port>` (text or JSON): no port picked by the test and freed
+/// for another process (a Kafka client's connection, a parallel test) to
+/// take before the worker binds it.
+pub fn bound_port(w: &WorkerProcess, message: &str, timeout: Duration) -> u16 {
+    let mut port = None;
+    wait_until(
+        &format!("{message:?} with bound= in the log"),
+        timeout,
+        || {
+            port = w
+                .log_text()
+                .lines()
+                .filter(|l| l.contains(message))
+                .find_map(|l| {
+                    // Text logs say `bound=127.0.0.1:N`, JSON logs `"bound":"127.0.0.1:N"`.
+                    let rest = l
+                        .split(" bound=")
+                        .nth(1)
+                        .or_else(|| l.split("\"bound\":\"").nth(1))?;
+                    let addr = rest.split(|c: char| c.is_whitespace() || c == '"').next()?;
+                    addr.rsplit(':').next()?.parse::<u16>().ok()
+                });
+            port.is_some() || w.log_text().contains("Error:")
+        },
+    );
+    port.unwrap_or_else(|| panic!("{message:?} never logged:\n{}", w.log_text()))
+}
+
+/// Until the control API at `base` answers `GET /v1/functions` for `token`
+/// (2xx), failing with the control plane's log after `timeout`.
+pub fn wait_control_api(control: &WorkerProcess, base: &str, token: &str, timeout: Duration) {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    while http
+        .get(format!("{base}/v1/functions"))
+        .bearer_auth(token)
+        .send()
+        .map_or(true, |r| !r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "control API never came up:\n{}",
+            control.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -41,15 +41,15 @@ fn metrics_count_records_and_traps() {
     records.push(In::new("x3", r#"{"action":"filter"}"#));
     records.push(In::new("x4", r#"{"action":"error"}"#));
     produce_all(&input, &records);
-    let port = free_port();
     let component = guest("hostile");
     let config = topics.config(
         "hostile",
         &component,
         "[pipelines.limits]\ndeadline_ms = 200\n",
-        &format!("[telemetry]\nhttp_listen = \"127.0.0.1:{port}\"\n"),
+        "[telemetry]\nhttp_listen = \"127.0.0.1:0\"\n",
     );
     let worker = WorkerProcess::start(&config);
+    let port = bound_port(&worker, "serving /livez", Duration::from_secs(60));
     wait_for(port, "/livez", 200, Duration::from_secs(60));
     wait_for(port, "/readyz", 200, Duration::from_secs(60));
     assert_eq!(read_until(&[&dlq], 3, Duration::from_secs(60)).len(), 3);
@@ -58,7 +58,7 @@ fn metrics_count_records_and_traps() {
         50
     );
     // Counters are updated right after the produce is enqueued; give them a moment.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let m = loop {
         let (_, m) = get(port, "/metrics").expect("metrics");
         if sample(
@@ -323,7 +323,7 @@ fn mock_worker(
             worker_id: None,
         },
         runtime: RuntimeConfig {
-            cache_dir: repo_root().join(".cache/pipeline-worker-tests"),
+            cache_dir: cache_dir(),
             ..RuntimeConfig::default()
         },
         telemetry: TelemetryConfig {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -74,7 +74,7 @@ pub async fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), LogErr
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
         .set("cleanup.policy", "compact")
         .set("min.compaction.lag.ms", "60000");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let opts = AdminOptions::new().operation_timeout(Some(METADATA_WAIT));
     let results = admin
         .create_topics([&new], &opts)
         .await
@@ -82,10 +82,79 @@ pub async fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), LogErr
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            // A slow controller: the creation may still complete, and the
+            // reader waits for the topic (and says so if it never comes).
+            Err((
+                _,
+                code @ (RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut),
+            )) => {
+                tracing::warn!(topic, error = %code, "creating the activation log timed out; waiting for it to appear");
+            }
             Err((_, code)) => return Err(kerr(topic, format!("cannot create it: {code}"))),
         }
     }
     Ok(())
+}
+
+/// How long a reader waits for a topic just created (by this process or
+/// another) to show in the broker's metadata. Creation returns once the
+/// controller has the topic; the broker answering metadata may learn of it
+/// later, and under load that took seconds: a reader that looked once saw
+/// "0 partitions" and refused to start.
+const METADATA_WAIT: Duration = Duration::from_secs(30);
+const METADATA_RETRY: Duration = Duration::from_millis(200);
+
+/// The topic's partition count, waiting up to `wait` while the broker does
+/// not know the topic yet (or knows it without partitions or leaders).
+fn partition_count(
+    consumer: &BaseConsumer,
+    topic: &str,
+    wait: Duration,
+) -> Result<usize, LogError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let seen = match consumer.fetch_metadata(Some(topic), left.max(Duration::from_secs(1))) {
+            Ok(md) => match md.topics().iter().find(|t| t.name() == topic) {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    return Ok(t.partitions().len())
+                }
+                Some(t) => match t.error() {
+                    Some(code) => format!("metadata error {}", RDKafkaErrorCode::from(code)),
+                    None => "no partitions in its metadata".to_string(),
+                },
+                None => "not in the broker's metadata".to_string(),
+            },
+            Err(e) if transient(&e) => e.to_string(),
+            Err(e) => return Err(kerr(topic, e)),
+        };
+        if Instant::now() >= deadline {
+            return Err(kerr(
+                topic,
+                format!("not available within {wait:?} ({seen}); is it being created, or was it deleted?"),
+            ));
+        }
+        tracing::debug!(topic, state = %seen, "activation log not in the metadata yet");
+        std::thread::sleep(METADATA_RETRY);
+    }
+}
+
+/// Errors a topic that exists but is not fully propagated yet answers with.
+fn transient(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+        )
+    )
 }
 
 /// Appends activations (idempotent, acks=all: an accepted activation is durable).
@@ -143,14 +212,7 @@ impl LogReader {
             .set("fetch.wait.max.ms", "50")
             .create()
             .map_err(|e| kerr(topic, e))?;
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(|e| kerr(topic, e))?;
-        let partitions = md
-            .topics()
-            .first()
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
+        let partitions = partition_count(&consumer, topic, METADATA_WAIT)?;
         if partitions != 1 {
             // Order across pipelines and "read everything" both rely on it.
             return Err(kerr(
@@ -178,10 +240,23 @@ impl LogReader {
     /// starting now must reach before it consumes).
     pub fn catch_up(&mut self, timeout: Duration) -> Result<Vec<Activation>, LogError> {
         let deadline = Instant::now() + timeout;
-        let (_, high) = self
-            .consumer
-            .fetch_watermarks(&self.topic, 0, timeout)
-            .map_err(|e| kerr(&self.topic, e))?;
+        let high = loop {
+            // Just after the topic is created, the partition may have no
+            // leader yet: a transient refusal, retried until the deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.consumer.fetch_watermarks(
+                &self.topic,
+                0,
+                left.max(Duration::from_millis(100)),
+            ) {
+                Ok((_, high)) => break high,
+                Err(e) if transient(&e) && Instant::now() < deadline => {
+                    tracing::debug!(topic = %self.topic, error = %e, "activation log watermarks not available yet");
+                    std::thread::sleep(METADATA_RETRY);
+                }
+                Err(e) => return Err(kerr(&self.topic, e)),
+            }
+        };
         let mut seen = Vec::new();
         while self.next_offset < high {
             if Instant::now() >= deadline {
