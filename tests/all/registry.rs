@@ -35,7 +35,7 @@ pub(crate) struct Plane {
     pub(crate) store: PathBuf,
     pub(crate) api: String,
     pub(crate) control: WorkerProcess,
-    topics: TestTopics,
+    pub(crate) topics: TestTopics,
     http: reqwest::blocking::Client,
 }
 
@@ -68,6 +68,22 @@ impl Plane {
         control_extra: &str,
         tenant_extra: [&str; 2],
         env: &[(&str, &str)],
+    ) -> Self {
+        Self::start_full(prefix, partitions, control_extra, tenant_extra, env, "")
+    }
+
+    /// `pipeline_extra`: keys added to pipeline `p` (e.g. its schema).
+    pub(crate) fn start_pipeline(prefix: &str, partitions: i32, pipeline_extra: &str) -> Self {
+        Self::start_full(prefix, partitions, "", ["", ""], &[], pipeline_extra)
+    }
+
+    fn start_full(
+        prefix: &str,
+        partitions: i32,
+        control_extra: &str,
+        tenant_extra: [&str; 2],
+        env: &[(&str, &str)],
+        pipeline_extra: &str,
     ) -> Self {
         let topics = TestTopics::create(prefix, partitions);
         let dir = std::env::temp_dir().join(unique("pw-registry"));
@@ -107,6 +123,7 @@ output_topics = ["{output}"]
 dead_letter_topic = "{dlq}"
 batch_size = 16
 concurrency = 2
+{pipeline_extra}
 
 [[pipelines]]
 name = "other"
@@ -301,9 +318,22 @@ fn check_swap(
     n: usize,
     expected_sequence: &[&str],
 ) -> BTreeMap<i32, Vec<String>> {
+    check_swap_by(out, dlq, n, expected_sequence, |o| {
+        o.json()["id"].as_u64().unwrap()
+    })
+}
+
+/// [`check_swap`] for records whose id `id_of` reads.
+pub(crate) fn check_swap_by(
+    out: &[Out],
+    dlq: &[Out],
+    n: usize,
+    expected_sequence: &[&str],
+    id_of: impl Fn(&Out) -> u64,
+) -> BTreeMap<i32, Vec<String>> {
     let mut seen = HashSet::new();
     for o in out.iter().chain(dlq) {
-        seen.insert(o.json()["id"].as_u64().unwrap() as usize);
+        seen.insert(id_of(o) as usize);
     }
     let missing: Vec<usize> = (0..n).filter(|i| !seen.contains(i)).take(10).collect();
     assert!(missing.is_empty(), "ids lost (first 10): {missing:?}");
@@ -322,7 +352,7 @@ fn check_swap(
         let mut recs = recs.clone();
         recs.sort_by_key(|o| o.offset);
         for o in recs {
-            let id = o.json()["id"].as_u64().unwrap();
+            let id = id_of(o);
             let key = o.key.clone().unwrap();
             if let Some(prev) = last_id.insert(key.clone(), id) {
                 assert!(id > prev, "key {key}: id {id} after {prev} (order broken)");
@@ -356,6 +386,16 @@ fn produce_over(
     ids: std::ops::Range<usize>,
     spread: Duration,
 ) -> std::thread::JoinHandle<()> {
+    produce_over_with(topic, ids, spread, record)
+}
+
+/// [`produce_over`] with records `record(i)`.
+pub(crate) fn produce_over_with(
+    topic: &str,
+    ids: std::ops::Range<usize>,
+    spread: Duration,
+    record: fn(usize) -> In,
+) -> std::thread::JoinHandle<()> {
     let topic = topic.to_string();
     std::thread::spawn(move || {
         let chunks = 40;
@@ -369,7 +409,7 @@ fn produce_over(
     })
 }
 
-fn wait_for_log(w: &WorkerProcess, needle: &str, timeout: Duration) {
+pub(crate) fn wait_for_log(w: &WorkerProcess, needle: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while !w.log_text().contains(needle) {
         assert!(
