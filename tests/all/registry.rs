@@ -400,10 +400,11 @@ pub(crate) fn produce_over_with(
     std::thread::spawn(move || {
         let chunks = 40;
         let per = ids.len() / chunks;
+        let p = producer();
         for c in 0..chunks {
             let from = ids.start + c * per;
             let recs: Vec<In> = (from..from + per).map(record).collect();
-            produce_all(&topic, &recs);
+            produce_with(&p, &topic, &recs);
             std::thread::sleep(spread / chunks as u32);
         }
     })

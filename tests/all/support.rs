@@ -127,7 +127,12 @@ impl In {
 }
 
 pub fn produce_all(topic: &str, records: &[In]) {
-    let p = producer();
+    produce_with(&producer(), topic, records);
+}
+
+/// [`produce_all`] through `p`, for a caller that produces often: a new
+/// idempotent producer first waits for its producer id from the broker.
+pub fn produce_with(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, records: &[In]) {
     for r in records {
         let mut h = OwnedHeaders::new();
         for (k, v) in &r.headers {
