@@ -186,7 +186,6 @@ pub fn produce_values(
     p.flush(Duration::from_secs(120)).unwrap();
 }
 
-/// The median; NaN for no values (a candidate that failed every round).
 /// Sends, retrying while the producer's queue is full (the benches produce
 /// faster than one flush).
 pub fn send_retrying<K, V>(
@@ -202,6 +201,7 @@ pub fn send_retrying<K, V>(
     }
 }
 
+/// The median; NaN for no values (a candidate that failed every round).
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
