@@ -107,6 +107,30 @@ pub fn value(i: usize) -> String {
     )
 }
 
+/// The price inputs of record `i`: (base price in cents, quantity, customer
+/// tier, currency). Tiers vary in case, as price_calculator's sample does.
+pub fn price_fields(i: usize) -> (u64, i64, &'static str, &'static str) {
+    (
+        100 + (i as u64 * 37) % 100_000,
+        (i % 7) as i64,
+        ["premium", "standard", "new", "Premium"][i % 4],
+        ["EUR", "USD", "GBP"][i % 3],
+    )
+}
+
+/// Record `i` for the price candidates: the shape of both
+/// customer-examples/price_calculator and price_columnar's samples, with only
+/// fields price_columnar's schema declares, so both functions see the same
+/// record and output the same fields.
+pub fn price_value(i: usize) -> String {
+    let (cents, quantity, tier, currency) = price_fields(i);
+    format!(
+        r#"{{"item_id":"sku-{i}","base_price":{}.{:02},"quantity":{quantity},"context":{{"customer_tier":"{tier}","currency":"{currency}"}}}}"#,
+        cents / 100,
+        cents % 100
+    )
+}
+
 pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -115,15 +139,27 @@ pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
         .unwrap()
 }
 
-/// Produces records `ids`; with `rate`, paced (records/s). Each carries its
-/// send time in a header: `sent-ns`, or another name for records that are
-/// not measured (same size).
+/// Produces enrich records `ids` (see [`produce_values`]).
 pub fn produce(
     p: &ThreadedProducer<DefaultProducerContext>,
     topic: &str,
     ids: Range<usize>,
     rate: Option<u64>,
     header: &str,
+) {
+    produce_values(p, topic, ids, rate, header, value)
+}
+
+/// Produces records `ids` with values `value(i)`; with `rate`, paced
+/// (records/s). Each carries its send time in a header: `sent-ns`, or another
+/// name for records that are not measured (same size).
+pub fn produce_values(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    ids: Range<usize>,
+    rate: Option<u64>,
+    header: &str,
+    value: fn(usize) -> String,
 ) {
     let start = Instant::now();
     let first = ids.start;
@@ -150,7 +186,6 @@ pub fn produce(
     p.flush(Duration::from_secs(120)).unwrap();
 }
 
-/// The median; NaN for no values (a candidate that failed every round).
 /// Sends, retrying while the producer's queue is full (the benches produce
 /// faster than one flush).
 pub fn send_retrying<K, V>(
@@ -166,6 +201,7 @@ pub fn send_retrying<K, V>(
     }
 }
 
+/// The median; NaN for no values (a candidate that failed every round).
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;

@@ -12,7 +12,16 @@
 //! - Quix Streams: the customer's Python function itself, unsandboxed
 //!   (benches/peers/quix, in its own venv);
 //! - the worker (`pipeline-worker run --config <generated>`) with the Rust and
-//!   the Python enrich component, and with Rust and an OTLP span per record.
+//!   the Python enrich component, and with Rust and an OTLP span per record;
+//! - the price calculation (issue 13), on records of its own shape (both
+//!   examples' input; see `price_value`): the rdkafka passthrough over those
+//!   records, the worker with customer-examples/price_calculator (one call per
+//!   record, JSON in the guest) and with price_columnar (one call per batch,
+//!   Arrow, the schema of its pipeline.toml). Their ratio is to the
+//!   passthrough over the same records when it ran. The worker candidates
+//!   also print what their /metrics say about the backlog: records per
+//!   function call (the batch sizes a columnar function really gets) and
+//!   time inside the guest per record.
 //!
 //! Per candidate and round: a backlog of BENCH_RECORDS records (one input topic
 //! per round, read by every candidate in its own group) into an output topic
@@ -33,7 +42,8 @@
 //! BENCH_LATENCY_RECORDS (30000), BENCH_WARMUP_RECORDS (2 s at BENCH_RATE),
 //! BENCH_CANDIDATES (comma-separated slugs, default all: java-passthrough,
 //! rdkafka-passthrough, kafka-streams, quix-streams, worker-rust, worker-python,
-//! worker-rust-otlp), BENCH_PEERS_DIR (target/bench-peers), BENCH_JAVA_OPTS,
+//! worker-rust-otlp, rdkafka-passthrough-price, worker-rust-price,
+//! worker-rust-price-columnar), BENCH_BATCH_SIZE (the workers' batch_size, 64), BENCH_PEERS_DIR (target/bench-peers), BENCH_JAVA_OPTS,
 //! KAFKA_BOOTSTRAP (127.0.0.1:9092), BENCH_KEEP (1: keep topics and logs).
 
 #[path = "common.rs"]
@@ -122,7 +132,28 @@ enum Kind {
     RdkafkaPassthrough,
     KafkaStreams,
     Quix,
-    Worker { component: PathBuf, otlp: bool },
+    /// `extra`: lines added to its `[[pipelines]]` table (a schema).
+    Worker {
+        component: PathBuf,
+        otlp: bool,
+        extra: String,
+    },
+}
+
+/// The records a candidate reads and the logic its output is checked for.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Workload {
+    Enrich,
+    Price,
+}
+
+impl Workload {
+    fn value(self) -> fn(usize) -> String {
+        match self {
+            Workload::Enrich => value,
+            Workload::Price => price_value,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -130,10 +161,11 @@ struct Candidate {
     name: &'static str,
     slug: &'static str,
     kind: Kind,
+    workload: Workload,
 }
 
 impl Candidate {
-    fn enriches(&self) -> bool {
+    fn transforms(&self) -> bool {
         !matches!(self.kind, Kind::JavaPassthrough | Kind::RdkafkaPassthrough)
     }
 
@@ -175,6 +207,8 @@ impl Candidate {
         }
     }
 
+    /// `metrics`: a port for a worker's /metrics.
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         &self,
         ctx: &Ctx,
@@ -183,6 +217,7 @@ impl Candidate {
         dlq: &str,
         group: &str,
         log: &Path,
+        metrics: u16,
     ) -> Child {
         let peers = &ctx.peers;
         let mut cmd = match &self.kind {
@@ -217,23 +252,29 @@ impl Candidate {
                     .args([&brokers(), input, output, group]);
                 c
             }
-            Kind::Worker { component, otlp } => {
+            Kind::Worker {
+                component,
+                otlp,
+                extra,
+            } => {
                 let mut toml = format!(
                     "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{group}\"\nauto_offset_reset = \"earliest\"\n\n\
-                     [runtime]\ncache_dir = \"{}\"\n\n",
+                     [runtime]\ncache_dir = \"{}\"\n\n\
+                     [telemetry]\nhttp_listen = \"127.0.0.1:{metrics}\"\n",
                     brokers(),
                     root().join(".cache/pipeline-worker-bench").display()
                 );
                 if *otlp {
                     toml.push_str(&format!(
-                        "[telemetry]\notlp_endpoint = \"{}\"\notlp_interval_ms = 1000\n\n",
+                        "otlp_endpoint = \"{}\"\notlp_interval_ms = 1000\n",
                         ctx.collector
                     ));
                 }
                 toml.push_str(&format!(
-                    "[[pipelines]]\nname = \"bench\"\ninput_topics = [\"{input}\"]\noutput_topics = [\"{output}\"]\n\
-                     dead_letter_topic = \"{dlq}\"\ncomponent = \"{}\"\nbatch_size = 64\nconcurrency = 2\n",
-                    component.display()
+                    "\n[[pipelines]]\nname = \"bench\"\ninput_topics = [\"{input}\"]\noutput_topics = [\"{output}\"]\n\
+                     dead_letter_topic = \"{dlq}\"\ncomponent = \"{}\"\nbatch_size = {}\nconcurrency = 2\n{extra}\n",
+                    component.display(),
+                    ctx.batch_size
                 ));
                 let config = log.with_extension("toml");
                 std::fs::write(&config, toml).unwrap();
@@ -301,6 +342,7 @@ struct Ctx {
     rate: u64,
     latency_records: usize,
     warmup_records: usize,
+    batch_size: usize,
 }
 
 #[derive(Clone, Default)]
@@ -321,6 +363,11 @@ struct Figures {
     p999: f64,
     /// Latency grew through the paced phase: the rate is above what it sustains.
     behind: bool,
+    /// A worker's backlog, from its /metrics: records per function call
+    /// (batch) and µs inside the guest per record; NaN for the peers.
+    rows_per_call: f64,
+    calls: f64,
+    wasm_us: f64,
 }
 
 struct Sample {
@@ -373,8 +420,11 @@ fn check(cand: &Candidate, s: &Sample) -> Result<(), String> {
     }
     let v: serde_json::Value = serde_json::from_slice(&s.value)
         .map_err(|e| format!("output is not JSON ({e}): {text}"))?;
+    if cand.workload == Workload::Price {
+        return check_price(cand, &v, s, &text);
+    }
     let id = v["id"].as_u64().ok_or(format!("no id in {text}"))? as usize;
-    if !cand.enriches() {
+    if !cand.transforms() {
         return (s.value == value(id).as_bytes())
             .then_some(())
             .ok_or(format!("passthrough changed the value: {text}"));
@@ -387,6 +437,86 @@ fn check(cand: &Candidate, s: &Sample) -> Result<(), String> {
     (v == want)
         .then_some(())
         .ok_or(format!("wrong enrichment: {text}, want {want}"))
+}
+
+/// A price output: the input's fields and the three computed ones, with the
+/// arithmetic both examples do (so the per-record and the columnar function
+/// must agree to the bit).
+fn check_price(
+    cand: &Candidate,
+    v: &serde_json::Value,
+    s: &Sample,
+    text: &str,
+) -> Result<(), String> {
+    let id: usize = v["item_id"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("sku-"))
+        .and_then(|s| s.parse().ok())
+        .ok_or(format!("no item_id sku-<n> in {text}"))?;
+    if !cand.transforms() {
+        return (s.value == price_value(id).as_bytes())
+            .then_some(())
+            .ok_or(format!("passthrough changed the value: {text}"));
+    }
+    let (cents, quantity, tier, currency) = price_fields(id);
+    let base: f64 = format!("{}.{:02}", cents / 100, cents % 100)
+        .parse()
+        .unwrap();
+    let rate = match tier.to_ascii_lowercase().as_str() {
+        "premium" => 0.15,
+        "standard" => 0.05,
+        _ => 0.10,
+    };
+    let round = |x: f64| (x * 100.0).round() / 100.0;
+    let unit = round(base * (1.0 - rate));
+    let total = round(unit * quantity as f64);
+    let want = serde_json::json!({
+        "item_id": format!("sku-{id}"),
+        "base_price": base,
+        "quantity": quantity,
+        "context": {"customer_tier": tier, "currency": currency},
+        "discount_rate": rate,
+        "unit_price": unit,
+        "total_price": total,
+    });
+    // As numbers, not JSON text: the two functions spell floats differently
+    // (serde_json's sorted keys against arrow-json's schema order).
+    let num = |x: &serde_json::Value| x.as_f64();
+    let same = v.as_object().map(|o| o.len()) == Some(7)
+        && v["item_id"] == want["item_id"]
+        && v["context"] == want["context"]
+        && v["quantity"].as_i64() == Some(quantity)
+        && ["base_price", "discount_rate", "unit_price", "total_price"]
+            .iter()
+            .all(|k| num(&v[k]).is_some() && num(&v[k]) == num(&want[k]));
+    same.then_some(())
+        .ok_or(format!("wrong price: {text}, want {want}"))
+}
+
+/// What a worker's /metrics say: (records through the function, function
+/// calls, ns inside the guest), summed over versions and threads.
+fn worker_metrics(port: u16) -> Option<(f64, f64, f64)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    Some((
+        sum("messaging_process_duration_seconds_count"),
+        sum("pipeline_wasm_execution_seconds_count"),
+        sum("pipeline_wasm_execution_nanoseconds_total"),
+    ))
 }
 
 fn ts_millis(s: &Sample) -> Result<i64, String> {
@@ -414,7 +544,16 @@ fn backlog(
         let watch = reader(&format!("bench-watch-{tag}"));
         let log = ctx.dir.join(format!("{tag}.log"));
         let start_ms = now_millis();
-        let mut child = Proc(cand.spawn(ctx, input, &output, &dlq, &format!("bench-{tag}"), &log));
+        let port = free_port();
+        let mut child = Proc(cand.spawn(
+            ctx,
+            input,
+            &output,
+            &dlq,
+            &format!("bench-{tag}"),
+            &log,
+            port,
+        ));
         let mut first: Option<(f64, i64)> = None;
         let (mut seen, mut moved) = (0i64, Instant::now());
         let last_cpu = loop {
@@ -441,6 +580,13 @@ fn backlog(
             }
             std::thread::sleep(Duration::from_millis(100));
         };
+        if let (Kind::Worker { .. }, Some((records, calls, wasm_ns))) =
+            (&cand.kind, worker_metrics(port))
+        {
+            f.rows_per_call = records / calls.max(1.0);
+            f.calls = calls;
+            f.wasm_us = wasm_ns / 1e3 / records.max(1.0);
+        }
         drop(child);
         if seen > n {
             println!("    note: {} duplicate outputs", seen - n);
@@ -498,6 +644,7 @@ fn latency(
             &dlq,
             &format!("bench-{tag}-lat"),
             &log,
+            free_port(),
         ));
         let warm = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -546,7 +693,8 @@ fn latency(
         let warmup = ctx.warmup_records;
         // One producer for both phases: connected before the measured one.
         let p = producer();
-        produce(&p, &input, 0..warmup, Some(ctx.rate), "warmup-ns");
+        let value = cand.workload.value();
+        produce_values(&p, &input, 0..warmup, Some(ctx.rate), "warmup-ns", value);
         let (mut seen, mut moved) = (0, Instant::now());
         while warm.load(Ordering::Relaxed) < warmup {
             if let Some(why) = child.exited() {
@@ -565,7 +713,7 @@ fn latency(
             std::thread::sleep(Duration::from_millis(50));
         }
         let measured = warmup..warmup + ctx.latency_records;
-        produce(&p, &input, measured, Some(ctx.rate), "sent-ns");
+        produce_values(&p, &input, measured, Some(ctx.rate), "sent-ns", value);
         let deadline = Instant::now() + STALL;
         while !reader_thread.is_finished() {
             if Instant::now() > deadline {
@@ -592,6 +740,26 @@ fn latency(
     })();
     garbage.extend([input, output, dlq]);
     result
+}
+
+/// The `[[pipelines.schema]]` tables of customer-examples/price_columnar's
+/// pipeline.toml, so the bench decodes with the schema the example ships.
+fn price_columnar_schema() -> String {
+    let path = root().join("customer-examples/price_columnar/pipeline.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let at = text
+        .find("[[pipelines.schema]]")
+        .unwrap_or_else(|| panic!("{} declares no [[pipelines.schema]]", path.display()));
+    text[at..].to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// 1234567.8 → "1,234,568"
@@ -629,50 +797,76 @@ fn main() {
         rate,
         latency_records: env_or("BENCH_LATENCY_RECORDS", 30_000usize).max(1),
         warmup_records: env_or("BENCH_WARMUP_RECORDS", (rate * 2) as usize),
+        batch_size: env_or("BENCH_BATCH_SIZE", 64usize).max(1),
     };
     let rounds: usize = env_or("BENCH_ROUNDS", 3usize).max(1);
-    let rust = root().join("target/guests/wasm32-wasip2/release/enrich_rs.wasm");
-    let python = root().join("target/components/enrich_event.wasm");
+    let guests = root().join("target/guests/wasm32-wasip2/release");
+    let worker = |component: &str, otlp, extra: &str| Kind::Worker {
+        component: if component.ends_with(".wasm") {
+            root().join(component)
+        } else {
+            guests.join(format!("{component}.wasm"))
+        },
+        otlp,
+        extra: extra.to_string(),
+    };
+    let columnar_schema = price_columnar_schema();
+    use Workload::{Enrich, Price};
     let all = [
         (
             "Java passthrough",
             "java-passthrough",
             Kind::JavaPassthrough,
+            Enrich,
         ),
         (
             "rdkafka passthrough",
             "rdkafka-passthrough",
             Kind::RdkafkaPassthrough,
+            Enrich,
         ),
         (
             "Kafka Streams + Jackson",
             "kafka-streams",
             Kind::KafkaStreams,
+            Enrich,
         ),
-        ("Quix Streams + Python", "quix-streams", Kind::Quix),
+        ("Quix Streams + Python", "quix-streams", Kind::Quix, Enrich),
         (
             "worker + Rust enrich",
             "worker-rust",
-            Kind::Worker {
-                component: rust.clone(),
-                otlp: false,
-            },
+            worker("enrich_rs", false, ""),
+            Enrich,
         ),
         (
             "worker + Python enrich",
             "worker-python",
-            Kind::Worker {
-                component: python,
-                otlp: false,
-            },
+            worker("target/components/enrich_event.wasm", false, ""),
+            Enrich,
         ),
         (
             "worker + Rust, OTLP",
             "worker-rust-otlp",
-            Kind::Worker {
-                component: rust,
-                otlp: true,
-            },
+            worker("enrich_rs", true, ""),
+            Enrich,
+        ),
+        (
+            "rdkafka passthrough, price records",
+            "rdkafka-passthrough-price",
+            Kind::RdkafkaPassthrough,
+            Price,
+        ),
+        (
+            "worker + Rust price, per record",
+            "worker-rust-price",
+            worker("price_calculator", false, ""),
+            Price,
+        ),
+        (
+            "worker + Rust price, columnar",
+            "worker-rust-price-columnar",
+            worker("price_columnar", false, &columnar_schema),
+            Price,
         ),
     ];
     let only: Option<Vec<String>> = std::env::var("BENCH_CANDIDATES")
@@ -689,8 +883,13 @@ fn main() {
         brokers()
     );
     let mut cands = Vec::new();
-    for (name, slug, kind) in all {
-        let c = Candidate { name, slug, kind };
+    for (name, slug, kind, workload) in all {
+        let c = Candidate {
+            name,
+            slug,
+            kind,
+            workload,
+        };
         if only.as_ref().is_some_and(|o| !o.iter().any(|s| s == slug)) {
             continue;
         }
@@ -701,24 +900,38 @@ fn main() {
     }
     let mut results: BTreeMap<&str, Vec<Figures>> = BTreeMap::new();
     let mut failures = 0;
+    let workloads: std::collections::BTreeSet<Workload> =
+        cands.iter().map(|c| c.workload).collect();
     for round in 0..rounds {
-        let input = format!("bench-in-r{round}-{}", now_nanos());
         let mut garbage = Vec::new();
-        create(&[&input], false);
-        let t = Instant::now();
-        produce(&producer(), &input, 0..ctx.records, None, "sent-ns");
-        println!(
-            "round {}/{rounds}: backlog of {} produced in {:.1} s (load average {})",
-            round + 1,
-            thousands(ctx.records as f64),
-            t.elapsed().as_secs_f64(),
-            std::fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        // One backlog per workload a candidate of this run reads.
+        let mut inputs: BTreeMap<Workload, String> = BTreeMap::new();
+        for &w in &workloads {
+            let input = format!("bench-in-{w:?}-r{round}-{}", now_nanos()).to_lowercase();
+            create(&[&input], false);
+            let t = Instant::now();
+            produce_values(
+                &producer(),
+                &input,
+                0..ctx.records,
+                None,
+                "sent-ns",
+                w.value(),
+            );
+            println!(
+                "round {}/{rounds}: {w:?} backlog of {} produced in {:.1} s (load average {})",
+                round + 1,
+                thousands(ctx.records as f64),
+                t.elapsed().as_secs_f64(),
+                std::fs::read_to_string("/proc/loadavg")
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            inputs.insert(w, input);
+        }
         // Interleaved, the order rotated each round.
         let k = if cands.is_empty() {
             0
@@ -728,8 +941,15 @@ fn main() {
         for cand in cands[k..].iter().chain(&cands[..k]) {
             let tag = format!("{}-r{round}-{}", cand.slug, now_nanos());
             let mut f = Figures::default();
-            let r = backlog(&ctx, cand, &input, &tag, &mut f, &mut garbage)
-                .and_then(|()| latency(&ctx, cand, &tag, &mut f, &mut garbage));
+            let r = backlog(
+                &ctx,
+                cand,
+                &inputs[&cand.workload],
+                &tag,
+                &mut f,
+                &mut garbage,
+            )
+            .and_then(|()| latency(&ctx, cand, &tag, &mut f, &mut garbage));
             match r {
                 Ok(()) => {
                     println!(
@@ -746,6 +966,15 @@ fn main() {
                         f.p999,
                         if f.behind { "  (falling behind the paced rate)" } else { "" }
                     );
+                    if f.calls > 0.0 {
+                        println!(
+                            "    {:<22} {:.1} records per function call ({} calls), {:.2} µs/rec inside the guest",
+                            "",
+                            f.rows_per_call,
+                            thousands(f.calls),
+                            f.wasm_us
+                        );
+                    }
                     results.entry(cand.slug).or_default().push(f);
                 }
                 Err(why) => {
@@ -754,7 +983,7 @@ fn main() {
                 }
             }
         }
-        garbage.push(input);
+        garbage.extend(inputs.into_values());
         delete(&garbage);
     }
     summary(&cands, &results, rounds);
@@ -778,17 +1007,23 @@ fn summary(cands: &[Candidate], results: &BTreeMap<&str, Vec<Figures>>, rounds: 
         ("rdkafka-passthrough", "rdkafka passthrough")
     };
     let base = med(base_slug, |f| f.rate);
+    // The price candidates read other records: their ratio is to the
+    // passthrough over those when it ran.
+    let price_base = med("rdkafka-passthrough-price", |f| f.rate);
     let pass_p99 = med("rdkafka-passthrough", |f| f.p99);
     println!();
     println!("medians of {rounds} rounds; throughput first → last output (broker LogAppendTime); ratio to the {base_name}");
+    if price_base.is_some() {
+        println!("price rows: ratio to the rdkafka passthrough over the price records");
+    }
     println!(
-        "| candidate | records/s | from start | CPU µs/rec | peak RSS MiB | p50 / p99 / p999 ms | p99 over rdkafka passthrough | vs {base_name} |"
+        "| candidate | records/s | from start | CPU µs/rec | peak RSS MiB | p50 / p99 / p999 ms | p99 over rdkafka passthrough | records per call | guest µs/rec | vs {base_name} |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut marked = false;
     for c in cands {
         let Some(v) = results.get(c.slug).filter(|v| !v.is_empty()) else {
-            println!("| {} | failed | | | | | | |", c.name);
+            println!("| {} | failed | | | | | | | | |", c.name);
             continue;
         };
         let m = |get: fn(&Figures) -> f64| median(v.iter().map(get).collect());
@@ -796,7 +1031,19 @@ fn summary(cands: &[Candidate], results: &BTreeMap<&str, Vec<Figures>>, rounds: 
             (_, "rdkafka-passthrough") | (None, _) => "—".to_string(),
             (Some(p), _) => format!("{:+.1} ms", m(|f| f.p99) - p),
         };
-        let ratio = base.map_or("—".to_string(), |b| format!("{:.2}", m(|f| f.rate) / b));
+        let b = match c.workload {
+            Workload::Price => price_base.or(base),
+            Workload::Enrich => base,
+        };
+        let ratio = b.map_or("—".to_string(), |b| format!("{:.2}", m(|f| f.rate) / b));
+        let (per_call, guest_us) = if matches!(c.kind, Kind::Worker { .. }) {
+            (
+                format!("{:.1}", m(|f| f.rows_per_call)),
+                format!("{:.2}", m(|f| f.wasm_us)),
+            )
+        } else {
+            ("—".to_string(), "—".to_string())
+        };
         let behind = v.iter().filter(|f| f.behind).count();
         let mark = if behind * 2 > v.len() {
             marked = true;
@@ -805,7 +1052,7 @@ fn summary(cands: &[Candidate], results: &BTreeMap<&str, Vec<Figures>>, rounds: 
             ""
         };
         println!(
-            "| {} | {} | {} | {:.2} | {:.0} | {:.1} / {:.1} / {:.1}{mark} | {added} | {ratio} |",
+            "| {} | {} | {} | {:.2} | {:.0} | {:.1} / {:.1} / {:.1}{mark} | {added} | {per_call} | {guest_us} | {ratio} |",
             c.name,
             thousands(m(|f| f.rate)),
             thousands(m(|f| f.rate_from_start)),

@@ -1,10 +1,13 @@
-//! Columnar pipelines (issue 13) against the real broker, with the
-//! `columnar-probe` guest: per-row behaviour picked by its `action` column.
+//! Columnar pipelines (issue 13) against the real broker: the
+//! `columnar-probe` guest (per-row behaviour picked by its `action` column),
+//! the `price_columnar` example with its own schema and golden files, and a
+//! hot swap between it and the per-record `price_calculator`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::registry::{check_swap_by, Plane};
 use crate::support::*;
 
 const PROBE_SCHEMA: &str = r#"
@@ -154,14 +157,8 @@ fn probe_rows_map_route_fail_and_flow_next_to_a_v01_function() {
             "fan-out copies of {i}, adjacent and in order"
         );
     }
-    // Order per partition: keys in input order (records were produced by key).
-    let mut by_part: HashMap<i32, Vec<usize>> = HashMap::new();
-    for o in &main {
-        by_part.entry(o.partition).or_default().push(id_of(o));
-    }
-    for ids in by_part.values() {
-        assert!(ids.windows(2).all(|w| w[0] <= w[1]), "order kept: {ids:?}");
-    }
+    // Fan-out copies share their input's id, so equal neighbours are fine.
+    assert_order_per_partition(&main, id_of, false);
     for o in &route {
         assert_eq!(id_of(o) % 10, 3);
         assert_eq!(o.json()["value"].as_f64(), Some(1.0));
@@ -293,4 +290,292 @@ fn local_test_runs_a_columnar_function() {
         text.contains("schema[0].type") && text.contains("unknown type"),
         "{text}"
     );
+}
+
+/// Outputs keep their inputs' order per partition: `seq` (the input's
+/// position in what the test produced) grows along each output partition's
+/// offsets; `strict` unless one input may give several outputs.
+fn assert_order_per_partition(outs: &[Out], seq: impl Fn(&Out) -> usize, strict: bool) {
+    let mut by_part: HashMap<i32, Vec<(i64, usize)>> = HashMap::new();
+    for o in outs {
+        by_part
+            .entry(o.partition)
+            .or_default()
+            .push((o.offset, seq(o)));
+    }
+    for (p, recs) in by_part.iter_mut() {
+        recs.sort_unstable();
+        let seqs: Vec<usize> = recs.iter().map(|r| r.1).collect();
+        assert!(
+            seqs.windows(2)
+                .all(|w| if strict { w[0] < w[1] } else { w[0] <= w[1] }),
+            "partition {p}: order not kept: {seqs:?}"
+        );
+    }
+}
+
+/// The `[[pipelines.schema]]` tables of customer-examples/price_columnar's
+/// `pipeline.toml`, so the tests run the schema the example ships.
+fn example_schema() -> String {
+    let path = repo_root().join("customer-examples/price_columnar/pipeline.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let at = text
+        .find("[[pipelines.schema]]")
+        .expect("a schema in price_columnar/pipeline.toml");
+    text[at..].to_string()
+}
+
+fn example_lines(file: &str) -> Vec<String> {
+    let path = repo_root()
+        .join("customer-examples/price_columnar")
+        .join(file);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// What the golden files say one input becomes.
+enum Want {
+    /// The output value, byte for byte.
+    Row(String),
+    /// A dead letter: its kind and a part of its message.
+    Dead(String, String),
+}
+
+/// `price_columnar` with its `pipeline.toml` schema through the broker:
+/// its sample and its invalid sample, several rounds over keys spread on 3
+/// partitions, in small batches that mix good and bad rows. Every output is
+/// its line of `expected.jsonl` / `invalid.expected.jsonl` byte for byte,
+/// with its input's key and headers, once, in input order per partition;
+/// every refused record is dead-lettered once with the golden kind and
+/// message (`invalid-input` naming the field) and its original value.
+#[test]
+fn price_example_through_kafka_gives_its_expected_output() {
+    const ROUNDS: usize = 4;
+    let pairs = |input: &str, expected: &str| {
+        let (i, e) = (example_lines(input), example_lines(expected));
+        assert_eq!(i.len(), e.len(), "{input} against {expected}");
+        i.into_iter().zip(e).collect::<Vec<_>>()
+    };
+    let golden: Vec<(String, String)> = pairs("sample.jsonl", "expected.jsonl")
+        .into_iter()
+        .chain(pairs("invalid.jsonl", "invalid.expected.jsonl"))
+        .collect();
+    let (mut records, mut wants) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        for (input, expected) in &golden {
+            let seq = records.len();
+            records.push(
+                In::new(format!("cust-{}", seq % 5), input.clone())
+                    .header("seq", &seq.to_string())
+                    .header("round", &round.to_string()),
+            );
+            let e: serde_json::Value = serde_json::from_str(expected).unwrap();
+            wants.push(match (e.get("error"), e.get("message")) {
+                (Some(kind), Some(msg)) => Want::Dead(
+                    kind.as_str().unwrap().to_string(),
+                    msg.as_str().unwrap().to_string(),
+                ),
+                _ => Want::Row(expected.clone()),
+            });
+        }
+    }
+    let want_rows = wants.iter().filter(|w| matches!(w, Want::Row(_))).count();
+    let want_dead = wants.len() - want_rows;
+    assert!(want_dead >= 5 * ROUNDS, "the invalid sample is in the run");
+
+    let topics = TestTopics::create("col-example", 3);
+    produce_all(&topics.input, &records);
+    let extra = format!("batch_size = 8\n{}", example_schema());
+    let config = topics.config("price-columnar", &guest("price_columnar"), &extra, "");
+    let worker = WorkerProcess::start(&config);
+    let out = read_until(&[&topics.output], want_rows, Duration::from_secs(90));
+    let dead = read_until(&[&topics.dlq], want_dead, Duration::from_secs(30));
+    // A moment more on both: a duplicate would come after the last one.
+    let all = read_until(
+        &[&topics.output, &topics.dlq],
+        want_rows + want_dead + 1,
+        Duration::from_secs(3),
+    );
+    let log = worker.log_text();
+    assert_eq!(out.len(), want_rows, "outputs; log:\n{log}");
+    assert_eq!(dead.len(), want_dead, "dead letters; log:\n{log}");
+    assert_eq!(
+        all.len(),
+        want_rows + want_dead,
+        "no duplicates; log:\n{log}"
+    );
+
+    let seq_of = |o: &Out| -> usize { o.header("seq").parse().unwrap() };
+    let mut seen = HashSet::new();
+    let mut partition_of_key: HashMap<String, i32> = HashMap::new();
+    for o in &out {
+        let seq = seq_of(o);
+        assert!(seen.insert(seq), "input {seq} came out twice");
+        let input = &records[seq];
+        match &wants[seq] {
+            Want::Row(bytes) => assert_eq!(&o.value, bytes, "input {seq}: {}", input.value),
+            Want::Dead(kind, msg) => {
+                panic!(
+                    "input {seq} should be dead-lettered ({kind}: {msg}), got {}",
+                    o.value
+                )
+            }
+        }
+        assert_eq!(o.key, input.key, "input {seq}: its key");
+        for (k, v) in &input.headers {
+            assert_eq!(o.header(k), v, "input {seq}: header {k}");
+        }
+        let key = o.key.clone().unwrap();
+        let p = *partition_of_key.entry(key.clone()).or_insert(o.partition);
+        assert_eq!(p, o.partition, "key {key} on two partitions");
+    }
+    assert!(
+        partition_of_key.values().collect::<HashSet<_>>().len() > 1,
+        "the run spans partitions: {partition_of_key:?}"
+    );
+    assert_order_per_partition(&out, seq_of, true);
+    for d in &dead {
+        let seq = seq_of(d);
+        assert!(seen.insert(seq), "input {seq} came out twice");
+        let input = &records[seq];
+        let (kind, msg) = (d.header("pw.error.kind"), d.header("pw.error.message"));
+        match &wants[seq] {
+            Want::Dead(want_kind, want_msg) => {
+                assert_eq!(kind, want_kind, "input {seq} ({}): {msg}", input.value);
+                assert!(
+                    msg.contains(want_msg.as_str()),
+                    "input {seq}: {msg:?} lacks {want_msg:?}"
+                );
+            }
+            Want::Row(_) => panic!("input {seq} dead-lettered ({kind}: {msg}): {}", input.value),
+        }
+        assert_eq!(d.value, input.value, "original value kept");
+        assert_eq!(d.key, input.key, "original key kept");
+    }
+    assert_eq!(seen.len(), records.len(), "every input accounted for");
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+}
+
+/// Record `i` of the hot-swap test: both price functions accept it. `id` is
+/// not in the schema, so price_columnar drops it and price_calculator keeps
+/// it: each output shows which of the two made it.
+fn price_record(i: usize) -> In {
+    In::new(
+        format!("k{}", i % 32),
+        format!(
+            r#"{{"id":{i},"item_id":"sku-{i}","base_price":{}.25,"quantity":{},"context":{{"customer_tier":"{}","currency":"EUR"}}}}"#,
+            i % 500,
+            i % 7,
+            ["premium", "standard", "new"][i % 3]
+        ),
+    )
+}
+
+fn sku(o: &Out) -> u64 {
+    o.json()["item_id"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("sku-"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no item_id sku-<n> in {}", o.value))
+}
+
+/// Each output is what the version in its header computes: the same prices
+/// from both, `id` kept only by the per-record function.
+fn check_price_versions(out: &[Out], per_record: &str, columnar: &str) {
+    for o in out {
+        let (i, v, j) = (sku(o) as usize, o.header("pw.function.version"), o.json());
+        let rate = [0.15, 0.05, 0.10][i % 3];
+        let base = (i % 500) as f64 + 0.25;
+        let cents = |x: f64| (x * 100.0).round() / 100.0;
+        let unit = cents(base * (1.0 - rate));
+        assert_eq!(j["unit_price"].as_f64(), Some(unit), "{v}: {}", o.value);
+        assert_eq!(
+            j["total_price"].as_f64(),
+            Some(cents(unit * (i % 7) as f64)),
+            "{v}: {}",
+            o.value
+        );
+        if v == per_record {
+            assert_eq!(
+                j["id"].as_u64(),
+                Some(i as u64),
+                "{v} keeps id: {}",
+                o.value
+            );
+        } else {
+            assert_eq!(v, columnar, "{}", o.value);
+            assert!(j.get("id").is_none(), "{v} drops id: {}", o.value);
+        }
+    }
+}
+
+/// Hot swap through the control plane on a pipeline that declares the
+/// example's schema: per-record `price_calculator` → columnar
+/// `price_columnar` → `price_calculator` again, each while records flow.
+/// Every id comes out once (no rebalance, so at-least-once gives exactly
+/// once here), each output from exactly one version (its header, and what
+/// it computed), and per partition the version only moves forward.
+#[test]
+fn hot_swap_between_a_per_record_and_a_columnar_function() {
+    // Records flow until the test has seen what it waits for (old outputs,
+    // the switch, new outputs), however slow the machine.
+    const PAUSE: Duration = Duration::from_millis(50);
+    const MAX: usize = 200_000;
+    let plane = Plane::start_pipeline("col-swap", 4, &example_schema());
+    let per_record = plane.upload_ok("price", &guest("price_calculator"));
+    let columnar = plane.upload_ok("price-col", &guest("price_columnar"));
+    assert_eq!(plane.activate("price", per_record).status, 202);
+    let worker = WorkerProcess::start(&plane.config);
+    plane.wait_workers_on(1, "price@1", Duration::from_secs(120));
+    wait_for_log(&worker, "partitions assigned", Duration::from_secs(60));
+    let (input, output) = (plane.topics.input.clone(), plane.topics.output.clone());
+    let mut produced = 0;
+    let mut sequence = vec!["price@1"];
+    for (function, version, label) in [
+        ("price-col", columnar, "price-col@1"),
+        ("price", per_record, "price@1"),
+    ] {
+        // The activation lands once this phase's first outputs are out and
+        // while records are still being produced.
+        let load = Stream::start(&input, produced, price_record, 50, PAUSE, MAX);
+        let first = produced + 100;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while read_until(&[&output], first, Duration::from_secs(10)).len() < first {
+            assert!(
+                Instant::now() < deadline,
+                "no outputs; log:\n{}",
+                worker.log_text()
+            );
+        }
+        let r = plane.activate(function, version);
+        assert_eq!(r.status, 202, "{}", r.body);
+        plane.wait_workers_on(1, label, Duration::from_secs(120));
+        // Some more after the switch, so the new version surely has outputs.
+        load.wait_more(200, Duration::from_secs(60));
+        produced = load.stop();
+        sequence.push(label);
+        let out = read_until(&[&output], produced, Duration::from_secs(120));
+        let dlq = read_until(&[&plane.topics.dlq], 1, Duration::from_secs(1));
+        let log = worker.log_text();
+        assert_eq!(out.len(), produced, "outputs; log:\n{log}");
+        check_swap_by(&out, &dlq, produced, &sequence, sku);
+        check_price_versions(&out, "price@1", "price-col@1");
+        let by = |v: &str| {
+            out.iter()
+                .filter(|o| o.header("pw.function.version") == v)
+                .count()
+        };
+        assert!(
+            by("price@1") > 0 && by("price-col@1") > 0,
+            "both versions ran"
+        );
+    }
+    let again = read_until(&[&output], produced + 1, Duration::from_secs(2));
+    assert_eq!(again.len(), produced, "no duplicates");
+    assert!(worker.log_text().contains("switching function version"));
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
 }

@@ -284,9 +284,22 @@ fn check_swap(
     n: usize,
     expected_sequence: &[&str],
 ) -> BTreeMap<i32, Vec<String>> {
+    check_swap_by(out, dlq, n, expected_sequence, |o| {
+        o.json()["id"].as_u64().unwrap()
+    })
+}
+
+/// [`check_swap`] for records whose id `id_of` reads.
+pub(crate) fn check_swap_by(
+    out: &[Out],
+    dlq: &[Out],
+    n: usize,
+    expected_sequence: &[&str],
+    id_of: impl Fn(&Out) -> u64,
+) -> BTreeMap<i32, Vec<String>> {
     let mut seen = HashSet::new();
     for o in out.iter().chain(dlq) {
-        seen.insert(o.json()["id"].as_u64().unwrap() as usize);
+        seen.insert(id_of(o) as usize);
     }
     let missing: Vec<usize> = (0..n).filter(|i| !seen.contains(i)).take(10).collect();
     assert!(missing.is_empty(), "ids lost (first 10): {missing:?}");
@@ -305,7 +318,7 @@ fn check_swap(
         let mut recs = recs.clone();
         recs.sort_by_key(|o| o.offset);
         for o in recs {
-            let id = o.json()["id"].as_u64().unwrap();
+            let id = id_of(o);
             let key = o.key.clone().unwrap();
             if let Some(prev) = last_id.insert(key.clone(), id) {
                 assert!(id > prev, "key {key}: id {id} after {prev} (order broken)");
