@@ -586,7 +586,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         lang.push_str(", columnar");
         (
             format!("pipeline-worker test --config {name}/pipeline.toml --input {name}/sample.jsonl --expect {name}/expected.jsonl"),
-            "It gets one Apache Arrow record batch per call, of the schema declared in `pipeline.toml` (`[[pipelines.schema]]`), and returns one batch; tombstones never become rows (the pipeline's `tombstones` decides: pass, drop or dead-letter). A columnar component is large (arrow's code, about 25 MB in release with line tables; see the pipeline-worker README, \"Columnar functions\", for how to shrink it).",
+            "It gets one Apache Arrow record batch per call, of the schema declared in `pipeline.toml` (`[[pipelines.schema]]`), and returns one batch; tombstones never become rows (the pipeline's `tombstones` decides: pass, drop or dead-letter). A columnar component carries arrow's code: about 2.5 MB with cargo's default release profile, ten times that with debug info (`debug = \"line-tables-only\"` or more), which a worker does not need to show a panic's file and line.",
         )
     } else {
         (
