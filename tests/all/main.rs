@@ -8,6 +8,7 @@ mod support;
 mod cache;
 mod chaos;
 mod columnar;
+mod columnar_init;
 mod config_errors;
 mod control_limits;
 mod crash;

@@ -56,6 +56,10 @@ pub struct InitArgs {
     /// sdk-wit/rust when run inside one.
     #[arg(long, env = "PIPELINE_SDK_RUST", value_name = "PATH|GIT_URL")]
     pub rust_sdk: Option<String>,
+    /// A columnar function (Rust only): one call per batch over an Apache
+    /// Arrow record batch, with a `pipeline.toml` declaring its schema.
+    #[arg(long)]
+    pub columnar: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -297,6 +301,118 @@ export default transform((record: Record): Record => {
 });
 "#;
 
+// Columnar: one call per batch. The conversion is one vectorised pass over
+// the column (`PrimitiveArray::unary`, in arrow-array itself, so the project
+// needs no arrow crate beyond the SDK's); the `_error` column shows how one
+// row is refused without failing the batch.
+const RUST_COLUMNAR_TEMPLATE: &str = r#"use std::sync::Arc;
+
+use pipeline_sdk::columnar::arrow_array::{cast::AsArray, types::Float64Type, Float64Array};
+use pipeline_sdk::columnar::{self, DataType, Field, RecordBatch, Schema};
+use pipeline_sdk::TransformError;
+
+// pipeline:transform@0.2.0, world transform-columnar: the worker decodes up to
+// `batch_size` records into one batch of the schema in pipeline.toml (fields
+// not declared there are dropped) and calls this once per batch. Output row i
+// comes from the input row named by its `_row` column; key, headers and
+// timestamp are that input's.
+fn convert(batch: RecordBatch) -> Result<RecordBatch, TransformError> {
+    let celsius = batch
+        .column_by_name("celsius")
+        .and_then(|c| c.as_primitive_opt::<Float64Type>())
+        .ok_or_else(|| {
+            TransformError::invalid_input("no float64 column `celsius`: declare it in pipeline.toml's schema")
+        })?;
+    // One pass over the whole column: no per-record call, no JSON parsing.
+    let fahrenheit: Float64Array = celsius.unary(|c| c * 9.0 / 5.0 + 32.0);
+    // A non-null `_error` dead-letters that row's record (kind `failed`);
+    // the rest of the batch is produced.
+    let errors: Vec<Option<String>> = celsius
+        .iter()
+        .map(|c| match c {
+            Some(c) if c < -273.15 => Some(format!("celsius {c} is below absolute zero")),
+            _ => None,
+        })
+        .collect();
+
+    let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new("fahrenheit", DataType::Float64, true)));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(fahrenheit));
+    let out = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| TransformError::failed(format!("building the output batch: {e}")))?;
+    columnar::with_errors(columnar::with_row_index(out)?, errors) // 1:1, in order
+}
+
+pipeline_sdk::export_columnar!(convert);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipeline_sdk::columnar::{arrow_array::StringArray, ArrayRef};
+
+    // `cargo test` runs natively, through the same Arrow IPC path as the worker.
+    #[test]
+    fn converts_and_refuses_impossible_readings() {
+        let input = RecordBatch::try_from_iter([
+            ("sensor", Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef),
+            ("celsius", Arc::new(Float64Array::from(vec![100.0, -300.0]))),
+        ])
+        .unwrap();
+        let out = columnar::call(convert, &input).unwrap();
+        let f = out.column_by_name("fahrenheit").unwrap().as_primitive::<Float64Type>();
+        assert_eq!(f.value(0), 212.0);
+        let errors = out.column_by_name(columnar::ERROR).unwrap().as_string::<i32>();
+        assert!(errors.is_null(0) && errors.value(1).contains("below absolute zero"));
+    }
+}
+"#;
+
+const COLUMNAR_SAMPLE: &str = "{\"sensor\":\"greenhouse-1\",\"celsius\":21.5}\n{\"sensor\":\"freezer-2\",\"celsius\":-40.0}\n{\"sensor\":\"probe-3\",\"celsius\":-300.0}\n{\"sensor\":\"boiler-4\",\"celsius\":100.0}\n";
+// The flat golden layout: one line per output, an error line for the refused
+// row. Values as the worker writes them (arrow-json, schema order).
+const COLUMNAR_EXPECTED: &str = "{\"sensor\":\"greenhouse-1\",\"celsius\":21.5,\"fahrenheit\":70.7}\n{\"sensor\":\"freezer-2\",\"celsius\":-40.0,\"fahrenheit\":-40.0}\n{\"error\":\"failed\",\"message\":\"celsius -300 is below absolute zero\"}\n{\"sensor\":\"boiler-4\",\"celsius\":100.0,\"fahrenheit\":212.0}\n";
+
+/// The columnar project's further dependencies: none (the SDK re-exports the
+/// arrow crates it uses), and how to add kernels at the SDK's arrow version.
+const COLUMNAR_CARGO_EXTRA: &str = "# The `columnar` feature brings arrow-array, arrow-schema, arrow-ipc and\n# arrow-select (re-exported as pipeline_sdk::columnar::*). Add kernels at the\n# same arrow version, without default features, e.g.\n#   arrow-arith = { version = \"60.1\", default-features = false }\n";
+
+/// A worker config for the columnar project: `test --config` takes the
+/// schema (and limits) from it, and `run` can use it as is.
+fn columnar_pipeline_toml(name: &str) -> String {
+    let topic = name.replace('_', "-");
+    format!(
+        r#"# A worker config running {name}: `pipeline-worker test --config pipeline.toml`
+# takes the schema and limits from it, `pipeline-worker run --config pipeline.toml`
+# runs it against Kafka.
+[kafka]
+brokers = "127.0.0.1:9092"
+
+[[pipelines]]
+name = "{topic}"
+input_topics = ["{topic}-in"]
+output_topics = ["{topic}-out"]
+dead_letter_topic = "{topic}-dead-letters"
+component = "{name}.wasm"    # relative to this file; `pipeline-worker build` writes it
+format = "json"              # each value is one JSON object
+batch_size = 64              # rows per call (and per Arrow batch)
+
+# The Arrow schema of every batch. Input fields not declared here are
+# dropped; a value that does not fit (wrong type, a non-nullable field
+# missing) is dead-lettered `invalid-input` naming the field, before the call.
+[[pipelines.schema]]
+name = "sensor"
+type = "utf8"
+nullable = false
+
+[[pipelines.schema]]
+name = "celsius"
+type = "float64"
+nullable = false
+"#
+    )
+}
+
 const SAMPLE: &str = "{\"event_id\":\"e1\",\"session_start\":1700000000,\"session_end\":1700003600}\n{\"event_id\":\"e2\",\"session_start\":1700000000,\"session_end\":1700000300}\n";
 const EXPECTED: &str = "{\"event_id\":\"e1\",\"session_start\":1700000000,\"session_end\":1700003600,\"session_duration_minutes\":60.0}\n{\"event_id\":\"e2\",\"session_start\":1700000000,\"session_end\":1700000300,\"session_duration_minutes\":5.0}\n";
 
@@ -333,6 +449,22 @@ fn rust_sdk_dependency(spec: Option<&str>, checkout: Option<&Path>) -> anyhow::R
     }
 }
 
+/// Why a JavaScript function cannot be columnar (README "Columnar functions").
+const COLUMNAR_JS_STATUS: &str = "the JS SDK has no columnar entry point yet (the README's \"Columnar functions (Arrow)\" says what was tried)";
+
+/// `dep` (one `pipeline-sdk = { ... }` line) with cargo features added.
+fn with_features(dep: &str, features: &[&str]) -> String {
+    let list = features
+        .iter()
+        .map(|f| format!("{f:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match dep.strip_suffix(" }") {
+        Some(head) => format!("{head}, features = [{list}] }}"),
+        None => dep.to_owned(),
+    }
+}
+
 pub fn init(args: InitArgs) -> anyhow::Result<()> {
     let name = &args.name;
     if name.is_empty()
@@ -345,12 +477,19 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     if dir.exists() {
         bail!("{} already exists; pick another NAME", dir.display());
     }
+    if args.columnar && args.lang != Lang::Rust {
+        bail!("--columnar: only Rust has a columnar (Arrow) SDK; use --lang rust. Python cannot: pyarrow has no WASI build, and the other Arrow readers on PyPI are native extensions with no WASI wheels, so componentize-py cannot bundle any of them. JavaScript: {COLUMNAR_JS_STATUS}. A {lang:?} function stays per-record (JSON).", lang = args.lang);
+    }
     let sdk = sdk_home()?;
     let rust_dep = match args.lang {
-        Lang::Rust => Some(rust_sdk_dependency(
-            args.rust_sdk.as_deref(),
-            sdk.as_deref(),
-        )?),
+        Lang::Rust => {
+            let dep = rust_sdk_dependency(args.rust_sdk.as_deref(), sdk.as_deref())?;
+            Some(if args.columnar {
+                with_features(&dep, &["columnar"])
+            } else {
+                dep
+            })
+        }
         _ => None,
     };
     std::fs::create_dir_all(dir.join("wit"))?;
@@ -358,8 +497,14 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         std::fs::write(dir.join(file), text)
             .with_context(|| format!("writing {}", dir.join(file).display()))
     };
-    write("sample.jsonl", SAMPLE)?;
-    write("expected.jsonl", EXPECTED)?;
+    if args.columnar {
+        write("sample.jsonl", COLUMNAR_SAMPLE)?;
+        write("expected.jsonl", COLUMNAR_EXPECTED)?;
+        write("pipeline.toml", &columnar_pipeline_toml(name))?;
+    } else {
+        write("sample.jsonl", SAMPLE)?;
+        write("expected.jsonl", EXPECTED)?;
+    }
     // For reading and for other tools (jco types, wit-bindgen): the SDK
     // packages carry the same file and build against their own copy.
     write("wit/transform.wit", WIT)?;
@@ -412,26 +557,48 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         }
         Lang::Rust => {
             std::fs::create_dir_all(dir.join("src"))?;
-            write("src/lib.rs", RUST_TEMPLATE)?;
+            write(
+                "src/lib.rs",
+                if args.columnar {
+                    RUST_COLUMNAR_TEMPLATE
+                } else {
+                    RUST_TEMPLATE
+                },
+            )?;
             write(
                 "Cargo.toml",
                 &format!(
-                    "[package]\nname = \"{}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\ncrate-type = [\"cdylib\", \"rlib\"]\n\n[dependencies]\n# The pipeline-worker Rust SDK (WIT {WIT_PACKAGE}), by path or by git:\n#   pipeline-sdk = {{ path = \"/path/to/pipeline-sdk\" }}   # sdk-wit/rust, or an unpacked `cargo package` of it\n#   pipeline-sdk = {{ git = \"https://…/pipeline-worker.git\" }}\n{}\n\n# Built on its own, not as part of another workspace.\n[workspace]\n",
+                    "[package]\nname = \"{}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\ncrate-type = [\"cdylib\", \"rlib\"]\n\n[dependencies]\n# The pipeline-worker Rust SDK (WIT {WIT_PACKAGE}), by path or by git:\n#   pipeline-sdk = {{ path = \"/path/to/pipeline-sdk\" }}   # sdk-wit/rust, or an unpacked `cargo package` of it\n#   pipeline-sdk = {{ git = \"https://…/pipeline-worker.git\" }}\n{}\n{}\n# Built on its own, not as part of another workspace.\n[workspace]\n",
                     name.replace('_', "-"),
                     rust_dep.as_deref().expect("decided above"),
+                    if args.columnar {
+                        COLUMNAR_CARGO_EXTRA
+                    } else {
+                        ""
+                    },
                 ),
             )?;
             "rustup target add wasm32-wasip2".to_owned()
         }
     };
-    let lang = format!("{:?}", args.lang).to_lowercase();
-    let next = format!(
-        "  {install}\n  pipeline-worker build {name}\n  pipeline-worker test --component {name}/{name}.wasm --input {name}/sample.jsonl --expect {name}/expected.jsonl"
-    );
+    let mut lang = format!("{:?}", args.lang).to_lowercase();
+    let (test, about) = if args.columnar {
+        lang.push_str(", columnar");
+        (
+            format!("pipeline-worker test --config {name}/pipeline.toml --input {name}/sample.jsonl --expect {name}/expected.jsonl"),
+            "It gets one Apache Arrow record batch per call, of the schema declared in `pipeline.toml` (`[[pipelines.schema]]`), and returns one batch; tombstones never become rows (the pipeline's `tombstones` decides: pass, drop or dead-letter). A columnar component carries arrow's code: about 2.5 MB with cargo's default release profile, ten times that with debug info (`debug = \"line-tables-only\"` or more), which a worker does not need to show a panic's file and line.",
+        )
+    } else {
+        (
+            format!("pipeline-worker test --component {name}/{name}.wasm --input {name}/sample.jsonl --expect {name}/expected.jsonl"),
+            "A tombstone (null value) reaches it only with the pipeline's `tombstones = \"function\"`; the template passes it on unchanged.",
+        )
+    };
+    let next = format!("  {install}\n  pipeline-worker build {name}\n  {test}");
     write(
         "README.md",
         &format!(
-            "# {name}\n\nA pipeline-worker function ({lang}), WIT `{WIT_PACKAGE}` (`wit/transform.wit`). A tombstone (null value) reaches it only with the pipeline's `tombstones = \"function\"`; the template passes it on unchanged.\n\n```sh\n{}\n```\n",
+            "# {name}\n\nA pipeline-worker function ({lang}), WIT `{WIT_PACKAGE}` (`wit/transform.wit`). {about}\n\n```sh\n{}\n```\n",
             next.lines().map(str::trim_start).collect::<Vec<_>>().join("\n")
         ),
     )?;
@@ -791,6 +958,39 @@ mod tests {
             rust_toolchain(&d, Some(d.as_os_str())).unwrap(),
             d.join("cargo")
         );
+    }
+
+    #[test]
+    fn columnar_adds_the_sdk_feature_to_either_kind_of_dependency() {
+        assert_eq!(
+            with_features("pipeline-sdk = { path = \"/a b\" }", &["columnar"]),
+            "pipeline-sdk = { path = \"/a b\", features = [\"columnar\"] }"
+        );
+        let git = with_features(
+            "pipeline-sdk = { git = \"https://h/pw.git\" }",
+            &["columnar"],
+        );
+        let table: toml::Table = git.parse().unwrap();
+        assert_eq!(
+            table["pipeline-sdk"]["features"].as_array().unwrap()[0].as_str(),
+            Some("columnar")
+        );
+        // The generated config is one the worker accepts, with the schema
+        // that the sample and golden files were written for.
+        let config = crate::config::Config::from_str_with_env(
+            &columnar_pipeline_toml("my_fn"),
+            Path::new("/p/my_fn/pipeline.toml"),
+            [],
+        )
+        .unwrap();
+        let p = &config.pipelines[0];
+        assert_eq!(
+            p.component.as_deref(),
+            Some(Path::new("/p/my_fn/my_fn.wasm"))
+        );
+        let schema = p.arrow_schema(None).unwrap().expect("a schema");
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["sensor", "celsius"]);
     }
 
     #[test]

@@ -192,8 +192,13 @@ pub mod __private {
 
     /// The hook's report for `info`.
     pub fn report_panic(info: &std::panic::PanicHookInfo<'_>) -> String {
-        let payload = info
-            .payload_as_str()
+        // What `PanicHookInfo::payload_as_str` does, which needs Rust 1.91
+        // (the crate's rust-version is 1.85).
+        let p = info.payload();
+        let payload = p
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| p.downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(a panic payload that is not a string)");
         panic_report(info.location(), payload)
     }

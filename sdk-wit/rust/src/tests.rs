@@ -361,7 +361,7 @@ fn a_panic_report_has_location_and_message_on_its_first_line() {
             *seen.lock().unwrap() = Some(crate::__private::report_panic(info));
         }));
     }
-    let v = vec![1, 2, 3];
+    let v = [1, 2, 3];
     let i = std::hint::black_box(7);
     let r = std::panic::catch_unwind(|| v[i]);
     std::panic::set_hook(previous);

@@ -209,10 +209,16 @@ fn map_batch(batch: &RecordBatch, n: usize, per_row: &mut [RowOutputs]) -> Resul
         .filter(|i| !mapping.contains(&Some(*i)))
         .collect();
     let values = encode_rows(&batch.project(&keep).map_err(|e| e.to_string())?)?;
+    // An input is all or nothing, as a per-record function's result is: one
+    // `_error` among its output rows dead-letters it, the first such message
+    // (in result order) is its error, and none of its rows is produced, so
+    // re-driving the dead letter after a fix yields each output exactly once.
     for (r, value) in values.into_iter().enumerate() {
         let slot = &mut per_row[row_of(r) as usize];
         if let Some((_, e)) = error.filter(|(_, e)| e.is_valid(r)) {
-            *slot = Err(e.value(r).to_string());
+            if slot.is_ok() {
+                *slot = Err(e.value(r).to_string());
+            }
             continue;
         }
         if let Ok(outs) = slot {
@@ -331,8 +337,17 @@ impl Runner {
             results[i] = Some(Err(RecordError::InvalidInput(e)));
         }
         if let Some(batch) = decoded.batch {
-            let mut budget = bisect_budget(decoded.rows.len());
-            self.solve(f, inputs, &batch, &decoded.rows, &mut budget, &mut results);
+            // An instance sees at most `instance_max_records` records (the
+            // isolation `1` promises), so a larger batch is several calls;
+            // each is bisected on its own.
+            let per_call = usize::try_from(f.limits.instance_max_records)
+                .unwrap_or(usize::MAX)
+                .max(1);
+            for (c, rows) in decoded.rows.chunks(per_call).enumerate() {
+                let part = batch.slice(c * per_call, rows.len());
+                let mut budget = bisect_budget(rows.len());
+                self.solve(f, inputs, &part, rows, &mut budget, &mut results);
+            }
         }
         results
             .into_iter()
@@ -596,6 +611,37 @@ f = [{ name = "id", type = "int64", nullable = false },
         assert_eq!(r[2], Ok(vec![]), "row 2 dropped");
         assert_eq!(r[3], Err("bad".into()));
         assert_eq!(r[4], Ok(vec![(br#"{"id":14}"#.to_vec(), None)]));
+    }
+
+    /// An input whose rows mix outputs and `_error`s is dead-lettered whole
+    /// with its first error, whatever the order of its rows; other inputs
+    /// are untouched.
+    #[test]
+    fn an_error_on_any_row_of_an_input_dead_letters_it_whole() {
+        let bytes = result(vec![
+            ("id", Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5, 6, 7]))),
+            (
+                "_row",
+                Arc::new(UInt32Array::from(vec![0, 0, 1, 1, 2, 2, 3])),
+            ),
+            (
+                "_error",
+                Arc::new(StringArray::from(vec![
+                    None,
+                    Some("late"),
+                    Some("early"),
+                    None,
+                    Some("first"),
+                    Some("second"),
+                    None,
+                ])),
+            ),
+        ]);
+        let r = Codec::read_result(&bytes, 4).unwrap();
+        assert_eq!(r[0], Err("late".into()), "outputs before the error");
+        assert_eq!(r[1], Err("early".into()), "outputs after the error");
+        assert_eq!(r[2], Err("first".into()), "the first error wins");
+        assert_eq!(r[3], Ok(vec![(br#"{"id":7}"#.to_vec(), None)]));
     }
 
     #[test]
