@@ -19,7 +19,9 @@
 //! Environment: NOISY_RECORDS (30000), NOISY_ROUNDS (3), NOISY_RATE (2000),
 //! NOISY_LATENCY_SECS (5), NOISY_WARMUP_SECS (5), KAFKA_BOOTSTRAP (127.0.0.1:9092),
 //! NOISY_ACTIONS (part of the mix: loop,sleep,alloc,big; default all),
-//! NOISY_A_CPU_SHARE (tenant a's `cpu_share`; default the equal share, 0.5).
+//! NOISY_A_CPU_SHARE (tenant a's `cpu_share`; default the equal share, 0.5),
+//! NOISY_A_BYTES_PER_SECOND (tenant a's bytes quota, which its outputs count
+//! against; default none), NOISY_THREADS (print the worker's CPU per thread).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -199,7 +201,10 @@ fn run(tag: &str, neighbour: bool) -> Run {
         root().join(".cache/pipeline-worker-bench").display(),
         std::env::var("NOISY_A_CPU_SHARE")
             .map(|s| format!("cpu_share = {s}\n"))
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            + &std::env::var("NOISY_A_BYTES_PER_SECOND")
+                .map(|s| format!("bytes_per_second = {s}\n"))
+                .unwrap_or_default(),
         t("b-in"),
         t("b-lat-in"),
         t("b-out"),

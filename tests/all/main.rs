@@ -32,3 +32,4 @@ mod replay;
 mod sandbox_reuse;
 mod sdk_packages;
 mod telemetry;
+mod tenant_output;

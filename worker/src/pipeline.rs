@@ -444,6 +444,7 @@ pub fn spawn(
             panic_at,
             txn: txn.clone(),
             txn_epoch: std::cell::Cell::new(u64::MAX),
+            out_bytes: std::cell::Cell::new(0),
         };
         let w = std::thread::Builder::new()
             .name(format!("sandbox-{}-{lane}", pipeline.name))
@@ -712,6 +713,17 @@ struct LaneContext {
     /// The transaction epoch this lane last contributed to: it switches
     /// function versions only once that transaction is over.
     txn_epoch: std::cell::Cell<u64>,
+    /// Bytes the current batch produced (outputs and dead letters), for the
+    /// tenant's bytes quota; added up only when the tenant has one.
+    out_bytes: std::cell::Cell<u64>,
+}
+
+impl LaneContext {
+    fn charge_output(&self, bytes: impl FnOnce() -> usize) {
+        if self.gate.charges_output() {
+            self.out_bytes.set(self.out_bytes.get() + bytes() as u64);
+        }
+    }
 }
 
 type LaneRunner = Option<(u64, Runner, Arc<VersionStats>)>;
@@ -772,6 +784,7 @@ fn sandbox_lane(mut ctx: LaneContext) {
     let mut started: Vec<(Arc<PartitionTracker>, i64, i64)> = Vec::new();
     // Apart from the context, which the quota wait borrows mutably.
     let txn = ctx.txn.clone();
+    ctx.gate.start();
     while !ctx.shutdown.stopping() {
         if let Some((g, f)) = ctx.inbox.feeds_since(known) {
             (known, feeds) = (g, f);
@@ -870,6 +883,7 @@ fn sandbox_lane(mut ctx: LaneContext) {
             (_, Some((_, w, d))) => (w, d),
             (_, None) => (0, 0),
         };
+        ctx.gate.owe_output(ctx.out_bytes.take());
         ctx.gate.after_batch(wasm, ran, hits);
         batch.clear();
         if txn.is_some() && !pay_after(&mut ctx, ran, txn_bytes) {
@@ -1093,6 +1107,7 @@ fn tombstone(
                 return;
             }
             // Unchanged and unstamped: no function produced it.
+            ctx.charge_output(|| input_size(&r));
             if let Disposition::Produced(n) =
                 ctx.sink.forward(&ctx.target, function, r, tracker, None)
             {
@@ -1127,6 +1142,9 @@ fn dead_letter_poison(
     tracker: &Arc<PartitionTracker>,
     stats: &VersionStats,
 ) {
+    ctx.charge_output(|| {
+        p.raw.key.as_ref().map_or(0, Vec::len) + p.raw.value.as_ref().map_or(0, Vec::len)
+    });
     ctx.sink
         .dead_letter_raw(&ctx.target, Some(function), p.raw, tracker, &p.error);
     count_dead_letter(stats, &p.error);
@@ -1160,6 +1178,12 @@ fn deliver(
             .map_err(RecordError::ProduceRejected),
         (None, _, result) => result,
     };
+    // What the tenant writes: its outputs as returned, or the input its
+    // dead letter carries (the worker's own headers are not counted).
+    ctx.charge_output(|| match &result {
+        Ok(outs) => outs.iter().map(crate::sandbox::output_size).sum(),
+        Err(_) => input_size(&input),
+    });
     let (disposition, err) =
         ctx.sink
             .deliver(&ctx.target, function, input, tracker, result, traceparent);
@@ -1188,6 +1212,15 @@ fn deliver(
         }
     }
     (disposition, err)
+}
+
+fn input_size(r: &InputRecord) -> usize {
+    r.key.as_ref().map_or(0, |k| k.len())
+        + r.value.as_ref().map_or(0, |v| v.len())
+        + r.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum::<usize>()
 }
 
 fn count_dead_letter(stats: &VersionStats, e: &RecordError) {

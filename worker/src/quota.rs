@@ -6,11 +6,15 @@
 //! boundary, with one [`governor`] limiter per tenant and resource shared by
 //! every lane of every pipeline of that tenant on this worker:
 //!
-//! - records and bytes are paid *before* a batch runs (what the lane just
-//!   took from its partition queues);
-//! - CPU is paid *after*: the wasm time the batch used, in microseconds, so
-//!   a tenant that used more than its share waits until its share has paid
-//!   for it (a debt, as the time cannot be known in advance);
+//! - records and input bytes are paid *before* a batch runs (what the lane
+//!   just took from its partition queues);
+//! - output bytes (what the batch produced and dead-lettered) and CPU are
+//!   paid *after*, as a debt the next batch waits for, since neither is
+//!   known in advance. CPU is the lane thread's own CPU time
+//!   (`CLOCK_THREAD_CPUTIME_ID`), read once per batch: wasm, and the host
+//!   work done for the tenant on that thread (decoding its records, checking
+//!   and encoding its outputs, page faults of its memory), so a tenant that
+//!   used more than its share waits until its share has paid for it;
 //! - a lane whose whole batch hit the deadline backs off, doubling from
 //!   [`BACKOFF_BASE`] up to [`BACKOFF_CAP`], and takes one record at a time
 //!   until a record finishes in time.
@@ -269,8 +273,10 @@ pub struct Gate {
     stats: Arc<PipelineStats>,
     /// Records, bytes and CPU microseconds taken but not yet paid for.
     owed: [u64; 3],
-    /// Sub-microsecond rest of the wasm time, carried to the next batch.
+    /// Sub-microsecond rest of the CPU time, carried to the next batch.
     cpu_rest_nanos: u64,
+    /// The lane thread's CPU time when it was last charged.
+    cpu_mark: Option<u64>,
     /// Batches in a row whose every record hit the deadline.
     streak: u32,
     backoff_until: Option<Instant>,
@@ -288,6 +294,7 @@ impl Gate {
             stats,
             owed: [0; 3],
             cpu_rest_nanos: 0,
+            cpu_mark: None,
             streak: 0,
             backoff_until: None,
         }
@@ -320,12 +327,46 @@ impl Gate {
         }
     }
 
-    /// After a batch: the wasm time it used and how many of its function
-    /// calls hit the deadline.
+    /// Whether produced bytes count (the tenant has a bytes quota): the lane
+    /// adds them up only then.
+    pub fn charges_output(&self) -> bool {
+        self.tenant.as_ref().is_some_and(|t| t.bytes.is_some())
+    }
+
+    /// What a batch produced: outputs and dead letters, paid for like the
+    /// input bytes but after the fact, before the next batch runs.
+    pub fn owe_output(&mut self, bytes: u64) {
+        if self.charges_output() {
+            self.owed[1] += bytes;
+        }
+    }
+
+    /// Starts the lane's CPU clock, so the first batch is not charged for
+    /// the thread's start-up.
+    pub fn start(&mut self) {
+        if self.tenant.as_ref().is_some_and(|t| t.cpu.is_some()) {
+            self.cpu_mark = thread_cpu_nanos();
+        }
+    }
+
+    /// After a batch: the CPU it cost (the thread's CPU time since the last
+    /// charge; the batch's wasm time where that clock is missing) and how
+    /// many of its function calls hit the deadline.
     pub fn after_batch(&mut self, wasm_nanos: u64, ran: usize, deadline_hits: u64) {
         if let Some(t) = &self.tenant {
             if t.cpu.is_some() {
-                let n = self.cpu_rest_nanos + wasm_nanos;
+                let used = match (self.cpu_mark, thread_cpu_nanos()) {
+                    (Some(before), Some(now)) => {
+                        self.cpu_mark = Some(now);
+                        now.saturating_sub(before)
+                    }
+                    (None, now) => {
+                        self.cpu_mark = now;
+                        wasm_nanos
+                    }
+                    (Some(_), None) => wasm_nanos,
+                };
+                let n = self.cpu_rest_nanos + used;
                 self.owed[2] += n / 1_000;
                 self.cpu_rest_nanos = n % 1_000;
             }
@@ -430,6 +471,30 @@ impl Gate {
     }
 }
 
+/// The calling thread's CPU time (user + system), in nanoseconds. One
+/// `clock_gettime` per batch: not in the vDSO for this clock, so a system
+/// call (well under a microsecond), never per record.
+pub fn thread_cpu_nanos() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; the clock id is a
+        // constant every supported Unix defines.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        if rc != 0 {
+            return None;
+        }
+        Some((ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
 fn pause<C: ConsumerContext>(
     consumer: &Weak<BaseConsumer<C>>,
     feeds: &[Arc<PartitionFeed>],
@@ -463,6 +528,64 @@ mod tests {
         let wait = b.pay(&mut owed).expect("only the burst is there at once");
         assert_eq!(owed, 150, "the first 100 are paid");
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100));
+    }
+
+    fn gate(bytes: Option<Bucket>, cpu: Option<Bucket>) -> Gate {
+        let stats = Arc::new(PipelineStats::default());
+        let tenant = Arc::new(TenantLimiter {
+            name: "t".into(),
+            records: None,
+            bytes,
+            cpu,
+            describe: String::new(),
+        });
+        let ep = Arc::new(Episodes::new("p", Some(&tenant), stats.clone()));
+        Gate::new(Some(tenant), ep, stats)
+    }
+
+    #[test]
+    fn output_bytes_are_a_debt_on_the_bytes_quota() {
+        let mut g = gate(Bucket::new(1_000, 1_000), None);
+        assert!(g.charges_output());
+        g.owe_input(1, 10);
+        assert!(g.next_wait().is_none(), "the input fits the burst");
+        g.owe_output(5_000);
+        let (reason, wait) = g.next_wait().expect("the outputs are over the burst");
+        assert_eq!(reason, ThrottleReason::Bytes);
+        assert!(wait > Duration::ZERO, "{wait:?}");
+        assert!(g.owed[1] >= 4_000, "still owed: {}", g.owed[1]);
+
+        let mut free = gate(None, None);
+        assert!(!free.charges_output(), "no bytes quota: nothing added up");
+        free.owe_output(u64::MAX);
+        assert!(free.next_wait().is_none());
+    }
+
+    #[test]
+    fn cpu_charged_is_the_threads_cpu_time_not_wasm_time() {
+        if thread_cpu_nanos().is_none() {
+            return;
+        }
+        let mut g = gate(None, Bucket::new(1_000_000, 100_000));
+        g.start();
+        // Host work with no wasm time at all: charged.
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        g.after_batch(0, 1, 0);
+        let busy = g.owed[2];
+        // Thread CPU may lag wall time under load, never exceed it much.
+        assert!(
+            busy > 0 && busy <= 200_000,
+            "spun 30 ms wall, charged {busy} µs"
+        );
+        // Blocked, not running: (almost) nothing, whatever the wasm time says.
+        std::thread::sleep(Duration::from_millis(50));
+        g.after_batch(50_000_000, 1, 0);
+        let slept = g.owed[2] - busy;
+        assert!(slept < 20_000, "slept 50 ms, charged {slept} µs");
     }
 
     #[test]

@@ -478,7 +478,10 @@ fn load_error(e: LoadError) -> ApiError {
 
 async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            crate::telemetry::metrics::CONTENT_TYPE,
+        )],
         api.metrics.render(&api.opts.cache.stats()),
     )
 }
