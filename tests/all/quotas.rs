@@ -50,7 +50,7 @@ fn ids(out: &[Out]) -> HashSet<u64> {
         .collect()
 }
 
-fn throttled_seconds(metrics: &str, pipeline: &str, reason: &str) -> f64 {
+pub(crate) fn throttled_seconds(metrics: &str, pipeline: &str, reason: &str) -> f64 {
     metrics
         .lines()
         .filter(|l| {

@@ -4,20 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::quotas::throttled_seconds;
 use crate::support::*;
-
-fn throttled_seconds(metrics: &str, pipeline: &str, reason: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("pipeline_throttled_seconds_total{")
-                && l.contains(&format!("pipeline=\"{pipeline}\""))
-                && l.contains(&format!("reason=\"{reason}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .next()
-        .unwrap_or(0.0)
-}
 
 /// 30 records of a few bytes each produce 100 KB apiece (3 MB), and 10
 /// records of 2 KB are dead-lettered, against a quota of 1 MB/s with a

@@ -297,14 +297,7 @@ impl Inbound {
     /// Key, value and header bytes, as a tenant's bytes quota counts them.
     fn size(&self) -> usize {
         match &self.work {
-            Work::Record(r) => {
-                r.key.as_ref().map_or(0, |k| k.len())
-                    + r.value.as_ref().map_or(0, |v| v.len())
-                    + r.headers
-                        .iter()
-                        .map(|h| h.key.len() + h.value.len())
-                        .sum::<usize>()
-            }
+            Work::Record(r) => input_size(r),
             Work::Poison(p) => {
                 p.raw.key.as_ref().map_or(0, Vec::len) + p.raw.value.as_ref().map_or(0, Vec::len)
             }
