@@ -20,6 +20,7 @@
 import {
   DataType,
   makeVector,
+  RecordBatchReader,
   Table,
   tableFromIPC,
   tableToIPC,
@@ -256,6 +257,15 @@ function checkOutput(out, inputRows) {
   return null;
 }
 
+/** The worker's IPC stream as a Table; one without a schema message is refused. */
+function readIpc(bytes) {
+  const reader = RecordBatchReader.from(bytes);
+  reader.open();
+  // apache-arrow reads bytes that are no stream at all as an empty one.
+  if (!reader.schema) throw new Error("no schema message");
+  return new Table(reader.schema, reader.readAll());
+}
+
 function err(kind, message) {
   return { tag: "err", val: { tag: kind, val: clip(message) } };
 }
@@ -270,7 +280,7 @@ export function _runColumns(fn, bytes, customerFile, fnName) {
   try {
     let input;
     try {
-      input = tableFromIPC(bytes);
+      input = readIpc(bytes);
     } catch (e) {
       return err("invalid-input", `input batch is not an Arrow IPC stream: ${errorMessage(e)}`);
     }
