@@ -37,7 +37,10 @@ const arrowEntry = () => fileURLToPath(import.meta.resolve("apache-arrow/Arrow.d
 export async function bundleArrow(out) {
   const { rolldown } = await import("rolldown");
   const t0 = process.hrtime.bigint();
-  const bundle = await rolldown({ input: arrowEntry(), platform: "browser", logLevel: "warn" });
+  // cwd: the package, so the bundle (its module path comments) does not
+  // depend on where the build runs.
+  const cwd = fileURLToPath(new URL("..", import.meta.url));
+  const bundle = await rolldown({ input: arrowEntry(), cwd, platform: "browser", logLevel: "warn" });
   try {
     await bundle.write({ file: out, format: "esm", minify: false });
   } finally {
