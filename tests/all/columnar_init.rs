@@ -225,7 +225,10 @@ fn js_columnar_init_build_test_loop() {
         &wrong,
     ]);
     assert!(!out.status.success(), "a wrong golden file passed:\n{text}");
-    assert!(text.contains("my-js-col-alerts"), "{text}");
+    assert!(
+        text.contains("$.topic: expected \"my-js-col-out\", got \"my-js-col-alerts\""),
+        "{text}"
+    );
 
     // TypeScript: the same template with types, statically checked by the
     // SDK (types stripped, imports and names resolved).
