@@ -9,7 +9,7 @@
 # (sdk-wit/js/bin/pipeline-sdk-js.mjs, the same code a customer gets from the
 # tarball): this script only keeps the checkout's sdk-wit/js/node_modules
 # installed (npm ci of package-lock.json, so the pinned componentize-js, jco,
-# preview2-shim and amaro) and then runs it.
+# preview2-shim, amaro, rolldown and apache-arrow) and then runs it.
 #
 # SRC.js is the customer's ES module: it imports from "pipeline-sdk" and
 # default-exports its function, `export default transform((record) => ...)`.
@@ -20,7 +20,12 @@
 # (the package's copy of sdk-wit/wit/transform.wit): it exports `transformer`
 # and `batch-transformer` and imports `host` plus a few WASI 0.2 interfaces.
 # SRC.js may import nothing but "pipeline-sdk"; a build error names the
-# customer's file:line:column.
+# customer's file:line:column. A columnar function (SRC imports
+# "pipeline-sdk/columnar" and default-exports `columnar((table) => ...)`)
+# targets `transform-columnar` instead, exporting only `columnar-transformer`;
+# it may also import "apache-arrow", which the build bundles (rolldown) from
+# the package's pinned apache-arrow 21.2.0 (sdk-wit/js/README.md, "Columnar
+# functions").
 #
 # Default features: `--disable http fetch-event`, so the component does not
 # import wasi:http (the worker refuses it). stdio (console.log → WASI stdout),

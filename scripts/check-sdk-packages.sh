@@ -58,7 +58,7 @@ step "npm pack (sdk-wit/js)"
 tgz="$dist/$(cd sdk-wit/js && npm pack --silent --cache "$cache/npm" --pack-destination "$dist" | tail -1)"
 [ "$(basename "$tgz")" = pipeline-sdk-0.2.0.tgz ] || fail "npm pack made $tgz, expected pipeline-sdk-0.2.0.tgz"
 listing="$(tar tzf "$tgz")"
-for f in package/pipeline-sdk.js package/pipeline-sdk.d.ts package/wit/transform.wit package/bin/pipeline-sdk-js.mjs package/tools/precheck.mjs; do
+for f in package/pipeline-sdk.js package/pipeline-sdk.d.ts package/pipeline-sdk-columnar.js package/pipeline-sdk-columnar.d.ts package/tools/columnar-build.mjs package/wit/transform.wit package/bin/pipeline-sdk-js.mjs package/tools/precheck.mjs; do
     expect "$listing" "$f" "npm tarball contents"
 done
 

@@ -611,7 +611,7 @@ function stackOf(e) {
   return stack
     .split("\n")
     .map((l) => l.trimEnd())
-    .filter((l) => l && !/pipeline-sdk\.js:\d+/.test(l))
+    .filter((l) => l && !/pipeline-sdk(-columnar)?\.js:\d+/.test(l))
     .slice(0, MAX_STACK_FRAMES)
     .join("\n");
 }
@@ -770,6 +770,13 @@ export function _component(customerModule, { hostLog, file } = {}) {
         `export default transform((record) => { ... }) (found ${describe(fn)})`,
     );
   }
+  if (fn[Symbol.for("pipeline-sdk.columnar")]) {
+    // pipeline-sdk-columnar.js marks it; only a module importing that is
+    // built for the columnar world.
+    throw new TypeError(
+      `${file || "the customer module"} default-exports a columnar function (columnar(...)), which is built for the columnar world only when the file itself imports "pipeline-sdk/columnar"`,
+    );
+  }
   if (hostLog) log.setSink((level, message) => hostLog(level, message));
   const fnName =
     fn.name && fn.name !== "default" ? fn.name : `the transform function of ${file || "the customer module"}`;
@@ -786,5 +793,20 @@ export function _component(customerModule, { hostLog, file } = {}) {
     },
   };
 }
+
+/**
+ * @internal What the columnar entry point (pipeline-sdk-columnar.js) shares
+ * with this module, so that both report errors and log the same way.
+ */
+export const _internals = {
+  clip,
+  describe,
+  errorMessage,
+  failure,
+  location,
+  setHostLog(hostLog) {
+    if (hostLog) log.setSink((level, message) => hostLog(level, message));
+  },
+};
 
 export default { transform, Record, Headers, InvalidInput, MissingField, log };

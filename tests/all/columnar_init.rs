@@ -1,7 +1,8 @@
-//! `pipeline-worker init --lang rust --columnar`: the project it writes
-//! builds (a real cargo build of the component) and passes its own golden
-//! test through `pipeline-worker test --config` (the schema from its
-//! pipeline.toml); other languages are refused before anything is written.
+//! `pipeline-worker init --lang rust|js|ts --columnar`: the project it
+//! writes builds (a real cargo or componentize-js build of the component)
+//! and passes its own golden test through `pipeline-worker test --config`
+//! (the schema from its pipeline.toml); Python is refused before anything is
+//! written.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -38,19 +39,17 @@ fn columnar_init_build_test_loop() {
     let work = std::env::temp_dir().join(unique("colinit"));
     std::fs::create_dir_all(&work).unwrap();
 
-    for lang in ["python", "js", "ts"] {
-        let (out, text) = pw(&work, &["init", "--lang", lang, "--columnar", "col_other"]);
-        assert!(!out.status.success(), "{lang}: accepted:\n{text}");
-        assert!(
-            text.contains("--columnar: only Rust has a columnar (Arrow) SDK")
-                && text.contains("pyarrow has no WASI build"),
-            "{lang}: {text}"
-        );
-        assert!(
-            !work.join("col_other").exists(),
-            "{lang}: a project was written"
-        );
-    }
+    let (out, text) = pw(
+        &work,
+        &["init", "--lang", "python", "--columnar", "col_other"],
+    );
+    assert!(!out.status.success(), "python: accepted:\n{text}");
+    assert!(
+        text.contains("--columnar: Python has no columnar (Arrow) SDK")
+            && text.contains("pyarrow has no WASI build"),
+        "{text}"
+    );
+    assert!(!work.join("col_other").exists(), "a project was written");
 
     let name = "my_col_fn";
     ok(&work, &["init", "--lang", "rust", "--columnar", name]);
@@ -107,6 +106,147 @@ fn columnar_init_build_test_loop() {
     let (out, text) = test(&format!("{name}/wrong.jsonl"));
     assert!(!out.status.success(), "a wrong golden file passed:\n{text}");
     assert!(text.contains("$.value.fahrenheit"), "{text}");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The JavaScript columnar template: one componentize-js build (apache-arrow
+/// bundled in), then `test` checks its rows, that `_row` gives each output
+/// its own input's key, that `_topic` routes and that `_error` dead-letters
+/// exactly one record. The TypeScript template only gets the SDK's static
+/// check (same SDK code; a second 16 MB build would double the cost).
+#[test]
+fn js_columnar_init_build_test_loop() {
+    let work = std::env::temp_dir().join(unique("jscolinit"));
+    std::fs::create_dir_all(&work).unwrap();
+    let name = "my_js_col";
+    ok(&work, &["init", "--lang", "js", "--columnar", name]);
+    let project = work.join(name);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(project.join("package.json")).unwrap())
+            .unwrap();
+    let sdk_manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("sdk-wit/js/package.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["dependencies"]["apache-arrow"], sdk_manifest["dependencies"]["apache-arrow"],
+        "{manifest}"
+    );
+    let src = std::fs::read_to_string(project.join(format!("{name}.js"))).unwrap();
+    assert!(src.contains("from \"pipeline-sdk/columnar\""), "{src}");
+    assert!(src.contains("\"my-js-col-alerts\""), "{src}");
+
+    let built = ok(&work, &["build", name]);
+    assert!(
+        built.contains("world transform-columnar") && built.contains("bundled apache-arrow"),
+        "{built}"
+    );
+
+    let cache = repo_root().join(".cache/pipeline-worker-tests");
+    let test = |extra: &[&str]| {
+        let config = format!("{name}/pipeline.toml");
+        let mut args = vec![
+            "test",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--config",
+            &config,
+        ];
+        args.extend_from_slice(extra);
+        pw(&work, &args)
+    };
+    let (input, expected) = (
+        format!("{name}/sample.jsonl"),
+        format!("{name}/expected.jsonl"),
+    );
+    let (out, tested) = test(&["--input", &input, "--expect", &expected]);
+    assert!(out.status.success(), "test failed:\n{tested}");
+    assert!(tested.contains("PASS"), "{tested}");
+    assert!(
+        tested.contains("celsius -300 is below absolute zero"),
+        "{tested}"
+    );
+
+    // Keyed records: each output carries its own input's key (so `_row`
+    // mapped it), the boiling one is on the alerts topic, and the refused
+    // one is the only dead letter.
+    let readings = [
+        ("greenhouse-1", 21.5),
+        ("freezer-2", -40.0),
+        ("probe-3", -300.0),
+        ("boiler-4", 100.0),
+    ];
+    let records: String = readings
+        .iter()
+        .map(|(s, c)| {
+            serde_json::json!({"key": format!("k-{s}"), "value": {"sensor": s, "celsius": c}})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(project.join("keyed.jsonl"), records).unwrap();
+    let golden = |alerts: &str| {
+        [
+            r#"{"topic": null, "key": "k-greenhouse-1", "value": {"sensor": "greenhouse-1", "celsius": 21.5, "fahrenheit": 70.7}}"#.to_owned(),
+            r#"{"topic": null, "key": "k-freezer-2", "value": {"sensor": "freezer-2", "celsius": -40.0, "fahrenheit": -40.0}}"#.to_owned(),
+            r#"{"error": "failed", "message": "celsius -300 is below absolute zero"}"#.to_owned(),
+            format!(r#"{{"topic": {alerts}, "key": "k-boiler-4", "value": {{"sensor": "boiler-4", "celsius": 100.0, "fahrenheit": 212.0}}}}"#),
+        ]
+        .join("\n")
+            + "\n"
+    };
+    std::fs::write(
+        project.join("keyed.expected.jsonl"),
+        golden("\"my-js-col-alerts\""),
+    )
+    .unwrap();
+    let keyed = format!("{name}/keyed.jsonl");
+    let keyed_expected = format!("{name}/keyed.expected.jsonl");
+    let (out, text) = test(&[
+        "--input",
+        &keyed,
+        "--input-format",
+        "records",
+        "--expect",
+        &keyed_expected,
+    ]);
+    assert!(out.status.success(), "keyed test failed:\n{text}");
+    assert_eq!(text.matches("ERROR [failed]").count(), 1, "{text}");
+
+    // The comparison is real: the routed row expected on the default topic fails, named.
+    std::fs::write(project.join("wrong.jsonl"), golden("null")).unwrap();
+    let wrong = format!("{name}/wrong.jsonl");
+    let (out, text) = test(&[
+        "--input",
+        &keyed,
+        "--input-format",
+        "records",
+        "--expect",
+        &wrong,
+    ]);
+    assert!(!out.status.success(), "a wrong golden file passed:\n{text}");
+    assert!(
+        text.contains("$.topic: expected \"my-js-col-out\", got \"my-js-col-alerts\""),
+        "{text}"
+    );
+
+    // TypeScript: the same template with types, statically checked by the
+    // SDK (types stripped, imports and names resolved).
+    ok(&work, &["init", "--lang", "ts", "--columnar", "my_ts_col"]);
+    let tsconfig = std::fs::read_to_string(work.join("my_ts_col/tsconfig.json")).unwrap();
+    assert!(tsconfig.contains("\"pipeline-sdk/columnar\""), "{tsconfig}");
+    let check = Command::new("node")
+        .arg(repo_root().join("sdk-wit/js/tools/precheck.mjs"))
+        .arg("--print-kind")
+        .arg(work.join("my_ts_col/my_ts_col.ts"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&check.stdout), "columnar\n");
     let _ = std::fs::remove_dir_all(&work);
 }
 

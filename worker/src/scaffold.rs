@@ -56,8 +56,9 @@ pub struct InitArgs {
     /// sdk-wit/rust when run inside one.
     #[arg(long, env = "PIPELINE_SDK_RUST", value_name = "PATH|GIT_URL")]
     pub rust_sdk: Option<String>,
-    /// A columnar function (Rust only): one call per batch over an Apache
-    /// Arrow record batch, with a `pipeline.toml` declaring its schema.
+    /// A columnar function (Rust, JavaScript or TypeScript): one call per
+    /// batch over an Apache Arrow record batch, with a `pipeline.toml`
+    /// declaring its schema.
     #[arg(long)]
     pub columnar: bool,
 }
@@ -373,14 +374,108 @@ const COLUMNAR_SAMPLE: &str = "{\"sensor\":\"greenhouse-1\",\"celsius\":21.5}\n{
 // row. Values as the worker writes them (arrow-json, schema order).
 const COLUMNAR_EXPECTED: &str = "{\"sensor\":\"greenhouse-1\",\"celsius\":21.5,\"fahrenheit\":70.7}\n{\"sensor\":\"freezer-2\",\"celsius\":-40.0,\"fahrenheit\":-40.0}\n{\"error\":\"failed\",\"message\":\"celsius -300 is below absolute zero\"}\n{\"sensor\":\"boiler-4\",\"celsius\":100.0,\"fahrenheit\":212.0}\n";
 
+// The JavaScript columnar template also routes through `_topic` (the
+// pipeline's second output topic), so it shows all three mapping columns.
+// TOPIC is replaced by the project's topic prefix.
+const JS_COLUMNAR_TEMPLATE: &str = r#"import { columnar, InvalidInput, withColumn, withErrors, withRowIndex, withTopics } from "pipeline-sdk/columnar";
+
+// pipeline:transform@0.2.0, world transform-columnar: the worker decodes up to
+// `batch_size` records into one Arrow batch of the schema in pipeline.toml
+// (fields not declared there are dropped) and calls this once per batch with
+// it as an apache-arrow Table. Output row i comes from the input row named by
+// its `_row` column; key, headers and timestamp are that input's.
+
+// Readings at or above this go to the pipeline's second output topic.
+const ALERT_CELSIUS = 90;
+
+export default columnar(function convert(table) {
+  const celsius = table.getChild("celsius");
+  if (celsius === null || String(celsius.type) !== "Float64") {
+    throw new InvalidInput("no float64 column `celsius`: declare it in pipeline.toml's schema");
+  }
+  // The whole column as one Float64Array: no per-record call, no JSON
+  // parsing (the schema declares it non-nullable, so every slot is a reading).
+  const c = celsius.toArray();
+  const fahrenheit = new Float64Array(c.length);
+  const errors = new Array(c.length).fill(null);
+  const topics = new Array(c.length).fill(null);
+  for (let i = 0; i < c.length; i++) {
+    fahrenheit[i] = (c[i] * 9) / 5 + 32;
+    // A non-null `_error` dead-letters that row's record (kind `failed`);
+    // the rest of the batch is produced.
+    if (c[i] < -273.15) errors[i] = `celsius ${c[i]} is below absolute zero`;
+    // `_topic`: one of pipeline.toml's output_topics; null = the first.
+    else if (c[i] >= ALERT_CELSIUS) topics[i] = "TOPIC-alerts";
+  }
+  const out = withColumn(table, "fahrenheit", fahrenheit);
+  return withTopics(withErrors(withRowIndex(out), errors), topics); // 1:1, in order
+});
+"#;
+
+// Erasable types only, as for the per-record TS template.
+const TS_COLUMNAR_TEMPLATE: &str = r#"import { columnar, InvalidInput, withColumn, withErrors, withRowIndex, withTopics } from "pipeline-sdk/columnar";
+import type { Table } from "apache-arrow";
+
+// pipeline:transform@0.2.0, world transform-columnar: the worker decodes up to
+// `batch_size` records into one Arrow batch of the schema in pipeline.toml
+// (fields not declared there are dropped) and calls this once per batch with
+// it as an apache-arrow Table. Output row i comes from the input row named by
+// its `_row` column; key, headers and timestamp are that input's. Types are
+// stripped at build time, not checked: run `npx tsc --noEmit` for that.
+
+// Readings at or above this go to the pipeline's second output topic.
+const ALERT_CELSIUS = 90;
+
+export default columnar(function convert(table: Table): Table {
+  const celsius = table.getChild("celsius");
+  if (celsius === null || String(celsius.type) !== "Float64") {
+    throw new InvalidInput("no float64 column `celsius`: declare it in pipeline.toml's schema");
+  }
+  // The whole column as one Float64Array: no per-record call, no JSON
+  // parsing (the schema declares it non-nullable, so every slot is a reading).
+  const c = celsius.toArray() as Float64Array;
+  const fahrenheit = new Float64Array(c.length);
+  const errors: (string | null)[] = new Array(c.length).fill(null);
+  const topics: (string | null)[] = new Array(c.length).fill(null);
+  for (let i = 0; i < c.length; i++) {
+    fahrenheit[i] = (c[i] * 9) / 5 + 32;
+    // A non-null `_error` dead-letters that row's record (kind `failed`);
+    // the rest of the batch is produced.
+    if (c[i] < -273.15) errors[i] = `celsius ${c[i]} is below absolute zero`;
+    // `_topic`: one of pipeline.toml's output_topics; null = the first.
+    else if (c[i] >= ALERT_CELSIUS) topics[i] = "TOPIC-alerts";
+  }
+  const out = withColumn(table, "fahrenheit", fahrenheit);
+  return withTopics(withErrors(withRowIndex(out), errors), topics); // 1:1, in order
+});
+"#;
+
+/// The JS templates' golden file: the Rust one with the boiling reading on
+/// the alerts topic.
+fn js_columnar_expected(topic: &str) -> String {
+    COLUMNAR_EXPECTED.replace(
+        "{\"sensor\":\"boiler-4\",\"celsius\":100.0,\"fahrenheit\":212.0}",
+        &format!("{{\"topic\":\"{topic}-alerts\",\"value\":{{\"sensor\":\"boiler-4\",\"celsius\":100.0,\"fahrenheit\":212.0}}}}"),
+    )
+}
+
+/// The apache-arrow the JS SDK bundles into columnar components (its
+/// package.json pins it; a test below checks they agree).
+const JS_ARROW_VERSION: &str = "21.2.0";
+
 /// The columnar project's further dependencies: none (the SDK re-exports the
 /// arrow crates it uses), and how to add kernels at the SDK's arrow version.
 const COLUMNAR_CARGO_EXTRA: &str = "# The `columnar` feature brings arrow-array, arrow-schema, arrow-ipc and\n# arrow-select (re-exported as pipeline_sdk::columnar::*). Add kernels at the\n# same arrow version, without default features, e.g.\n#   arrow-arith = { version = \"60.1\", default-features = false }\n";
 
 /// A worker config for the columnar project: `test --config` takes the
 /// schema (and limits) from it, and `run` can use it as is.
-fn columnar_pipeline_toml(name: &str) -> String {
+fn columnar_pipeline_toml(name: &str, alerts: bool) -> String {
     let topic = name.replace('_', "-");
+    let outputs = if alerts {
+        format!("[\"{topic}-out\", \"{topic}-alerts\"]   # the first is the default; the function routes to the second")
+    } else {
+        format!("[\"{topic}-out\"]")
+    };
     format!(
         r#"# A worker config running {name}: `pipeline-worker test --config pipeline.toml`
 # takes the schema and limits from it, `pipeline-worker run --config pipeline.toml`
@@ -391,7 +486,7 @@ brokers = "127.0.0.1:9092"
 [[pipelines]]
 name = "{topic}"
 input_topics = ["{topic}-in"]
-output_topics = ["{topic}-out"]
+output_topics = {outputs}
 dead_letter_topic = "{topic}-dead-letters"
 component = "{name}.wasm"    # relative to this file; `pipeline-worker build` writes it
 format = "json"              # each value is one JSON object
@@ -449,9 +544,6 @@ fn rust_sdk_dependency(spec: Option<&str>, checkout: Option<&Path>) -> anyhow::R
     }
 }
 
-/// Why a JavaScript function cannot be columnar (README "Columnar functions").
-const COLUMNAR_JS_STATUS: &str = "the JS SDK has no columnar entry point yet (the README's \"Columnar functions (Arrow)\" says what was tried)";
-
 /// `dep` (one `pipeline-sdk = { ... }` line) with cargo features added.
 fn with_features(dep: &str, features: &[&str]) -> String {
     let list = features
@@ -477,8 +569,8 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     if dir.exists() {
         bail!("{} already exists; pick another NAME", dir.display());
     }
-    if args.columnar && args.lang != Lang::Rust {
-        bail!("--columnar: only Rust has a columnar (Arrow) SDK; use --lang rust. Python cannot: pyarrow has no WASI build, and the other Arrow readers on PyPI are native extensions with no WASI wheels, so componentize-py cannot bundle any of them. JavaScript: {COLUMNAR_JS_STATUS}. A {lang:?} function stays per-record (JSON).", lang = args.lang);
+    if args.columnar && args.lang == Lang::Python {
+        bail!("--columnar: Python has no columnar (Arrow) SDK; use --lang rust, js or ts. pyarrow has no WASI build, and the other Arrow readers on PyPI are native extensions with no WASI wheels, so componentize-py cannot bundle any of them; a Python function stays per-record (JSON).");
     }
     let sdk = sdk_home()?;
     let rust_dep = match args.lang {
@@ -497,10 +589,16 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         std::fs::write(dir.join(file), text)
             .with_context(|| format!("writing {}", dir.join(file).display()))
     };
+    let topic = name.replace('_', "-");
+    let js = matches!(args.lang, Lang::Js | Lang::Ts);
     if args.columnar {
         write("sample.jsonl", COLUMNAR_SAMPLE)?;
-        write("expected.jsonl", COLUMNAR_EXPECTED)?;
-        write("pipeline.toml", &columnar_pipeline_toml(name))?;
+        if js {
+            write("expected.jsonl", &js_columnar_expected(&topic))?;
+        } else {
+            write("expected.jsonl", COLUMNAR_EXPECTED)?;
+        }
+        write("pipeline.toml", &columnar_pipeline_toml(name, js))?;
     } else {
         write("sample.jsonl", SAMPLE)?;
         write("expected.jsonl", EXPECTED)?;
@@ -509,12 +607,18 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     // packages carry the same file and build against their own copy.
     write("wit/transform.wit", WIT)?;
     let npm_package = || {
+        let mut deps = serde_json::json!({ "pipeline-sdk": SDK_RANGE_NPM });
+        if args.columnar {
+            // For editors and tsc; the build bundles the SDK's own pinned
+            // copy, which npm dedupes with this one at the same version.
+            deps["apache-arrow"] = JS_ARROW_VERSION.into();
+        }
         let manifest = serde_json::json!({
             "name": name.to_ascii_lowercase().replace('_', "-"),
             "private": true,
             "type": "module",
             "scripts": { "build": "pipeline-worker build ." },
-            "dependencies": { "pipeline-sdk": SDK_RANGE_NPM },
+            "dependencies": deps,
         });
         serde_json::to_string_pretty(&manifest).map(|s| s + "\n")
     };
@@ -528,23 +632,50 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
             format!("python3 -m venv {name}/.venv && {name}/.venv/bin/pip install -r {name}/requirements.txt")
         }
         Lang::Js => {
-            write(&format!("{name}.js"), JS_TEMPLATE)?;
+            if args.columnar {
+                write(
+                    &format!("{name}.js"),
+                    &JS_COLUMNAR_TEMPLATE.replace("TOPIC", &topic),
+                )?;
+            } else {
+                write(&format!("{name}.js"), JS_TEMPLATE)?;
+            }
             write("package.json", &npm_package()?)?;
             format!("(cd {name} && npm install)")
         }
         Lang::Ts => {
-            write(&format!("{name}.ts"), TS_TEMPLATE)?;
+            if args.columnar {
+                write(
+                    &format!("{name}.ts"),
+                    &TS_COLUMNAR_TEMPLATE.replace("TOPIC", &topic),
+                )?;
+            } else {
+                write(&format!("{name}.ts"), TS_TEMPLATE)?;
+            }
             write("package.json", &npm_package()?)?;
-            // In a checkout the SDK is not in node_modules: point tsc at it.
+            // In a checkout the SDK is not in node_modules: point tsc at it
+            // (and, for a columnar function, at its columnar module and the
+            // apache-arrow it bundles).
             let paths = match &sdk {
-                Some(home) => format!(
-                    "    \"paths\": {{ \"pipeline-sdk\": [{}] }},\n",
-                    serde_json::Value::String(
-                        home.join("sdk-wit/js/pipeline-sdk.d.ts")
-                            .display()
-                            .to_string()
-                    )
-                ),
+                Some(home) => {
+                    let js = home.join("sdk-wit/js");
+                    let quoted = |p: PathBuf| serde_json::Value::String(p.display().to_string());
+                    let mut map = vec![format!(
+                        "\"pipeline-sdk\": [{}]",
+                        quoted(js.join("pipeline-sdk.d.ts"))
+                    )];
+                    if args.columnar {
+                        map.push(format!(
+                            "\"pipeline-sdk/columnar\": [{}]",
+                            quoted(js.join("pipeline-sdk-columnar.d.ts"))
+                        ));
+                        map.push(format!(
+                            "\"apache-arrow\": [{}]",
+                            quoted(js.join("node_modules/apache-arrow/Arrow.dom.d.ts"))
+                        ));
+                    }
+                    format!("    \"paths\": {{ {} }},\n", map.join(", "))
+                }
                 None => String::new(),
             };
             write(
@@ -586,7 +717,11 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         lang.push_str(", columnar");
         (
             format!("pipeline-worker test --config {name}/pipeline.toml --input {name}/sample.jsonl --expect {name}/expected.jsonl"),
-            "It gets one Apache Arrow record batch per call, of the schema declared in `pipeline.toml` (`[[pipelines.schema]]`), and returns one batch; tombstones never become rows (the pipeline's `tombstones` decides: pass, drop or dead-letter). A columnar component carries arrow's code: about 2.5 MB with cargo's default release profile, ten times that with debug info (`debug = \"line-tables-only\"` or more), which a worker does not need to show a panic's file and line.",
+            if js {
+                "It gets one Apache Arrow record batch per call, as an apache-arrow `Table` of the schema declared in `pipeline.toml` (`[[pipelines.schema]]`), and returns one; tombstones never become rows (the pipeline's `tombstones` decides: pass, drop or dead-letter). The build bundles apache-arrow (the version the SDK pins) into the component: about 16 MB, and a JavaScript loop over a column is far slower than the Rust SDK's kernels (see the SDK's README)."
+            } else {
+                "It gets one Apache Arrow record batch per call, of the schema declared in `pipeline.toml` (`[[pipelines.schema]]`), and returns one batch; tombstones never become rows (the pipeline's `tombstones` decides: pass, drop or dead-letter). A columnar component carries arrow's code: about 2.5 MB with cargo's default release profile, ten times that with debug info (`debug = \"line-tables-only\"` or more), which a worker does not need to show a panic's file and line."
+            },
         )
     } else {
         (
@@ -978,7 +1113,7 @@ mod tests {
         // The generated config is one the worker accepts, with the schema
         // that the sample and golden files were written for.
         let config = crate::config::Config::from_str_with_env(
-            &columnar_pipeline_toml("my_fn"),
+            &columnar_pipeline_toml("my_fn", false),
             Path::new("/p/my_fn/pipeline.toml"),
             [],
         )
@@ -991,6 +1126,42 @@ mod tests {
         let schema = p.arrow_schema(None).unwrap().expect("a schema");
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["sensor", "celsius"]);
+    }
+
+    #[test]
+    fn js_columnar_project_routes_to_a_declared_topic_with_the_sdks_arrow() {
+        // The JS templates route boiling readings to the config's second
+        // output topic, and the golden file expects them there.
+        let config = crate::config::Config::from_str_with_env(
+            &columnar_pipeline_toml("my_fn", true),
+            Path::new("/p/my_fn/pipeline.toml"),
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            config.pipelines[0].output_topics,
+            ["my-fn-out", "my-fn-alerts"]
+        );
+        for template in [JS_COLUMNAR_TEMPLATE, TS_COLUMNAR_TEMPLATE] {
+            assert!(template.contains("\"TOPIC-alerts\""));
+        }
+        let golden = js_columnar_expected("my-fn");
+        assert_ne!(golden, COLUMNAR_EXPECTED);
+        let routed: Vec<serde_json::Value> = golden
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &serde_json::Value| v.get("topic").is_some())
+            .collect();
+        assert_eq!(routed.len(), 1, "{golden}");
+        assert_eq!(routed[0]["topic"], "my-fn-alerts");
+        assert_eq!(routed[0]["value"]["fahrenheit"], 212.0);
+        // package.json's apache-arrow is the one the SDK bundles.
+        let npm: serde_json::Value =
+            serde_json::from_str(include_str!("../../sdk-wit/js/package.json")).unwrap();
+        assert_eq!(
+            npm["dependencies"]["apache-arrow"].as_str(),
+            Some(JS_ARROW_VERSION)
+        );
     }
 
     #[test]

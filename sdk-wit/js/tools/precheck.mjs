@@ -2,12 +2,15 @@
 // Quick static check of a customer module before the (slower) component
 // build; no customer code is run.
 //
-//     node sdk-wit/js/tools/precheck.mjs CUSTOMER.js   (or .ts: types are stripped first)
+//     node sdk-wit/js/tools/precheck.mjs [--print-kind] CUSTOMER.js   (or .ts: types are stripped first)
 //
 // Checks that the file parses as an ES module, imports nothing but
-// "pipeline-sdk" (and pipeline:transform/* WIT interfaces), imports only names
-// that pipeline-sdk exports, and has a default export. Prints
-// `FILE:LINE:COL: message` and exits 1 on a problem.
+// "pipeline-sdk" (and pipeline:transform/* WIT interfaces) — or, for a
+// columnar function, also "pipeline-sdk/columnar" and "apache-arrow" —,
+// imports only names that those modules export, and has a default export.
+// Prints `FILE:LINE:COL: message` and exits 1 on a problem. A module that
+// imports "pipeline-sdk/columnar" is a columnar function; --print-kind prints
+// `columnar` or `record` on stdout (for the build).
 //
 // Uses node:vm's SourceTextModule (parse and link only, never evaluate),
 // which needs --experimental-vm-modules: the script re-runs itself with it.
@@ -18,9 +21,10 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const self = fileURLToPath(import.meta.url);
-const args = process.argv.slice(2);
+const printKind = process.argv.includes("--print-kind");
+const args = process.argv.slice(2).filter((a) => a !== "--print-kind");
 if (args.length !== 1) {
-  console.error("usage: precheck.mjs CUSTOMER.js");
+  console.error("usage: precheck.mjs [--print-kind] CUSTOMER.js");
   process.exit(2);
 }
 const src = args[0];
@@ -28,7 +32,7 @@ const src = args[0];
 if (!process.execArgv.includes("--experimental-vm-modules")) {
   const r = spawnSync(
     process.execPath,
-    ["--experimental-vm-modules", "--no-warnings", self, src],
+    ["--experimental-vm-modules", "--no-warnings", self, ...(printKind ? ["--print-kind"] : []), src],
     { stdio: "inherit" },
   );
   process.exit(r.status ?? 1);
@@ -80,20 +84,43 @@ try {
   fail(`${e.name}: ${e.message}`, line);
 }
 
-const allowed = (s) => s === "pipeline-sdk" || s.startsWith("pipeline:transform/");
-for (const spec of mod.dependencySpecifiers) {
-  if (!allowed(spec)) {
+const specs = mod.dependencySpecifiers;
+const isColumnar = specs.includes("pipeline-sdk/columnar");
+const allowed = (s) =>
+  s === "pipeline-sdk" ||
+  s.startsWith("pipeline:transform/") ||
+  (isColumnar && (s === "pipeline-sdk/columnar" || s === "apache-arrow"));
+const where = (spec) => lineOf(`"${spec}"`) ?? lineOf(`'${spec}'`);
+for (const spec of specs) {
+  if (allowed(spec)) continue;
+  if (spec === "apache-arrow") {
     fail(
-      `imports "${spec}": only "pipeline-sdk" is available inside the component ` +
-        "(the build bundles just this file and the SDK; put helpers in this file)",
-      lineOf(`"${spec}"`) ?? lineOf(`'${spec}'`),
+      'imports "apache-arrow", which the build bundles only into a columnar function: one that ' +
+        'imports from "pipeline-sdk/columnar" and default-exports columnar((table) => ...); ' +
+        'a per-record function may import only "pipeline-sdk"',
+      where(spec),
     );
   }
+  fail(
+    isColumnar
+      ? `imports "${spec}": only "pipeline-sdk", "pipeline-sdk/columnar" and "apache-arrow" are available ` +
+          "inside a columnar component (the build bundles just this file, the SDK and apache-arrow; put helpers in this file)"
+      : `imports "${spec}": only "pipeline-sdk" is available inside the component ` +
+          '(the build bundles just this file and the SDK; put helpers in this file; a columnar function also gets "apache-arrow")',
+    where(spec),
+  );
 }
 
-const sdkNames = Object.keys(sdk);
+const exportsOf = new Map([["pipeline-sdk", Object.keys(sdk)]]);
+if (isColumnar) {
+  // The modules the component gets: the SDK's columnar entry point and
+  // apache-arrow's browser build (what the build bundles; the same names as
+  // its Node build).
+  exportsOf.set("pipeline-sdk/columnar", Object.keys(await import("../pipeline-sdk-columnar.js")));
+  exportsOf.set("apache-arrow", Object.keys(await import("apache-arrow/Arrow.dom")));
+}
 await mod.link(async (spec) => {
-  const names = spec === "pipeline-sdk" ? sdkNames : ["log"];
+  const names = exportsOf.get(spec) ?? ["log"];
   return new vm.SyntheticModule(names, () => {});
 }).catch((e) => {
   // e.g. "The requested module 'pipeline-sdk' does not provide an export named 'transfrom'"
@@ -104,6 +131,7 @@ await mod.link(async (spec) => {
 if (!Reflect.ownKeys(mod.namespace).includes("default")) {
   fail(
     "has no default export; the transform function must be the default export: " +
-      "export default transform((record) => { ... })",
+      (isColumnar ? "export default columnar((table) => { ... })" : "export default transform((record) => { ... })"),
   );
 }
+if (printKind) console.log(isColumnar ? "columnar" : "record");

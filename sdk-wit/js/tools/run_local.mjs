@@ -36,6 +36,14 @@ if (args.length < 1 || args.length > 2) {
 const src = resolve(args[0]);
 const { _component } = await import("../pipeline-sdk.js");
 const customer = await import(pathToFileURL(src).href);
+if (customer.default && customer.default[Symbol.for("pipeline-sdk.columnar")]) {
+  // Decoding JSON lines into the pipeline's Arrow schema is the worker's job.
+  console.error(
+    `${args[0]} is a columnar function: run it with \`pipeline-worker test --config pipeline.toml --input ${args[1] ?? "INPUT.jsonl"}\`, ` +
+      'or call it in a unit test with call(fn, table) from "pipeline-sdk/columnar"',
+  );
+  process.exit(2);
+}
 const { transformer } = _component(customer, { file: basename(src) });
 
 const data = args.length === 2 ? readFileSync(args[1]) : readFileSync(0);
