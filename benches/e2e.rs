@@ -43,7 +43,10 @@
 //! BENCH_CANDIDATES (comma-separated slugs, default all: java-passthrough,
 //! rdkafka-passthrough, kafka-streams, quix-streams, worker-rust, worker-python,
 //! worker-rust-otlp, rdkafka-passthrough-price, worker-rust-price,
-//! worker-rust-price-columnar), BENCH_BATCH_SIZE (the workers' batch_size, 64), BENCH_PEERS_DIR (target/bench-peers), BENCH_JAVA_OPTS,
+//! worker-rust-price-columnar), BENCH_BATCH_SIZE (the workers' batch_size, 64),
+//! BENCH_WORKER_BASE (another pipeline-worker binary: each worker candidate
+//! also runs on it, as `<slug>-base`, interleaved, for a before/after in one
+//! run), BENCH_PEERS_DIR (target/bench-peers), BENCH_JAVA_OPTS,
 //! KAFKA_BOOTSTRAP (127.0.0.1:9092), BENCH_KEEP (1: keep topics and logs).
 
 #[path = "common.rs"]
@@ -133,10 +136,12 @@ enum Kind {
     KafkaStreams,
     Quix,
     /// `extra`: lines added to its `[[pipelines]]` table (a schema).
+    /// `bin`: another worker binary than this build's (`BENCH_WORKER_BASE`).
     Worker {
         component: PathBuf,
         otlp: bool,
         extra: String,
+        bin: Option<PathBuf>,
     },
 }
 
@@ -256,6 +261,7 @@ impl Candidate {
                 component,
                 otlp,
                 extra,
+                bin,
             } => {
                 let mut toml = format!(
                     "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{group}\"\nauto_offset_reset = \"earliest\"\n\n\
@@ -278,7 +284,10 @@ impl Candidate {
                 ));
                 let config = log.with_extension("toml");
                 std::fs::write(&config, toml).unwrap();
-                let mut c = Command::new(env!("CARGO_BIN_EXE_pipeline-worker"));
+                let mut c = Command::new(
+                    bin.as_deref()
+                        .unwrap_or(Path::new(env!("CARGO_BIN_EXE_pipeline-worker"))),
+                );
                 c.arg("run")
                     .arg("--config")
                     .arg(&config)
@@ -809,6 +818,7 @@ fn main() {
         },
         otlp,
         extra: extra.to_string(),
+        bin: None,
     };
     let columnar_schema = price_columnar_schema();
     use Workload::{Enrich, Price};
@@ -882,6 +892,7 @@ fn main() {
         thousands(ctx.warmup_records as f64),
         brokers()
     );
+    let base_bin: Option<PathBuf> = std::env::var_os("BENCH_WORKER_BASE").map(PathBuf::from);
     let mut cands = Vec::new();
     for (name, slug, kind, workload) in all {
         let c = Candidate {
@@ -893,9 +904,33 @@ fn main() {
         if only.as_ref().is_some_and(|o| !o.iter().any(|s| s == slug)) {
             continue;
         }
+        // A before/after in one run: the same candidate on another build,
+        // interleaved with this one's.
+        let twin = match (&c.kind, &base_bin) {
+            (
+                Kind::Worker {
+                    component,
+                    otlp,
+                    extra,
+                    ..
+                },
+                Some(bin),
+            ) => Some(Candidate {
+                name: Box::leak(format!("{name} (base)").into_boxed_str()),
+                slug: Box::leak(format!("{slug}-base").into_boxed_str()),
+                kind: Kind::Worker {
+                    component: component.clone(),
+                    otlp: *otlp,
+                    extra: extra.clone(),
+                    bin: Some(bin.clone()),
+                },
+                workload,
+            }),
+            _ => None,
+        };
         match c.missing(&ctx.peers) {
             Some(why) => println!("{name:<24} skipped: {why}"),
-            None => cands.push(c),
+            None => cands.extend(twin.into_iter().chain([c])),
         }
     }
     let mut results: BTreeMap<&str, Vec<Figures>> = BTreeMap::new();

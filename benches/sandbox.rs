@@ -6,11 +6,21 @@
 //!
 //!   cargo bench -p pipeline-worker --bench sandbox
 //!   SANDBOX_BENCH_FILTER=python cargo bench -p pipeline-worker --bench sandbox   (rows whose label contains it)
+//!
+//! Then the price calculation per record (`price_calculator`, batch entry
+//! point) against columnar (`price_columnar`, the schema of its
+//! pipeline.toml), batches of SANDBOX_BENCH_BATCH (64) records of the e2e
+//! bench's price shape: thread CPU per record, and of it the part outside the
+//! guest (decoding the batch, IPC, the result back to JSON values), rounds
+//! interleaved, medians (filter label: "price").
+
+#[path = "common.rs"]
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pipeline_worker::config::Limits;
+use pipeline_worker::config::{arrow_schema, Limits, SchemaField};
 use pipeline_worker::sandbox::{
     ArtifactCache, EpochTicker, Function, InputRecord, Runner, SandboxOptions,
 };
@@ -162,6 +172,92 @@ fn bench(name: &str, path: &Path, fuel: Option<u64>, opts: &SandboxOptions) {
     );
 }
 
+/// The schema customer-examples/price_columnar/pipeline.toml declares.
+fn price_schema() -> arrow_schema::SchemaRef {
+    let path = root().join("customer-examples/price_columnar/pipeline.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    let fields: Vec<SchemaField> = table["pipelines"][0]["schema"].clone().try_into().unwrap();
+    std::sync::Arc::new(arrow_schema("schema", &fields).unwrap())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Per-record price function against columnar, in one thread each, rounds
+/// interleaved: (CPU, wasm) ns per record of each round.
+fn price(opts: &SandboxOptions) {
+    let guests = root().join("target/guests/wasm32-wasip2/release");
+    let (per_record, columnar) = (
+        guests.join("price_calculator.wasm"),
+        guests.join("price_columnar.wasm"),
+    );
+    for p in [&per_record, &columnar] {
+        if !p.exists() {
+            println!("price: skipped, {} not built (make examples)", p.display());
+            return;
+        }
+    }
+    let batch: usize = std::env::var("SANDBOX_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let rounds: usize = std::env::var("SANDBOX_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let limits = Limits::default();
+    let records: Vec<InputRecord> = (0..batch * 16)
+        .map(|i| InputRecord {
+            value: Some(common::price_value(i).into_bytes()),
+            ..record(i)
+        })
+        .collect();
+    let mut runners = [
+        (
+            "per record",
+            Runner::new(Function::load_file("price", &per_record, &limits, opts).unwrap()),
+        ),
+        (
+            "columnar",
+            Runner::new(Function::load_file("price_columnar", &columnar, &limits, opts).unwrap())
+                .with_schema(Some(price_schema())),
+        ),
+    ];
+    let mut figures: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); runners.len()];
+    for round in 0..=rounds {
+        for (k, (name, r)) in runners.iter_mut().enumerate() {
+            let (c, wasm0) = (thread_cpu(), r.stats.wasm_nanos);
+            let mut n = 0;
+            for chunk in records.chunks(batch) {
+                for out in r.run_batch(chunk) {
+                    let outs = out.unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert_eq!(outs.len(), 1, "{name}: one output per record");
+                }
+                n += chunk.len();
+            }
+            // Round 0 warms up (instances, allocator, caches).
+            if round > 0 {
+                let cpu = (thread_cpu() - c).as_nanos() as f64 / n as f64;
+                let wasm = (r.stats.wasm_nanos - wasm0) as f64 / n as f64;
+                figures[k].0.push(cpu);
+                figures[k].1.push(wasm);
+            }
+        }
+    }
+    for ((name, _), (cpu, wasm)) in runners.iter().zip(figures) {
+        let (cpu, wasm) = (median(cpu), median(wasm));
+        println!(
+            "price {name:<12} batch {batch:>5}: CPU {:>6.2} µs/record, in the guest call {:>6.2}, outside it {:>6.2} (medians of {rounds} rounds)",
+            cpu / 1000.0,
+            wasm / 1000.0,
+            (cpu - wasm) / 1000.0
+        );
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -202,5 +298,8 @@ fn main() {
             }
             bench(name, path, fuel, &opts);
         }
+    }
+    if filter.is_empty() || "price".contains(filter.as_str()) {
+        price(&opts);
     }
 }

@@ -12,11 +12,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, UInt32Type};
-use arrow_array::{Array, RecordBatch};
+use arrow_array::{Array, RecordBatch, StructArray};
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
+use arrow_json::writer::{make_encoder, EncoderOptions};
 use arrow_json::ReaderBuilder;
-use arrow_schema::{DataType, SchemaRef};
+use arrow_schema::{DataType, Field, FieldRef, SchemaRef};
+use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
@@ -231,28 +233,29 @@ fn map_batch(batch: &RecordBatch, n: usize, per_row: &mut [RowOutputs]) -> Resul
     Ok(())
 }
 
-/// One JSON object per row (arrow-json's line-delimited writer; null fields
-/// are left out).
+/// One JSON object per row, as arrow-json's line-delimited writer writes
+/// them (its encoder, its default options: null fields are left out), each
+/// encoded straight into its own buffer: the writer's one buffer for the
+/// batch would be split and copied out row by row again.
 pub fn encode_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, String> {
-    let mut buf = Vec::new();
-    let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
-    w.write(batch)
+    let array = StructArray::from(batch.clone());
+    let field: FieldRef = Arc::new(Field::new_struct(
+        "",
+        batch.schema().fields().clone(),
+        false,
+    ));
+    let options = EncoderOptions::default();
+    let mut encoder = make_encoder(&field, &array, &options)
         .map_err(|e| format!("cannot encode as JSON: {e}"))?;
-    w.finish()
-        .map_err(|e| format!("cannot encode as JSON: {e}"))?;
-    drop(w);
-    // JSON escapes newlines inside strings, so every b'\n' ends a row.
-    let rows: Vec<Vec<u8>> = buf
-        .split(|b| *b == b'\n')
-        .take(batch.num_rows())
-        .map(<[u8]>::to_vec)
-        .collect();
-    if rows.len() != batch.num_rows() {
-        return Err(format!(
-            "the JSON writer produced {} rows for {}",
-            rows.len(),
-            batch.num_rows()
-        ));
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    // Rows of one batch have much the same size: sized after the largest so
+    // far, a row's buffer is mostly allocated once, not grown from empty.
+    let mut size = 0;
+    for r in 0..batch.num_rows() {
+        let mut row = Vec::with_capacity(size);
+        encoder.encode(r, &mut row);
+        size = size.max(row.len());
+        rows.push(row);
     }
     Ok(rows)
 }
@@ -679,6 +682,91 @@ f = [{ name = "id", type = "int64", nullable = false },
         assert_eq!(
             Codec::read_result(b"", 2).unwrap(),
             vec![Ok(vec![]), Ok(vec![])]
+        );
+    }
+
+    /// Each row's bytes are the line arrow-json's line-delimited writer
+    /// writes for it: escapes, nulls left out, nested structs and lists,
+    /// floats, and rows of very different sizes (the buffer size carried
+    /// from row to row must not leak bytes between them).
+    #[test]
+    fn rows_are_encoded_as_the_line_writer_writes_them() {
+        use arrow_array::builder::{ListBuilder, StringBuilder};
+        use arrow_array::{BooleanArray, Float64Array, StructArray};
+        let mut tags = ListBuilder::new(StringBuilder::new());
+        for row in [&["a", "b\n\"c\""][..], &[], &["é\u{1}"], &["x"; 40]] {
+            for t in row {
+                tags.values().append_value(t);
+            }
+            tags.append(true);
+        }
+        let inner = StructArray::from(vec![
+            (
+                Arc::new(Field::new("ok", DataType::Boolean, true)),
+                Arc::new(BooleanArray::from(vec![
+                    Some(true),
+                    None,
+                    Some(false),
+                    None,
+                ])) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("w", DataType::Float64, false)),
+                Arc::new(Float64Array::from(vec![
+                    0.1,
+                    -2.5e300,
+                    3.0,
+                    f64::MIN_POSITIVE,
+                ])),
+            ),
+        ]);
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "id",
+                Arc::new(Int64Array::from(vec![
+                    Some(1),
+                    None,
+                    Some(-3),
+                    Some(i64::MAX),
+                ])) as ArrayRef,
+            ),
+            (
+                "s",
+                Arc::new(StringArray::from(vec![
+                    Some("tab\there"),
+                    Some(""),
+                    None,
+                    Some("long ".repeat(200).as_str()),
+                ])),
+            ),
+            ("tags", Arc::new(tags.finish())),
+            ("inner", Arc::new(inner)),
+        ])
+        .unwrap();
+        let mut lines = Vec::new();
+        let mut w = arrow_json::LineDelimitedWriter::new(&mut lines);
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        let want: Vec<&[u8]> = lines
+            .strip_suffix(b"\n")
+            .unwrap()
+            .split(|b| *b == b'\n')
+            .collect();
+        let rows = encode_rows(&batch).unwrap();
+        assert_eq!(rows.len(), 4);
+        for (r, (got, want)) in rows.iter().zip(want).enumerate() {
+            assert_eq!(
+                String::from_utf8_lossy(got),
+                String::from_utf8_lossy(want),
+                "row {r}"
+            );
+        }
+        // A null field is left out, not written as null.
+        assert!(
+            rows[1].starts_with(br#"{"s":"","tags":[]"#),
+            "{:?}",
+            String::from_utf8_lossy(&rows[1])
         );
     }
 
