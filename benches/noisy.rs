@@ -240,6 +240,20 @@ fn run(tag: &str, neighbour: bool) -> Run {
     );
     std::thread::sleep(warmup);
     let cpu_before = thread_cpu(_worker.0.id());
+    let broker = broker_pid();
+    // What tenant a wrote meanwhile: outputs of the big-output pipeline and
+    // dead letters of the others (B writes none).
+    let a_outs: Vec<(String, String)> = if neighbour {
+        actions
+            .iter()
+            .map(|(a, _)| (a.to_string(), t(&format!("a-{a}-out"))))
+            .chain([("dead letters".to_string(), t("dlq"))])
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let a_before = appended(&a_outs);
+    let phase_before = Phase::now(_worker.0.id(), broker);
 
     // Throughput: a backlog, measured at the broker.
     produce(&t("b-in"), (0..records).map(enrich_value));
@@ -257,6 +271,12 @@ fn run(tag: &str, neighbour: bool) -> Run {
         }
     }
     let throughput = n as f64 / ((last - first).max(1) as f64 / 1000.0);
+    let phase = Phase::now(_worker.0.id(), broker).since(&phase_before);
+    let a_written: Vec<String> = appended(&a_outs)
+        .iter()
+        .zip(&a_before)
+        .map(|((name, n), (_, b))| format!("{name} {}", n.saturating_sub(*b)))
+        .collect();
 
     // Latency: paced, send time in a header.
     let lat_in = t("b-lat-in");
@@ -297,6 +317,33 @@ fn run(tag: &str, neighbour: bool) -> Run {
     }
     let _ = sender.join();
     lat.sort_by(|a, b| a.total_cmp(b));
+    let worker_cpu = |f: fn(&str) -> bool| -> f64 {
+        phase
+            .worker_threads
+            .iter()
+            .filter(|(k, _)| f(k))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    // Where the two cores went while B worked off its backlog: whether B
+    // alone already had the machine to itself, and what A's mix added.
+    println!(
+        "  {tag} backlog phase {:.1} s: machine busy {:.2} of {} cores; worker {:.2} cores (B's lane {:.2}, tenant a's lanes {:.2}, librdkafka {:.2}), broker {:.2}, bench {:.2}; tenant a appended: {}",
+        phase.wall,
+        phase.machine_busy / phase.wall,
+        phase.cores,
+        worker_cpu(|_| true) / phase.wall,
+        worker_cpu(|k| k == "sandbox-b-") / phase.wall,
+        worker_cpu(|k| k.starts_with("sandbox-a-")) / phase.wall,
+        worker_cpu(|k| k.starts_with("rdk:")) / phase.wall,
+        phase.broker / phase.wall,
+        phase.bench / phase.wall,
+        if a_written.is_empty() {
+            "-".to_string()
+        } else {
+            a_written.join(", ")
+        },
+    );
     if std::env::var("NOISY_THREADS").is_ok() {
         // Where the worker's CPU went while B was measured, by thread name.
         let after = thread_cpu(_worker.0.id());
@@ -314,6 +361,101 @@ fn run(tag: &str, neighbour: bool) -> Run {
         p50_ms: percentile(&lat, 0.5),
         p99_ms: percentile(&lat, 0.99),
     }
+}
+
+/// CPU seconds at one moment: the worker's threads, the broker, this bench
+/// process, and the whole machine (busy jiffies of /proc/stat, other users'
+/// builds included).
+struct Phase {
+    at: Instant,
+    wall: f64,
+    worker_threads: std::collections::BTreeMap<String, f64>,
+    broker: f64,
+    bench: f64,
+    machine_busy: f64,
+    cores: usize,
+}
+
+impl Phase {
+    fn now(worker: u32, broker: Option<u32>) -> Self {
+        Self {
+            at: Instant::now(),
+            wall: 0.0,
+            worker_threads: thread_cpu(worker),
+            broker: broker.map_or(0.0, |p| thread_cpu(p).values().sum()),
+            bench: thread_cpu(std::process::id()).values().sum(),
+            machine_busy: machine_busy(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    fn since(self, before: &Phase) -> Phase {
+        let mut worker_threads = self.worker_threads;
+        for (k, v) in worker_threads.iter_mut() {
+            *v -= before.worker_threads.get(k).copied().unwrap_or(0.0);
+        }
+        Phase {
+            at: self.at,
+            wall: self.at.duration_since(before.at).as_secs_f64().max(1e-3),
+            worker_threads,
+            broker: self.broker - before.broker,
+            bench: self.bench - before.bench,
+            machine_busy: self.machine_busy - before.machine_busy,
+            cores: self.cores,
+        }
+    }
+}
+
+/// Records appended so far to each (name, topic) (its high watermark).
+fn appended(topics: &[(String, String)]) -> Vec<(String, u64)> {
+    if topics.is_empty() {
+        return Vec::new();
+    }
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("watermark client");
+    topics
+        .iter()
+        .map(|(name, t)| {
+            let high = c
+                .fetch_watermarks(t, 0, Duration::from_secs(5))
+                .map_or(0, |(_, h)| h.max(0) as u64);
+            (name.clone(), high)
+        })
+        .collect()
+}
+
+/// The broker on this machine: the java process running `kafka.Kafka`.
+fn broker_pid() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd);
+        (cmd.starts_with("java") || cmd.contains("/java\0"))
+            .then_some(())
+            .filter(|_| cmd.contains("kafka.Kafka"))
+            .map(|_| pid)
+    })
+}
+
+/// Busy CPU seconds of the whole machine since boot (all but idle and
+/// iowait, from the `cpu` line of /proc/stat).
+fn machine_busy() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let all: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (all - idle) / 100.0
 }
 
 /// CPU seconds (user + system) per thread name of a process, from /proc.

@@ -1,6 +1,7 @@
 //! Tenants sharing a worker: a records/s quota holds a burst to its rate
 //! (nothing lost or dead-lettered, the throttle metric moves), a tenant whose
 //! function runs to its deadline does not starve another tenant's pipeline,
+//! a function at its memory cap backs off (a lone poison record does not),
 //! and a config over the memory budget is refused naming its pipelines.
 
 use std::collections::HashSet;
@@ -203,6 +204,125 @@ fn a_deadline_bound_neighbour_does_not_starve_another_tenant() {
     assert!(
         ratio >= 0.6,
         "B beside A: {beside:.0} records/s vs {alone:.0} alone (ratio {ratio:.2})"
+    );
+}
+
+/// A function whose every record grows memory to its cap backs off like one
+/// that runs to its deadline (one record at a time, doubling waits) and its
+/// records are still dead-lettered (`memory`); a pipeline where such a
+/// record sits among good ones does not back off, and loses nothing.
+#[test]
+fn a_function_at_its_memory_cap_backs_off_but_one_poison_record_does_not() {
+    // At 2 s a record once backed off, all of them would take minutes.
+    const HOG: usize = 100;
+    const BATCH: usize = 8;
+    const MIXED: usize = 500;
+    let hog = TestTopics::create("memcap-hog", 1);
+    let mixed = TestTopics::create("memcap-mixed", 1);
+    let alloc = r#"{"action":"alloc"}"#;
+    produce_all(
+        &hog.input,
+        &(0..HOG)
+            .map(|i| In::new(format!("h{i}"), alloc))
+            .collect::<Vec<_>>(),
+    );
+    // Never last, so no batch holds only a poison record.
+    let poison = |i: usize| i % 50 == 25;
+    let mixed_records: Vec<In> = (0..MIXED)
+        .map(|i| {
+            let v = if poison(i) {
+                alloc.to_string()
+            } else {
+                format!(r#"{{"action":"ok","id":{i}}}"#)
+            };
+            In::new(format!("m{i}"), v)
+        })
+        .collect();
+    let poisoned = (0..MIXED).filter(|i| poison(*i)).count();
+    produce_all(&mixed.input, &mixed_records);
+    let hostile = guest("hostile");
+    let extra = format!(
+        "batch_size = {BATCH}\nconcurrency = 1\n[pipelines.limits]\nmemory_bytes = 16777216"
+    );
+    let port = free_port();
+    let config = write_config(
+        &unique("memcap-group"),
+        &[
+            PipelineSpec {
+                name: "hog",
+                inputs: &[&hog.input],
+                outputs: &[&hog.output],
+                dlq: &hog.dlq,
+                component: &hostile,
+                extra: &extra,
+            },
+            PipelineSpec {
+                name: "mixed",
+                inputs: &[&mixed.input],
+                outputs: &[&mixed.output],
+                dlq: &mixed.dlq,
+                component: &hostile,
+                extra: &extra,
+            },
+        ],
+        &format!("\n[telemetry]\nhttp_listen = \"127.0.0.1:{port}\"\n"),
+    );
+    let worker = WorkerProcess::start(&config);
+    let out = read_until(&[&mixed.output], MIXED - poisoned, Duration::from_secs(60));
+    let mixed_dead = read_until(&[&mixed.dlq], poisoned, Duration::from_secs(30));
+    // The first batch, then one record after each of 100, 200, 400, 800 ms.
+    let hog_dead = read_until(&[&hog.dlq], BATCH + 4, Duration::from_secs(60));
+    let metrics = http_get(port, "/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let log = worker.log_text();
+    worker.terminate(Duration::from_secs(20));
+    println!(
+        "memory cap: mixed {} outputs, {} dead letters; hog {} of {HOG} dead-lettered",
+        out.len(),
+        mixed_dead.len(),
+        hog_dead.len()
+    );
+    assert_eq!(
+        out.len(),
+        MIXED - poisoned,
+        "good records all out; log:\n{log}"
+    );
+    assert_eq!(ids(&out).len(), MIXED - poisoned, "each exactly once");
+    for (name, dead) in [("mixed", &mixed_dead), ("hog", &hog_dead)] {
+        assert!(
+            dead.iter().all(|d| d.header("pw.error.kind") == "memory"),
+            "{name}: dead-lettered at the memory cap: {:?}",
+            dead.iter()
+                .map(|d| d.header("pw.error.kind"))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(mixed_dead.len(), poisoned, "mixed: only the poison records");
+    assert!(
+        hog_dead.len() >= BATCH + 4,
+        "hog: its records are still dead-lettered while it backs off"
+    );
+    assert!(
+        hog_dead.len() < HOG,
+        "hog: not retried at full speed ({} of {HOG} already)",
+        hog_dead.len()
+    );
+    let hog_held = throttled_seconds(&metrics, "hog", "resource-backoff");
+    assert!(hog_held > 0.1, "hog backed off: {hog_held} s\n{metrics}");
+    assert_eq!(
+        throttled_seconds(&metrics, "hog", "deadline-backoff"),
+        0.0,
+        "the memory cap, not the deadline"
+    );
+    assert_eq!(
+        throttled_seconds(&metrics, "mixed", "resource-backoff"),
+        0.0,
+        "a poison record among good ones does not back off"
+    );
+    assert!(
+        log.contains("keeps hitting a resource limit"),
+        "the backoff is logged:\n{log}"
     );
 }
 

@@ -686,7 +686,7 @@ fn consume_loop(
 /// What one sandbox thread works with.
 struct LaneContext {
     lane: usize,
-    /// Tenant quota, CPU share and deadline backoff of this lane.
+    /// Tenant quota, CPU share and backoff of this lane.
     gate: quota::Gate,
     /// To pause the lane's partitions while its gate holds it.
     consumer: std::sync::Weak<BaseConsumer<SourceContext>>,
@@ -870,11 +870,15 @@ fn sandbox_lane(mut ctx: LaneContext) {
         let after = lane_stats(&runner);
         // A new runner (function swap) starts its counters at zero.
         let (wasm, hits) = match (before, after) {
-            (Some((g0, w0, d0)), Some((g1, w1, d1))) if g0 == g1 => {
-                (w1.saturating_sub(w0), d1.saturating_sub(d0))
-            }
-            (_, Some((_, w, d))) => (w, d),
-            (_, None) => (0, 0),
+            (Some((g0, w0, h0)), Some((g1, w1, h1))) if g0 == g1 => (
+                w1.saturating_sub(w0),
+                quota::LimitHits {
+                    resource: h1.resource.saturating_sub(h0.resource),
+                    deadline: h1.deadline.saturating_sub(h0.deadline),
+                },
+            ),
+            (_, Some((_, w, h))) => (w, h),
+            (_, None) => (0, quota::LimitHits::default()),
         };
         ctx.gate.owe_output(ctx.out_bytes.take());
         ctx.gate.after_batch(wasm, ran, hits);
@@ -890,14 +894,18 @@ fn sandbox_lane(mut ctx: LaneContext) {
     }
 }
 
-/// The runner's generation, wasm time and deadline hits so far.
-fn lane_stats(runner: &LaneRunner) -> Option<(u64, u64, u64)> {
-    runner
-        .as_ref()
-        .map(|(g, r, _)| (*g, r.stats.wasm_nanos, r.stats.deadline_hits))
+/// The runner's generation, wasm time and cap hits so far.
+fn lane_stats(runner: &LaneRunner) -> Option<(u64, u64, quota::LimitHits)> {
+    runner.as_ref().map(|(g, r, _)| {
+        let hits = quota::LimitHits {
+            resource: r.stats.resource_hits,
+            deadline: r.stats.deadline_hits,
+        };
+        (*g, r.stats.wasm_nanos, hits)
+    })
 }
 
-/// The tenant's quota and the deadline backoff, before a batch runs: false
+/// The tenant's quota and the backoff, before a batch runs: false
 /// when stopping. Records of a partition revoked meanwhile are given up.
 fn hold_for_quota(ctx: &mut LaneContext, batch: &mut Vec<Inbound>) -> bool {
     let bytes: u64 = batch.iter().map(|m| m.size() as u64).sum();

@@ -1,6 +1,6 @@
 //! Tenants sharing one worker: quotas per tenant (records/s, bytes/s), a
 //! CPU share per tenant, and the backoff of a function that keeps hitting
-//! its deadline.
+//! its deadline or another resource cap.
 //!
 //! Everything is enforced by the sandbox threads (lanes) at the batch
 //! boundary, with one [`governor`] limiter per tenant and resource shared by
@@ -15,9 +15,12 @@
 //!   work done for the tenant on that thread (decoding its records, checking
 //!   and encoding its outputs, page faults of its memory), so a tenant that
 //!   used more than its share waits until its share has paid for it;
-//! - a lane whose whole batch hit the deadline backs off, doubling from
+//! - a lane whose whole batch hit the deadline or another resource cap
+//!   (memory, fuel, stack, output size or count) backs off, doubling from
 //!   [`BACKOFF_BASE`] up to [`BACKOFF_CAP`], and takes one record at a time
-//!   until a record finishes in time.
+//!   until a record ends otherwise. Each such record costs up to the cap
+//!   (a deadline's wall time, 64 MiB of page faults), so retrying them at
+//!   full speed would spend the tenant's share on dead letters.
 //!
 //! While a lane waits (longer than [`PAUSE_AFTER`]) it pauses its partitions
 //! (`rd_kafka_pause_partitions`), so librdkafka stops fetching them; the records it already took stay in
@@ -48,7 +51,7 @@ use crate::config::{Config, PipelineConfig};
 use crate::source::{LaneInbox, PartitionFeed};
 use crate::stats::{PipelineStats, ThrottleReason};
 
-/// First wait after a batch that only hit deadlines.
+/// First wait after a batch that only hit deadlines (or other caps).
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest backoff: a function that always times out still runs (and
 /// dead-letters) a record per lane about this often.
@@ -65,6 +68,13 @@ const EPISODE_GAP: Duration = Duration::from_secs(1);
 const PAUSE_AFTER: Duration = Duration::from_millis(100);
 /// CPU share burst: this much of the share may be used at once.
 const CPU_BURST: Duration = Duration::from_millis(100);
+/// CPU charged to the tenant's share per byte it writes (outputs and dead
+/// letters), in picoseconds: the work librdkafka's own threads do for those
+/// bytes off the lane (framing, checksum, the socket copy), which no lane's
+/// CPU clock sees. About 0.2 ns/byte: the extra `rdk:broker` CPU over the
+/// bytes written by tenant a's 1 MB outputs in `--bench noisy` (README).
+/// The broker's own work is not the worker's CPU: the bytes quota covers it.
+pub const OUTPUT_CPU_PICOS_PER_BYTE: u64 = 200;
 
 /// One token bucket; `burst` is the most one `check_n` may ask for.
 struct Bucket {
@@ -225,6 +235,13 @@ impl Episodes {
                     wait_ms = wait.as_millis() as u64,
                     "pipeline backing off: its function keeps hitting the deadline; partitions paused"
                 ),
+                ThrottleReason::ResourceBackoff => tracing::warn!(
+                    pipeline = %self.pipeline,
+                    tenant = %self.tenant,
+                    reason = reason.label(),
+                    wait_ms = wait.as_millis() as u64,
+                    "pipeline backing off: its function keeps hitting a resource limit (memory, fuel, stack or output); partitions paused"
+                ),
                 _ => tracing::warn!(
                     pipeline = %self.pipeline,
                     tenant = %self.tenant,
@@ -266,7 +283,7 @@ impl Episodes {
     }
 }
 
-/// One lane's view: what it owes its tenant and its deadline backoff.
+/// One lane's view: what it owes its tenant and its backoff.
 pub struct Gate {
     tenant: Option<Arc<TenantLimiter>>,
     episodes: Arc<Episodes>,
@@ -277,9 +294,20 @@ pub struct Gate {
     cpu_rest_nanos: u64,
     /// The lane thread's CPU time when it was last charged.
     cpu_mark: Option<u64>,
-    /// Batches in a row whose every record hit the deadline.
+    /// Batches in a row whose every record hit a resource cap.
     streak: u32,
     backoff_until: Option<Instant>,
+    /// Which backoff it is, for the metric and the log line.
+    backoff_reason: ThrottleReason,
+}
+
+/// How many of a batch's function calls were stopped by a cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitHits {
+    /// By any resource cap, the deadline included.
+    pub resource: u64,
+    /// By the deadline.
+    pub deadline: u64,
 }
 
 impl Gate {
@@ -297,6 +325,7 @@ impl Gate {
             cpu_mark: None,
             streak: 0,
             backoff_until: None,
+            backoff_reason: ThrottleReason::DeadlineBackoff,
         }
     }
 
@@ -327,18 +356,31 @@ impl Gate {
         }
     }
 
-    /// Whether produced bytes count (the tenant has a bytes quota): the lane
-    /// adds them up only then.
+    /// Whether produced bytes count (the tenant has a bytes quota or a CPU
+    /// share): the lane adds them up only then.
     pub fn charges_output(&self) -> bool {
-        self.tenant.as_ref().is_some_and(|t| t.bytes.is_some())
+        self.tenant
+            .as_ref()
+            .is_some_and(|t| t.bytes.is_some() || t.cpu.is_some())
     }
 
     /// What a batch produced: outputs and dead letters, paid for like the
-    /// input bytes but after the fact, before the next batch runs.
+    /// input bytes but after the fact, before the next batch runs; and the
+    /// producer threads' CPU for them, on the CPU share.
     pub fn owe_output(&mut self, bytes: u64) {
-        if self.charges_output() {
+        let Some(t) = &self.tenant else { return };
+        if t.bytes.is_some() {
             self.owed[1] += bytes;
         }
+        if t.cpu.is_some() {
+            self.owe_cpu_nanos(bytes.saturating_mul(OUTPUT_CPU_PICOS_PER_BYTE) / 1_000);
+        }
+    }
+
+    fn owe_cpu_nanos(&mut self, nanos: u64) {
+        let n = self.cpu_rest_nanos.saturating_add(nanos);
+        self.owed[2] = self.owed[2].saturating_add(n / 1_000);
+        self.cpu_rest_nanos = n % 1_000;
     }
 
     /// Starts the lane's CPU clock, so the first batch is not charged for
@@ -351,8 +393,8 @@ impl Gate {
 
     /// After a batch: the CPU it cost (the thread's CPU time since the last
     /// charge; the batch's wasm time where that clock is missing) and how
-    /// many of its function calls hit the deadline.
-    pub fn after_batch(&mut self, wasm_nanos: u64, ran: usize, deadline_hits: u64) {
+    /// many of its function calls a cap stopped.
+    pub fn after_batch(&mut self, wasm_nanos: u64, ran: usize, hits: LimitHits) {
         if let Some(t) = &self.tenant {
             if t.cpu.is_some() {
                 let used = match (self.cpu_mark, thread_cpu_nanos()) {
@@ -366,16 +408,21 @@ impl Gate {
                     }
                     (Some(_), None) => wasm_nanos,
                 };
-                let n = self.cpu_rest_nanos + used;
-                self.owed[2] += n / 1_000;
-                self.cpu_rest_nanos = n % 1_000;
+                self.owe_cpu_nanos(used);
             }
         }
         if ran == 0 {
             return;
         }
-        if deadline_hits as usize >= ran {
+        // Only a batch with no record that ended otherwise: one poison
+        // record among good ones is dead-lettered and costs nothing more.
+        if hits.resource >= ran as u64 {
             self.streak = self.streak.saturating_add(1);
+            self.backoff_reason = if hits.deadline >= ran as u64 {
+                ThrottleReason::DeadlineBackoff
+            } else {
+                ThrottleReason::ResourceBackoff
+            };
             let wait = BACKOFF_BASE
                 .saturating_mul(1u32 << (self.streak - 1).min(16))
                 .min(BACKOFF_CAP);
@@ -392,7 +439,7 @@ impl Gate {
         if let Some(until) = self.backoff_until {
             let left = until.saturating_duration_since(Instant::now());
             if !left.is_zero() {
-                return Some((ThrottleReason::DeadlineBackoff, left));
+                return Some((self.backoff_reason, left));
             }
             self.backoff_until = None;
         }
@@ -556,9 +603,22 @@ mod tests {
         assert!(g.owed[1] >= 4_000, "still owed: {}", g.owed[1]);
 
         let mut free = gate(None, None);
-        assert!(!free.charges_output(), "no bytes quota: nothing added up");
+        assert!(
+            !free.charges_output(),
+            "no bytes quota, no CPU share: nothing added up"
+        );
         free.owe_output(u64::MAX);
         assert!(free.next_wait().is_none());
+    }
+
+    #[test]
+    fn output_bytes_are_charged_to_the_cpu_share_for_the_producer_threads() {
+        let mut g = gate(None, Bucket::new(1_000_000, 100_000));
+        assert!(g.charges_output(), "a CPU share alone counts outputs");
+        g.owe_output(10_000_000);
+        let want = 10_000_000 * OUTPUT_CPU_PICOS_PER_BYTE / 1_000_000;
+        assert_eq!(g.owed[2], want, "µs owed for 10 MB written");
+        assert_eq!(g.owed[1], 0, "no bytes quota, no bytes owed");
     }
 
     #[test]
@@ -574,7 +634,7 @@ mod tests {
         while spin.elapsed() < Duration::from_millis(30) {
             x = std::hint::black_box(x.wrapping_add(1));
         }
-        g.after_batch(0, 1, 0);
+        g.after_batch(0, 1, LimitHits::default());
         let busy = g.owed[2];
         // Thread CPU may lag wall time under load, never exceed it much.
         assert!(
@@ -583,7 +643,7 @@ mod tests {
         );
         // Blocked, not running: (almost) nothing, whatever the wasm time says.
         std::thread::sleep(Duration::from_millis(50));
-        g.after_batch(50_000_000, 1, 0);
+        g.after_batch(50_000_000, 1, LimitHits::default());
         let slept = g.owed[2] - busy;
         assert!(slept < 20_000, "slept 50 ms, charged {slept} µs");
     }
@@ -595,8 +655,12 @@ mod tests {
         let mut g = Gate::new(None, ep, stats);
         assert_eq!(g.batch_limit(64), 64);
         let mut last = Duration::ZERO;
+        let deadline = LimitHits {
+            resource: 1,
+            deadline: 1,
+        };
         for _ in 0..8 {
-            g.after_batch(0, 1, 1);
+            g.after_batch(0, 1, deadline);
             let (reason, wait) = g.next_wait().expect("backing off");
             assert_eq!(reason, ThrottleReason::DeadlineBackoff);
             assert!(wait >= last.min(BACKOFF_CAP - TICK), "{wait:?} < {last:?}");
@@ -605,8 +669,48 @@ mod tests {
         }
         assert!(last > BACKOFF_CAP - Duration::from_millis(50));
         assert_eq!(g.batch_limit(64), 1, "one record at a time");
-        g.after_batch(0, 4, 3);
+        g.after_batch(
+            0,
+            4,
+            LimitHits {
+                resource: 3,
+                deadline: 3,
+            },
+        );
         assert!(g.next_wait().is_none(), "a record in time ends the backoff");
         assert_eq!(g.batch_limit(64), 64);
+    }
+
+    #[test]
+    fn other_resource_caps_back_off_but_a_poison_record_among_good_ones_does_not() {
+        let stats = Arc::new(PipelineStats::default());
+        let ep = Arc::new(Episodes::new("p", None, stats.clone()));
+        let mut g = Gate::new(None, ep, stats);
+        // A batch of 64 with one record over its memory cap: no backoff.
+        g.after_batch(
+            0,
+            64,
+            LimitHits {
+                resource: 1,
+                deadline: 0,
+            },
+        );
+        assert!(g.next_wait().is_none());
+        assert_eq!(g.batch_limit(64), 64);
+        // Every record at the memory cap (one also at the deadline).
+        g.after_batch(
+            0,
+            64,
+            LimitHits {
+                resource: 64,
+                deadline: 1,
+            },
+        );
+        let (reason, wait) = g.next_wait().expect("backing off");
+        assert_eq!(reason, ThrottleReason::ResourceBackoff);
+        assert!(wait > Duration::ZERO && wait <= BACKOFF_BASE);
+        assert_eq!(g.batch_limit(64), 1);
+        g.after_batch(0, 1, LimitHits::default());
+        assert!(g.next_wait().is_none(), "a success ends it");
     }
 }

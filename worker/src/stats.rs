@@ -80,14 +80,18 @@ pub enum ThrottleReason {
     Bytes,
     Cpu,
     DeadlineBackoff,
+    /// Backing off a function whose records keep hitting a resource cap
+    /// other than (or besides) the deadline: memory, fuel, stack, output.
+    ResourceBackoff,
 }
 
 impl ThrottleReason {
-    pub const ALL: [ThrottleReason; 4] = [
+    pub const ALL: [ThrottleReason; 5] = [
         ThrottleReason::Records,
         ThrottleReason::Bytes,
         ThrottleReason::Cpu,
         ThrottleReason::DeadlineBackoff,
+        ThrottleReason::ResourceBackoff,
     ];
 
     pub fn label(self) -> &'static str {
@@ -96,6 +100,7 @@ impl ThrottleReason {
             ThrottleReason::Bytes => "bytes",
             ThrottleReason::Cpu => "cpu",
             ThrottleReason::DeadlineBackoff => "deadline-backoff",
+            ThrottleReason::ResourceBackoff => "resource-backoff",
         }
     }
 }

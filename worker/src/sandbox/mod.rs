@@ -195,6 +195,23 @@ impl RecordError {
             RecordError::Tombstone => "tombstone",
         }
     }
+
+    /// Whether the call was stopped by one of the sandbox's caps (deadline,
+    /// fuel, memory, stack, output size or count) rather than by the
+    /// function's own answer or a plain trap. A function that hits a cap on
+    /// every record costs up to the cap each time, so the quota module
+    /// backs it off; a cheap failure (an error, a panic) it does not.
+    pub fn is_resource_limit(&self) -> bool {
+        matches!(
+            self,
+            RecordError::Deadline { .. }
+                | RecordError::OutOfFuel { .. }
+                | RecordError::Memory(_)
+                | RecordError::StackOverflow(_)
+                | RecordError::OutputTooLarge { .. }
+                | RecordError::OutputCount { .. }
+        )
+    }
 }
 
 /// Errors loading a component; they name the file and what is wrong.
@@ -707,8 +724,11 @@ pub struct CallStats {
     pub wasm_nanos: u64,
     pub instantiations: u32,
     pub instantiate_nanos: u64,
-    /// Records whose call hit the deadline (the quota module backs off on them).
+    /// Records whose call hit the deadline.
     pub deadline_hits: u64,
+    /// Records whose call hit any resource cap, the deadline included
+    /// ([`RecordError::is_resource_limit`]); the quota module backs off on them.
+    pub resource_hits: u64,
 }
 
 pub type RecordResult = Result<Vec<OutputRecord>, RecordError>;
@@ -758,10 +778,14 @@ impl Runner {
     /// One result per input, in order.
     pub fn run_batch(&mut self, inputs: &[InputRecord]) -> Vec<RecordResult> {
         let results = self.run_batch_uncounted(inputs);
-        self.stats.deadline_hits += results
-            .iter()
-            .filter(|r| matches!(r, Err(RecordError::Deadline { .. })))
-            .count() as u64;
+        for e in results.iter().filter_map(|r| r.as_ref().err()) {
+            if e.is_resource_limit() {
+                self.stats.resource_hits += 1;
+                if matches!(e, RecordError::Deadline { .. }) {
+                    self.stats.deadline_hits += 1;
+                }
+            }
+        }
         results
     }
 

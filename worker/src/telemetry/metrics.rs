@@ -511,7 +511,7 @@ pub static WORKER: &[Metric<WorkerView>] = &[
             "pipeline_throttled_seconds_total",
             "pipeline.throttled",
             "s",
-            "Time the pipeline's sandbox threads spent paused by the tenant's quota (records, bytes, cpu) or the deadline backoff, summed over its threads.",
+            "Time the pipeline's sandbox threads spent paused by the tenant's quota (records, bytes, cpu) or the backoff of a function that keeps hitting its deadline or another resource cap (deadline-backoff, resource-backoff), summed over its threads.",
             &[SYSTEM, GROUP, PIPELINE, TENANT, REASON],
         ),
         read: |w, out| {
