@@ -30,7 +30,7 @@ WORKER_TESTS := --release -p pipeline-worker
 # SDK unit tests on the host: Python, JavaScript (Node) and the Rust guest crates.
 sdk-test:
 	python3 -m unittest discover -s sdk-wit/python/tests
-	node --test sdk-wit/js/test/sdk.test.mjs
+	node --test sdk-wit/js/test/sdk.test.mjs sdk-wit/js/test/columnar.test.mjs
 	$(CARGO) test $(SDK_TESTS)
 	$(CARGO) test $(SDK_COLUMNAR_TESTS)
 
