@@ -256,7 +256,12 @@ fn run(tag: &str, neighbour: bool) -> Run {
     let phase_before = Phase::now(_worker.0.id(), broker);
 
     // Throughput: a backlog, measured at the broker.
+    let produce_start = Instant::now();
     produce(&t("b-in"), (0..records).map(enrich_value));
+    eprintln!(
+        "  {tag} backlog produced in {:.2} s",
+        produce_start.elapsed().as_secs_f64()
+    );
     let out = reader(&t("b-out"));
     let (mut first, mut last, mut n) = (i64::MAX, i64::MIN, 0u64);
     let stall = Duration::from_secs(60);

@@ -299,6 +299,10 @@ pub struct Gate {
     backoff_until: Option<Instant>,
     /// Which backoff it is, for the metric and the log line.
     backoff_reason: ThrottleReason,
+    /// Output bytes of the batch being charged, and per record of the last
+    /// batch that ran: sizes the next batch to the bytes burst.
+    out_bytes: u64,
+    out_bytes_per_record: u64,
 }
 
 /// How many of a batch's function calls were stopped by a cap.
@@ -326,6 +330,8 @@ impl Gate {
             streak: 0,
             backoff_until: None,
             backoff_reason: ThrottleReason::DeadlineBackoff,
+            out_bytes: 0,
+            out_bytes_per_record: 0,
         }
     }
 
@@ -336,11 +342,27 @@ impl Gate {
 
     /// Records the lane may take next: one at a time while backing off, so
     /// a function that times out costs one deadline per wait, not a batch's.
+    ///
+    /// With a bytes quota, a batch is also cut to what the bytes burst
+    /// covers at the last batch's output bytes per record: outputs are paid
+    /// after the batch, so a batch of 64 maximum-size outputs would reach the
+    /// broker as one 64 MB burst (and hold other tenants' produce requests
+    /// behind it) before the lane waits for it.
     pub fn batch_limit(&self, batch_size: usize) -> usize {
         if self.streak > 0 {
-            1
-        } else {
-            batch_size
+            return 1;
+        }
+        let burst = self
+            .tenant
+            .as_ref()
+            .and_then(|t| t.bytes.as_ref())
+            .map(|b| u64::from(b.burst));
+        match burst {
+            Some(burst) if self.out_bytes_per_record > 0 => {
+                let fits = (burst / self.out_bytes_per_record).max(1);
+                batch_size.min(usize::try_from(fits).unwrap_or(usize::MAX))
+            }
+            _ => batch_size,
         }
     }
 
@@ -369,6 +391,7 @@ impl Gate {
     /// producer threads' CPU for them, on the CPU share.
     pub fn owe_output(&mut self, bytes: u64) {
         let Some(t) = &self.tenant else { return };
+        self.out_bytes = self.out_bytes.saturating_add(bytes);
         if t.bytes.is_some() {
             self.owed[1] += bytes;
         }
@@ -414,6 +437,7 @@ impl Gate {
         if ran == 0 {
             return;
         }
+        self.out_bytes_per_record = std::mem::take(&mut self.out_bytes) / ran as u64;
         // Only a batch with no record that ended otherwise: one poison
         // record among good ones is dead-lettered and costs nothing more.
         if hits.resource >= ran as u64 {
@@ -588,6 +612,25 @@ mod tests {
         });
         let ep = Arc::new(Episodes::new("p", Some(&tenant), stats.clone()));
         Gate::new(Some(tenant), ep, stats)
+    }
+
+    #[test]
+    fn batches_are_cut_to_the_bytes_burst_at_the_last_output_size() {
+        let mut g = gate(Bucket::new(5_000_000, 5_000_000), None);
+        assert_eq!(g.batch_limit(64), 64, "no output seen yet");
+        g.owe_output(64 * 1_000_000);
+        g.after_batch(0, 64, LimitHits::default());
+        assert_eq!(g.batch_limit(64), 5, "five 1 MB outputs fit the burst");
+        g.owe_output(10 * 1_000);
+        g.after_batch(0, 10, LimitHits::default());
+        assert_eq!(g.batch_limit(64), 64, "small outputs again: whole batches");
+        g.owe_output(2 * 20_000_000);
+        g.after_batch(0, 2, LimitHits::default());
+        assert_eq!(g.batch_limit(64), 1, "an output over the burst: one record");
+        let mut free = gate(None, None);
+        free.owe_output(64 * 1_000_000);
+        free.after_batch(0, 64, LimitHits::default());
+        assert_eq!(free.batch_limit(64), 64, "no bytes quota: not cut");
     }
 
     #[test]
