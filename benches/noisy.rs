@@ -258,7 +258,7 @@ fn run(tag: &str, neighbour: bool) -> Run {
     // Throughput: a backlog, measured at the broker.
     let produce_start = Instant::now();
     produce(&t("b-in"), (0..records).map(enrich_value));
-    eprintln!(
+    println!(
         "  {tag} backlog produced in {:.2} s",
         produce_start.elapsed().as_secs_f64()
     );

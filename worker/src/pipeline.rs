@@ -880,7 +880,7 @@ fn sandbox_lane(mut ctx: LaneContext) {
             (_, Some((_, w, h))) => (w, h),
             (_, None) => (0, quota::LimitHits::default()),
         };
-        ctx.gate.owe_output(ctx.out_bytes.take());
+        ctx.gate.owe_output(ctx.out_bytes.take(), ran);
         ctx.gate.after_batch(wasm, ran, hits);
         batch.clear();
         if txn.is_some() && !pay_after(&mut ctx, ran, txn_bytes) {

@@ -299,9 +299,8 @@ pub struct Gate {
     backoff_until: Option<Instant>,
     /// Which backoff it is, for the metric and the log line.
     backoff_reason: ThrottleReason,
-    /// Output bytes of the batch being charged, and per record of the last
-    /// batch that ran: sizes the next batch to the bytes burst.
-    out_bytes: u64,
+    /// Output bytes per record of the last batch that ran: sizes the next
+    /// batch to the bytes burst.
     out_bytes_per_record: u64,
 }
 
@@ -330,7 +329,6 @@ impl Gate {
             streak: 0,
             backoff_until: None,
             backoff_reason: ThrottleReason::DeadlineBackoff,
-            out_bytes: 0,
             out_bytes_per_record: 0,
         }
     }
@@ -388,10 +386,13 @@ impl Gate {
 
     /// What a batch produced: outputs and dead letters, paid for like the
     /// input bytes but after the fact, before the next batch runs; and the
-    /// producer threads' CPU for them, on the CPU share.
-    pub fn owe_output(&mut self, bytes: u64) {
+    /// producer threads' CPU for them, on the CPU share. `ran` is the
+    /// batch's function calls, for the next batch's size.
+    pub fn owe_output(&mut self, bytes: u64, ran: usize) {
         let Some(t) = &self.tenant else { return };
-        self.out_bytes = self.out_bytes.saturating_add(bytes);
+        if ran > 0 {
+            self.out_bytes_per_record = bytes / ran as u64;
+        }
         if t.bytes.is_some() {
             self.owed[1] += bytes;
         }
@@ -437,7 +438,6 @@ impl Gate {
         if ran == 0 {
             return;
         }
-        self.out_bytes_per_record = std::mem::take(&mut self.out_bytes) / ran as u64;
         // Only a batch with no record that ended otherwise: one poison
         // record among good ones is dead-lettered and costs nothing more.
         if hits.resource >= ran as u64 {
@@ -618,17 +618,17 @@ mod tests {
     fn batches_are_cut_to_the_bytes_burst_at_the_last_output_size() {
         let mut g = gate(Bucket::new(5_000_000, 5_000_000), None);
         assert_eq!(g.batch_limit(64), 64, "no output seen yet");
-        g.owe_output(64 * 1_000_000);
+        g.owe_output(64 * 1_000_000, 64);
         g.after_batch(0, 64, LimitHits::default());
         assert_eq!(g.batch_limit(64), 5, "five 1 MB outputs fit the burst");
-        g.owe_output(10 * 1_000);
+        g.owe_output(10 * 1_000, 10);
         g.after_batch(0, 10, LimitHits::default());
         assert_eq!(g.batch_limit(64), 64, "small outputs again: whole batches");
-        g.owe_output(2 * 20_000_000);
+        g.owe_output(2 * 20_000_000, 2);
         g.after_batch(0, 2, LimitHits::default());
         assert_eq!(g.batch_limit(64), 1, "an output over the burst: one record");
         let mut free = gate(None, None);
-        free.owe_output(64 * 1_000_000);
+        free.owe_output(64 * 1_000_000, 64);
         free.after_batch(0, 64, LimitHits::default());
         assert_eq!(free.batch_limit(64), 64, "no bytes quota: not cut");
     }
@@ -639,7 +639,7 @@ mod tests {
         assert!(g.charges_output());
         g.owe_input(1, 10);
         assert!(g.next_wait().is_none(), "the input fits the burst");
-        g.owe_output(5_000);
+        g.owe_output(5_000, 1);
         let (reason, wait) = g.next_wait().expect("the outputs are over the burst");
         assert_eq!(reason, ThrottleReason::Bytes);
         assert!(wait > Duration::ZERO, "{wait:?}");
@@ -650,7 +650,7 @@ mod tests {
             !free.charges_output(),
             "no bytes quota, no CPU share: nothing added up"
         );
-        free.owe_output(u64::MAX);
+        free.owe_output(u64::MAX, 1);
         assert!(free.next_wait().is_none());
     }
 
@@ -658,7 +658,7 @@ mod tests {
     fn output_bytes_are_charged_to_the_cpu_share_for_the_producer_threads() {
         let mut g = gate(None, Bucket::new(1_000_000, 100_000));
         assert!(g.charges_output(), "a CPU share alone counts outputs");
-        g.owe_output(10_000_000);
+        g.owe_output(10_000_000, 1);
         let want = 10_000_000 * OUTPUT_CPU_PICOS_PER_BYTE / 1_000_000;
         assert_eq!(g.owed[2], want, "µs owed for 10 MB written");
         assert_eq!(g.owed[1], 0, "no bytes quota, no bytes owed");
